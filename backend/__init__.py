@@ -1,0 +1,1 @@
+"""The reference service: phased startup, a chat WebSocket that needs `services`, health."""

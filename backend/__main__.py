@@ -1,0 +1,34 @@
+"""``python -m backend``: serve the reference backend on HOST:PORT under uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from coordinator.exceptions import ConfigError
+from coordinator.logs import configure
+from coordinator.server import DrainingServer
+
+from .app import create_app
+from .config import BackendConfig
+
+
+def main() -> int:
+    try:
+        config = BackendConfig.from_env()
+    except ConfigError as exc:
+        print(f"backend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    log_config = configure(config.coord.log_format, config.coord.instance_id)
+    app = create_app(config)
+    server = DrainingServer(uvicorn.Config(
+        app, host=config.host, port=config.port, ws=config.ws, log_config=log_config,
+        lifespan="on", timeout_graceful_shutdown=5, access_log=False,
+    ), app.coord)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

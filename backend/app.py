@@ -1,0 +1,143 @@
+"""The reference FastAPI service: phased startup in the background, chat on ``/ws``.
+
+The startup sequence runs after the server is listening, as a Cloud Run service must to
+answer its probes, so a WebSocket can arrive before ``services`` has built what the chat
+handler needs. Without the gate such a connection fails with 1011; with it, it is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+
+from coordinator import ConnectionGate, Coordinator
+from coordinator.connections import REDIS_ERRORS
+from coordinator.metrics import CONTENT_TYPE, Metrics
+from coordinator.registry import fleet_snapshot
+
+from .config import BackendConfig
+
+log = logging.getLogger("backend")
+
+
+@dataclass
+class ChatServices:
+    """What the `services` phase builds; the chat handler cannot work without it."""
+
+    instance_id: str
+
+    def welcome(self) -> dict[str, Any]:
+        return {"type": "welcome", "instance": self.instance_id}
+
+    def reply(self, text: str) -> dict[str, Any]:
+        return {"type": "echo", "text": text, "instance": self.instance_id}
+
+
+class Backend:
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.coord = Coordinator(config.coord)
+        self.services: ChatServices | None = None
+        self.api = FastAPI(title="ws-coordinator backend", lifespan=self._lifespan)
+        self.gate = ConnectionGate(self.api, self.coord)
+        self.metrics = Metrics(self.coord, self.gate)
+        self._startup: asyncio.Task[None] | None = None
+        self._routes()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.gate(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.coord.start()
+        self._startup = asyncio.create_task(self._run_startup(), name="backend-startup")
+        try:
+            yield
+        finally:
+            self._startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._startup
+            await self.coord.stop()
+
+    async def _run_startup(self) -> None:
+        await asyncio.sleep(0)  # let the server start listening first
+        for name in self.config.coord.phases:
+            try:
+                async with self.coord.phase(name):
+                    await asyncio.sleep(self.config.durations.get(name, 0.0))
+                    if name == self.config.fail_phase:
+                        raise RuntimeError(f"BACKEND_FAIL_PHASE={name}")
+                    if name == self.config.coord.ready_phase:
+                        self.services = ChatServices(self.coord.id)
+            except Exception:
+                return  # the coordinator has marked the instance failed and logged why
+            log.info("phase %s done", name)
+
+    def _routes(self) -> None:
+        api, coord = self.api, self.coord
+
+        @api.websocket("/ws")
+        async def chat(websocket: WebSocket) -> None:
+            await websocket.accept()
+            services = self.services
+            if services is None:
+                # What every early connection hit before the gate existed.
+                raise RuntimeError("chat services are not built yet")
+            await websocket.send_json(services.welcome())
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    text = await websocket.receive_text()
+                    await websocket.send_json(services.reply(text))
+
+        @api.get("/health/live")
+        async def live() -> dict[str, Any]:
+            return {"status": "live", "instance": coord.id}
+
+        @api.get("/health/startup")
+        async def startup() -> JSONResponse:
+            started = coord.ready_at is not None
+            return JSONResponse(self._health(), status_code=200 if started else 503)
+
+        @api.get("/health/ready")
+        async def ready() -> JSONResponse:
+            return JSONResponse(self._health(), status_code=200 if coord.is_ready else 503)
+
+        @api.get("/fleet")
+        async def fleet() -> JSONResponse:
+            try:
+                doc = await fleet_snapshot(coord.redis, coord.keys,
+                                           fleet_cap=coord.settings.fleet_max_queue)
+            except REDIS_ERRORS as exc:
+                return JSONResponse({"error": f"redis unavailable: {type(exc).__name__}"},
+                                    status_code=503)
+            return JSONResponse(doc)
+
+        @api.get("/metrics")
+        async def metrics() -> Response:
+            return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    def _health(self) -> dict[str, Any]:
+        coord = self.coord
+        return {
+            "instance": coord.id,
+            "state": coord.state.value,
+            "phase": coord.current_phase,
+            "phase_index": coord.status.phase_index,
+            "phases_total": coord.plan.total,
+            "redis": "ok" if coord.redis_ok else "down",
+            "queue": coord.queue.status(),
+            "admitted": dict(coord.admitted),
+            "rejected": dict(coord.rejected),
+            "dropped_messages": dict(coord.drops.counts),
+        }
+
+
+def create_app(config: BackendConfig | None = None) -> Backend:
+    return Backend(config or BackendConfig.from_env())

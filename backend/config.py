@@ -1,0 +1,67 @@
+"""The backend's own variables (``BACKEND_*``, ``HOST``, ``PORT``), validated like COORD_*."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from coordinator.exceptions import ConfigError
+from coordinator.settings import Settings
+
+DEFAULT_DURATIONS = {"init": 0.05, "dependencies": 0.2, "database": 0.3, "cache": 0.2,
+                     "services": 5.0, "websocket": 0.1, "finalize": 0.05}
+WS_IMPLEMENTATIONS = ("auto", "websockets", "websockets-sansio", "wsproto")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    coord: Settings
+    durations: dict[str, float] = field(default_factory=dict)
+    fail_phase: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8000
+    ws: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BackendConfig:
+        env = os.environ if env is None else env
+        coord = Settings.from_env(env)
+        durations = {p: DEFAULT_DURATIONS.get(p, 0.1) for p in coord.phases}
+        durations.update(parse_durations(env.get("BACKEND_PHASE_DURATIONS", ""), coord.phases))
+        fail_phase = env.get("BACKEND_FAIL_PHASE") or None
+        if fail_phase is not None and fail_phase not in coord.phases:
+            raise ConfigError("BACKEND_FAIL_PHASE", fail_phase,
+                              "expected one of the phases: " + ", ".join(coord.phases))
+        try:
+            port = int(env.get("PORT", "8000"))
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ConfigError("PORT", env.get("PORT"), "expected a TCP port number") from None
+        ws = env.get("BACKEND_WS", "auto")
+        if ws not in WS_IMPLEMENTATIONS:
+            raise ConfigError("BACKEND_WS", ws, "expected one of " + ", ".join(WS_IMPLEMENTATIONS))
+        return cls(coord, durations, fail_phase, env.get("HOST", "0.0.0.0"), port, ws)
+
+
+def parse_durations(raw: str, phases: tuple[str, ...]) -> dict[str, float]:
+    """``init=0.05,services=5`` -> {"init": 0.05, "services": 5.0}; unknown names fail."""
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in phases:
+            raise ConfigError("BACKEND_PHASE_DURATIONS", raw,
+                              f"{item!r}: expected phase=seconds with phase one of "
+                              + ", ".join(phases))
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < 3600:
+            raise ConfigError("BACKEND_PHASE_DURATIONS", raw, f"{item!r}: expected 0 <= seconds < 3600")
+        out[name] = seconds
+    return out

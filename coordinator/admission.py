@@ -1,0 +1,66 @@
+"""The admission decision: a pure function of what the instance knows, no I/O.
+
+The gate (middleware.py) gathers the inputs, calls :func:`decide`, and carries out the
+answer. Keeping the table here, free of Redis and ASGI, is what lets each row be tested
+on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .phases import PhasePlan, State
+
+ACCEPT = "accept"
+HOLD = "hold"
+REJECT = "reject"
+REASONS = ("starting", "queue_full", "fleet_cap", "timeout", "draining", "failed")
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str | None = None
+    hold_for: float = 0.0  # seconds, for HOLD
+    retry_after: int = 0  # seconds, for REJECT
+
+    @property
+    def accepted(self) -> bool:
+        return self.action == ACCEPT
+
+
+def retry_hint(seconds: float | None, default: int = 1) -> int:
+    """An integer Retry-After of at least 1 second."""
+    if seconds is None or not math.isfinite(seconds):
+        return max(1, default)
+    return max(1, math.ceil(seconds))
+
+
+def decide(*, state: State, phase: str | None, plan: PhasePlan, has_slot: bool,
+           expected_ready_in: float | None, wait_budget: float, max_queue_time: float,
+           drain_retry_after: int = 1, failed_retry_after: int = 5) -> Decision:
+    """One row of DESIGN.md's admission table.
+
+    ``expected_ready_in`` is the estimate (seconds) of when the instance reaches the end
+    of its ready phase, None when there are no statistics to estimate from.
+    """
+    if state is State.READY:
+        return Decision(ACCEPT)
+    if state is State.DRAINING or state is State.STOPPED:
+        return Decision(REJECT, "draining", retry_after=retry_hint(drain_retry_after))
+    if state is State.FAILED:
+        return Decision(REJECT, "failed", retry_after=retry_hint(failed_retry_after))
+    # starting
+    near = phase is None or plan.index(phase) is None or plan.is_near_ready(phase)
+    if near:
+        hint = retry_hint(expected_ready_in, default=retry_hint(wait_budget))
+        if not has_slot:
+            return Decision(REJECT, "queue_full", retry_after=hint)
+        return Decision(HOLD, hold_for=max_queue_time)
+    if expected_ready_in is None or expected_ready_in > wait_budget:
+        return Decision(REJECT, "starting",
+                        retry_after=retry_hint(expected_ready_in, default=retry_hint(wait_budget)))
+    if not has_slot:
+        return Decision(REJECT, "queue_full", retry_after=retry_hint(expected_ready_in))
+    return Decision(HOLD, hold_for=min(wait_budget, max_queue_time))

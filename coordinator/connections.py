@@ -1,0 +1,34 @@
+"""The Redis client: bounded pool, short timeouts, no hidden retries.
+
+The coordinator handles every failure itself (falls back to local state, reconnects
+with backoff), so redis-py's own retries are switched off: they would only stretch an
+outage into hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+CONNECT_TIMEOUT = 1.0
+COMMAND_TIMEOUT = 2.0
+MAX_CONNECTIONS = 32
+
+
+def make_redis(url: str, *, max_connections: int = MAX_CONNECTIONS,
+               health_check_interval: float = 5.0) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=COMMAND_TIMEOUT,  # wait for a free connection at most this long
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=health_check_interval,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return redis.Redis(connection_pool=pool)

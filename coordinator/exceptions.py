@@ -1,0 +1,26 @@
+"""One base error and narrow subclasses that carry their context."""
+
+from __future__ import annotations
+
+
+class CoordinatorError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigError(CoordinatorError, ValueError):
+    """A ``COORD_*`` (or ``BACKEND_*``) variable holds a value that cannot be used."""
+
+    def __init__(self, variable: str, value: object, problem: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{variable}={value!r}: {problem}")
+
+
+class InvalidMessage(CoordinatorError):
+    """A pub/sub message that must be dropped; ``reason`` names the counter it bumps."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,0 +1,144 @@
+"""The event schema on the pub/sub channels: encoding, validation and optional signing.
+
+Anything that fails validation raises :class:`InvalidMessage` with a reason that names a
+drop counter; a dropped message never crashes a reader and never releases a connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import InvalidMessage
+from .phases import Event
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 4096
+MAX_CLOCK_SKEW = 30.0
+EVENTS = frozenset(e.value for e in Event)
+# The instance hash fields covered by its `sig` when a signing key is set.
+SIGNED_FIELDS = ("id", "state", "phase", "phase_index", "phases_total", "started_at", "updated_at")
+
+log = logging.getLogger("coordinator.messages")
+
+
+@dataclass(frozen=True)
+class Message:
+    instance: str
+    event: str
+    phase: str | None
+    phase_index: int | None
+    ts: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = dict(self.extra)
+        body.update(v=SCHEMA_VERSION, instance=self.instance, event=self.event,
+                    phase=self.phase, phase_index=self.phase_index, ts=self.ts)
+        return body
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers: JSON without ``sig``, keys sorted, compact."""
+    unsigned = {k: v for k, v in body.items() if k != "sig"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(body: Mapping[str, Any], key: str) -> str:
+    return hmac.new(key.encode(), canonical(body), hashlib.sha256).hexdigest()
+
+
+def encode(message: Message, signing_key: str | None = None) -> bytes:
+    body = message.to_dict()
+    if signing_key:
+        body["sig"] = sign(body, signing_key)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | None = None,
+           expected_instance: str | None = None) -> Message:
+    """Validate one message off a channel; raise InvalidMessage(reason) to drop it."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage("oversized", f"{len(raw)} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidMessage("invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("invalid_schema", "not a JSON object")
+    if body.get("v") != SCHEMA_VERSION or isinstance(body.get("v"), bool):
+        raise InvalidMessage("unknown_version", repr(body.get("v"))[:20])
+    instance, event, phase = body.get("instance"), body.get("event"), body.get("phase")
+    phase_index, ts = body.get("phase_index"), body.get("ts")
+    if not isinstance(instance, str) or not instance:
+        raise InvalidMessage("invalid_schema", "instance")
+    if event not in EVENTS:
+        raise InvalidMessage("invalid_schema", "event")
+    if phase is not None and not isinstance(phase, str):
+        raise InvalidMessage("invalid_schema", "phase")
+    if phase_index is not None and (type(phase_index) is not int or phase_index < 1):
+        raise InvalidMessage("invalid_schema", "phase_index")
+    if type(ts) not in (int, float) or not math.isfinite(ts):
+        raise InvalidMessage("invalid_schema", "ts")
+    if signing_key:
+        sig = body.get("sig")
+        if not isinstance(sig, str):
+            raise InvalidMessage("unsigned")
+        if not hmac.compare_digest(sig, sign(body, signing_key)):
+            raise InvalidMessage("bad_signature")
+        now = time.time() if now is None else now
+        if abs(now - ts) > MAX_CLOCK_SKEW:
+            raise InvalidMessage("stale", f"{now - ts:.1f}s")
+    if expected_instance is not None and instance != expected_instance:
+        raise InvalidMessage("wrong_instance", instance[:64])
+    extra = {k: v for k, v in body.items()
+             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+    return Message(instance, event, phase, phase_index, float(ts), extra)
+
+
+def sign_record(record: Mapping[str, str], key: str) -> str:
+    """Signature of an instance hash over its state fields (values as stored)."""
+    covered = {name: record.get(name, "") for name in SIGNED_FIELDS}
+    return hmac.new(key.encode(), canonical(covered), hashlib.sha256).hexdigest()
+
+
+def record_signature_ok(record: Mapping[str, str], key: str | None) -> bool:
+    if not key:
+        return True
+    sig = record.get("sig")
+    return isinstance(sig, str) and hmac.compare_digest(sig, sign_record(record, key))
+
+
+class DropCounter:
+    """Counts dropped messages by reason and logs them at most once per interval."""
+
+    def __init__(self, interval: float = 10.0, clock: Any = time.monotonic) -> None:
+        self.counts: Counter[str] = Counter()
+        self.interval = interval
+        self.clock = clock
+        self._last_log = -math.inf
+        self._unlogged = 0
+
+    def drop(self, error: InvalidMessage, channel: str) -> None:
+        self.counts[error.reason] += 1
+        self._unlogged += 1
+        now = self.clock()
+        if now - self._last_log >= self.interval:
+            log.warning("dropped %d invalid message(s) on %s; latest: %s (totals %s)",
+                        self._unlogged, channel, error, dict(self.counts))
+            self._last_log = now
+            self._unlogged = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

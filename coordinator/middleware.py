@@ -1,0 +1,207 @@
+"""The gate: a pure ASGI middleware that holds WebSocket handshakes until ready.
+
+Every scope but ``websocket`` passes through untouched. On a ready instance a WebSocket
+passes through too, after one attribute read and no Redis call. Otherwise the gate
+applies the admission table (admission.py): it holds the handshake without accepting
+it, releases it first in, first out once the instance is ready, or rejects it with a
+retry hint. Close code 1011 is never its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .admission import HOLD, REJECT, Decision, decide, retry_hint
+from .core import Coordinator
+from .phases import State
+from .queue import ADMIT
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("coordinator.gate")
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_SERVICE_RESTART = 1012
+MAX_REASON_BYTES = 123
+
+
+class ConnectionGate:
+    def __init__(self, app: ASGIApp, coordinator: Coordinator) -> None:
+        self.app = app
+        self.coord = coordinator
+        self._conn_ids = itertools.count(1)
+        self.observers: list[Callable[[str, str | None, float], None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or not self.coord.settings.gate:
+            await self.app(scope, receive, send)
+            return
+        coord = self.coord
+        if coord.status.state is State.READY:  # the fast path: no I/O, no queue
+            coord.admitted["immediate"] += 1
+            await self._run(scope, receive, send)
+            return
+        await self._gate(scope, receive, send)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coord = self.coord
+        decision = decide(
+            state=coord.state, phase=coord.current_phase, plan=coord.plan,
+            has_slot=coord.queue.has_room,
+            expected_ready_in=coord.expected_ready_in(),
+            wait_budget=coord.settings.wait_budget(coord.current_phase),
+            max_queue_time=coord.settings.max_queue_time,
+        )
+        if decision.action == REJECT:
+            await self._reject(scope, receive, send, decision)
+            return
+        if decision.action != HOLD:
+            coord.admitted["immediate"] += 1
+            await self._run(scope, receive, send)
+            return
+        await self._hold(scope, receive, send, decision.hold_for)
+
+    async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float) -> None:
+        coord = self.coord
+        entry = coord.queue.hold(hold_for)
+        if entry is None:  # the queue filled between the decision and now
+            await self._reject(scope, receive, send, self._rejection("queue_full"))
+            return
+        coord.waiting_changed()
+        self._notify("held", None, 0.0)
+        # The server's first message is websocket.connect; the next one, before we
+        # accept, can only be websocket.disconnect: the client gave up.
+        connect = await receive()
+        pending: asyncio.Future[Message] = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((entry.future, pending), return_when=asyncio.FIRST_COMPLETED)
+            waited = time.monotonic() - entry.enqueued_at
+            if not entry.future.done():  # the client went away while held
+                coord.queue.forget(entry)
+                coord.rejected["gave_up"] += 1
+                self._notify("gave_up", None, waited)
+                return
+            outcome = entry.future.result()
+            if outcome == ADMIT and coord.state is State.READY:  # re-checked before handing over
+                coord.admitted["after_hold"] += 1
+                self._notify("released", None, waited)
+                replay = _Replay(connect, pending, receive)
+                pending = None  # type: ignore[assignment]  # now the app's to read
+                await self._run(scope, replay, send)
+                return
+            reason = outcome if outcome != ADMIT else _reason_for(coord.state)
+            self._notify("rejected", reason, waited)
+            await self._reject(scope, _Replay(connect, None, receive), send,
+                               self._rejection(reason), counted=False)
+            coord.rejected[reason] += 1
+        finally:
+            coord.queue.forget(entry)
+            if pending is not None and not pending.done():
+                pending.cancel()
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the connection to the app, tracking it so a drain can close it."""
+        coord = self.coord
+        conn = next(self._conn_ids)
+        coord.connections[conn] = _closer(send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            coord.connections.pop(conn, None)
+
+    def _rejection(self, reason: str) -> Decision:
+        coord = self.coord
+        if reason in ("draining",):
+            hint = 1
+        elif reason == "failed":
+            hint = 5
+        else:
+            hint = retry_hint(coord.expected_ready_in(),
+                              default=retry_hint(coord.settings.wait_budget(coord.current_phase)))
+        return Decision(REJECT, reason, retry_after=hint)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                      counted: bool = True) -> None:
+        reason = decision.reason or "starting"
+        if counted:
+            self.coord.rejected[reason] += 1
+            self._notify("rejected", reason, 0.0)
+        await reject(scope, receive, send, reason, decision.retry_after,
+                     mode=self.coord.settings.reject)
+
+    def _notify(self, what: str, reason: str | None, waited: float) -> None:
+        for observer in self.observers:
+            observer(what, reason, waited)
+
+
+def _reason_for(state: State) -> str:
+    return {State.FAILED: "failed", State.STARTING: "timeout"}.get(state, "draining")
+
+
+def reason_payload(reason: str, retry_after: int) -> str:
+    text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
+    return text if len(text.encode()) <= MAX_REASON_BYTES else text[:MAX_REASON_BYTES]
+
+
+async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
+                 mode: str = "http") -> None:
+    """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
+    response, else accept and close with 1013 (1012 while draining)."""
+    retry_after = max(1, int(retry_after))
+    payload = reason_payload(reason, retry_after)
+    message = await receive()  # websocket.connect (or disconnect: nothing to answer)
+    if message["type"] != "websocket.connect":
+        return
+    try:
+        if mode == "http" and "websocket.http.response" in scope.get("extensions", {}):
+            body = payload.encode()
+            await send({"type": "websocket.http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(retry_after).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ]})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        code = CLOSE_SERVICE_RESTART if reason == "draining" else CLOSE_TRY_AGAIN_LATER
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": payload})
+    except OSError:  # the client is already gone; nothing left to tell it
+        pass
+
+
+def _closer(send: Send) -> Callable[[int, str], Awaitable[None]]:
+    async def close(code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+    return close
+
+
+class _Replay:
+    """receive() for the app: the buffered connect, then the pending read, then live."""
+
+    __slots__ = ("_connect", "_pending", "_receive")
+
+    def __init__(self, connect: Message, pending: asyncio.Future[Message] | None,
+                 receive: Receive) -> None:
+        self._connect: Message | None = connect
+        self._pending = pending
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._connect is not None:
+            message, self._connect = self._connect, None
+            return message
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return await pending
+        return await self._receive()

@@ -1,0 +1,93 @@
+"""Waiting for the ready signal: how a remote status moves the local view forward.
+
+A follower (a process that gates connections for an instance whose startup runs
+elsewhere) learns the instance's status from three sources, fastest first: pub/sub
+events on ``N:instance:<id>:events``, a read of the instance hash right after each
+(re)subscribe, and re-reads of the hash on progressive intervals while anyone waits.
+All three feed :func:`advance`, which only ever moves the view forward, so a late or
+duplicated message cannot undo a release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .messages import Message
+from .phases import STATE_AFTER, Event, PhasePlan, State
+
+FIRST_INTERVAL = 0.05
+MAX_INTERVAL = 1.0
+
+_RANK = {State.STARTING: 0, State.READY: 1, State.FAILED: 2, State.DRAINING: 2,
+         State.STOPPED: 3}
+
+
+def progressive_intervals(first: float = FIRST_INTERVAL, cap: float = MAX_INTERVAL,
+                          factor: float = 2.0) -> Iterator[float]:
+    """50 ms, 100 ms, 200 ms, ... doubling up to 1 s, then 1 s for ever."""
+    interval = first
+    while True:
+        yield min(interval, cap)
+        interval = min(interval * factor, cap)
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State = State.STARTING
+    phase: str | None = None
+    phase_index: int | None = None
+    phase_started_at: float | None = None
+    started_at: float | None = None  # the incarnation this status belongs to
+
+
+def status_from_message(msg: Message, plan: PhasePlan) -> Status | None:
+    event = Event(msg.event)
+    started_at = msg.extra.get("started_at")
+    started_at = float(started_at) if isinstance(started_at, (int, float)) else None
+    if event in STATE_AFTER:
+        state = STATE_AFTER[event]
+    elif event is Event.PHASE_COMPLETED and msg.phase == plan.ready_phase:
+        state = State.READY
+    elif plan.index(msg.phase) is None:
+        return None
+    else:
+        state = State.STARTING if plan.index(msg.phase) <= plan.ready_index else State.READY  # type: ignore[operator]
+    return Status(state, msg.phase, msg.phase_index, msg.ts, started_at)
+
+
+def status_from_record(record: Mapping[str, Any]) -> Status | None:
+    try:
+        state = State(record.get("state"))
+    except ValueError:
+        return None
+    phase = record.get("phase") or None
+    index = record.get("phase_index")
+    return Status(state, phase, index if isinstance(index, int) else None,
+                  _float(record.get("phase_started_at")), _float(record.get("started_at")))
+
+
+def advance(current: Status, incoming: Status) -> Status:
+    """The view after ``incoming``: forward only, except for a new incarnation."""
+    if (incoming.started_at is not None and current.started_at is not None
+            and incoming.started_at > current.started_at):
+        return incoming  # the instance restarted: its new life starts from scratch
+    if incoming.started_at is not None and current.started_at is not None \
+            and incoming.started_at < current.started_at:
+        return current  # news from an earlier life
+    merged_started = current.started_at if current.started_at is not None else incoming.started_at
+    if _RANK[incoming.state] > _RANK[current.state]:
+        return replace(incoming, started_at=merged_started)
+    if _RANK[incoming.state] < _RANK[current.state]:
+        return current
+    if (incoming.phase_index or 0) > (current.phase_index or 0):
+        return replace(incoming, started_at=merged_started)
+    return current
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

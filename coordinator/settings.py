@@ -1,0 +1,202 @@
+"""Every ``COORD_*`` variable, read once into one validated, immutable object.
+
+A bad value raises :class:`ConfigError` naming the variable, so a process stops at
+start-up with a message an operator can act on instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigError
+
+DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
+ENVIRONMENTS = ("local", "test", "development", "staging", "production")
+# Base wait budget (seconds) for a connection that arrives in an earlier phase.
+WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
+CLOUD_RUN_READY_PHASE_BUDGET = 8.0
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+T = TypeVar("T")
+
+
+def _default_instance_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "coord"
+    instance_id: str = field(default_factory=_default_instance_id)
+    environment: str = "local"
+    cloud_run: bool = False
+    phases: tuple[str, ...] = DEFAULT_PHASES
+    ready_phase: str = "services"
+    near_ready_phases: int = 1
+    max_queue: int = 50
+    max_queue_time: float = 30.0
+    fleet_max_queue: int | None = None
+    heartbeat_interval: float = 2.0
+    instance_ttl: float = 10.0
+    timeout_multiplier: float = 1.0
+    drain_grace: float = 5.0
+    reject: str = "http"
+    gate: bool = True
+    signing_key: str | None = field(default=None, repr=False)
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        _check("COORD_NAMESPACE", bool(_NAME.match(self.namespace)), self.namespace,
+               "1-64 characters of letters, digits, '_', '.', '-'")
+        _check("COORD_INSTANCE_ID", bool(_ID.match(self.instance_id)), self.instance_id,
+               "1-128 characters of letters, digits, '_', '.', '-'")
+        _check("COORD_ENVIRONMENT", self.environment in ENVIRONMENTS, self.environment,
+               "one of " + ", ".join(ENVIRONMENTS))
+        _check("COORD_PHASES", len(self.phases) > 0 and len(set(self.phases)) == len(self.phases)
+               and all(_NAME.match(p) for p in self.phases), ",".join(self.phases),
+               "a comma-separated list of distinct phase names")
+        _check("COORD_READY_PHASE", self.ready_phase in self.phases, self.ready_phase,
+               "one of the phases: " + ", ".join(self.phases))
+        _check("COORD_NEAR_READY_PHASES", self.near_ready_phases >= 0, self.near_ready_phases,
+               "an integer >= 0")
+        _check("COORD_MAX_QUEUE", self.max_queue >= 0, self.max_queue, "an integer >= 0")
+        _check("COORD_MAX_QUEUE_TIME", self.max_queue_time > 0, self.max_queue_time, "a number > 0")
+        _check("COORD_FLEET_MAX_QUEUE", self.fleet_max_queue is None or self.fleet_max_queue >= 0,
+               self.fleet_max_queue, "an integer >= 0, or unset")
+        _check("COORD_HEARTBEAT_INTERVAL", self.heartbeat_interval > 0, self.heartbeat_interval,
+               "a number > 0")
+        _check("COORD_INSTANCE_TTL", self.instance_ttl > self.heartbeat_interval, self.instance_ttl,
+               "a number of seconds greater than COORD_HEARTBEAT_INTERVAL")
+        _check("COORD_TIMEOUT_MULTIPLIER", self.timeout_multiplier > 0, self.timeout_multiplier,
+               "a number > 0")
+        _check("COORD_DRAIN_GRACE", self.drain_grace >= 0, self.drain_grace, "a number >= 0")
+        _check("COORD_REJECT", self.reject in ("http", "close"), self.reject, "http or close")
+        _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
+               "text or json")
+        _check_redis_url(self.redis_url)
+
+    # -- derived values -------------------------------------------------------------
+
+    def wait_budget(self, phase: str | None) -> float:
+        """How long a connection arriving in an earlier phase may be held."""
+        budget = WAIT_BUDGETS[self.environment]
+        if self.cloud_run and phase == self.ready_phase:
+            budget = max(budget, CLOUD_RUN_READY_PHASE_BUDGET)
+        return min(budget * self.timeout_multiplier, self.max_queue_time)
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``COORD_*`` from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        kwargs: dict[str, object] = {}
+        reader.put(kwargs, "redis_url", "COORD_REDIS_URL", str)
+        reader.put(kwargs, "namespace", "COORD_NAMESPACE", str)
+        reader.put(kwargs, "instance_id", "COORD_INSTANCE_ID", str)
+        cloud_run = bool(env.get("K_SERVICE"))
+        kwargs["cloud_run"] = cloud_run
+        if not reader.put(kwargs, "environment", "COORD_ENVIRONMENT", str.lower) and cloud_run:
+            kwargs["environment"] = "production"
+        reader.put(kwargs, "phases", "COORD_PHASES", _phase_list)
+        reader.put(kwargs, "ready_phase", "COORD_READY_PHASE", str)
+        reader.put(kwargs, "near_ready_phases", "COORD_NEAR_READY_PHASES", int)
+        reader.put(kwargs, "max_queue", "COORD_MAX_QUEUE", int)
+        reader.put(kwargs, "max_queue_time", "COORD_MAX_QUEUE_TIME", _number)
+        reader.put(kwargs, "fleet_max_queue", "COORD_FLEET_MAX_QUEUE", int)
+        reader.put(kwargs, "heartbeat_interval", "COORD_HEARTBEAT_INTERVAL", _number)
+        reader.put(kwargs, "instance_ttl", "COORD_INSTANCE_TTL", _number)
+        reader.put(kwargs, "timeout_multiplier", "COORD_TIMEOUT_MULTIPLIER", _number)
+        reader.put(kwargs, "drain_grace", "COORD_DRAIN_GRACE", _number)
+        reader.put(kwargs, "reject", "COORD_REJECT", str.lower)
+        reader.put(kwargs, "gate", "COORD_GATE", _on_off)
+        reader.put(kwargs, "signing_key", "COORD_SIGNING_KEY", str)
+        if not reader.put(kwargs, "log_format", "COORD_LOG_FORMAT", str.lower):
+            kwargs["log_format"] = "json" if cloud_run else "text"
+        kwargs.update(overrides)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def put(self, kwargs: dict[str, object], attr: str, var: str,
+            parse: Callable[[str], T]) -> bool:
+        raw = self.env.get(var)
+        if raw is None or raw.strip() == "":
+            return False
+        try:
+            kwargs[attr] = parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(var, raw, str(exc) or "invalid value") from None
+        return True
+
+
+def _check(var: str, ok: bool, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(var, value, f"expected {expected}")
+
+
+def _number(raw: str) -> float:
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _on_off(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("on", "true", "1", "yes"):
+        return True
+    if lowered in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def _phase_list(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), str(exc)) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("COORD_REDIS_URL", redact_url(url),
+                          "expected a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a host name")
+    db = parts.path.lstrip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a database number")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import BackendProcess, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests use distinct namespaces on it."""
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone, free to kill and restart."""
+    server = RedisServer().start()
+    yield server
+    with contextlib.suppress(Exception):
+        server.kill()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("[", "-").replace("]", "")
+    return ("t-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in name))[:60]
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[list[BackendProcess]]:
+    """Collects the backend processes a test starts and stops them all afterwards."""
+    started: list[BackendProcess] = []
+    yield started
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture
+def start_backend(backends: list[BackendProcess], tmp_path: Path):
+    def start(env: dict[str, str], wait: bool = True) -> BackendProcess:
+        proc = BackendProcess({"COORD_ENVIRONMENT": "test", **env},
+                              tmp_path / f"backend-{len(backends)}.log")
+        backends.append(proc)
+        return proc.start(wait=wait)
+    return start
+
+
+def pytest_report_header() -> str:
+    return f"redis-server: {os.popen('redis-server --version').read().strip()}"
