@@ -1,0 +1,109 @@
+"""The ready signal's pure parts: the progressive re-read intervals and the forward-only
+merge of statuses from pub/sub, the hash and re-reads."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from coordinator.messages import Message
+from coordinator.phases import PhasePlan, State
+from coordinator.readiness import (Status, advance, progressive_intervals, status_from_message,
+                                   status_from_record)
+from coordinator.settings import DEFAULT_PHASES
+
+PLAN = PhasePlan(DEFAULT_PHASES, "services")
+BORN = 1000.0
+
+
+def test_progressive_intervals_grow_from_50_ms_to_1_s_and_stay() -> None:
+    got = list(itertools.islice(progressive_intervals(), 10))
+    assert got == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_progressive_intervals_never_end() -> None:
+    tail = list(itertools.islice(progressive_intervals(), 1000, 1005))
+    assert tail == [1.0] * 5
+
+
+def starting(phase: str, started_at: float | None = BORN) -> Status:
+    return Status(State.STARTING, phase, PLAN.index(phase), None, started_at)
+
+
+def test_advance_moves_forward_through_phases() -> None:
+    view = advance(starting("init"), starting("database"))
+    assert view.phase == "database"
+    view = advance(view, Status(State.READY, "services", 5, None, BORN))
+    assert view.state is State.READY
+
+
+def test_advance_never_moves_back() -> None:
+    ready = Status(State.READY, "services", 5, None, BORN)
+    assert advance(ready, starting("cache")) == ready  # a late message
+    assert advance(starting("cache"), starting("database")).phase == "cache"
+    assert advance(ready, ready) == ready  # a duplicate
+    failed = Status(State.FAILED, "services", 5, None, BORN)
+    assert advance(failed, ready) == failed
+    stopped = Status(State.STOPPED, "services", 5, None, BORN)
+    assert advance(stopped, Status(State.DRAINING, "finalize", 7, None, BORN)) == stopped
+
+
+def test_later_phases_of_a_ready_instance_keep_it_ready() -> None:
+    view = advance(Status(State.READY, "services", 5, None, BORN),
+                   Status(State.READY, "websocket", 6, None, BORN))
+    assert (view.state, view.phase) == (State.READY, "websocket")
+
+
+def test_a_new_incarnation_resets_the_view() -> None:
+    old_life = Status(State.STOPPED, "finalize", 7, None, BORN)
+    reborn = starting("init", started_at=BORN + 60)
+    assert advance(old_life, reborn) == reborn
+    ready = Status(State.READY, "services", 5, None, BORN)
+    assert advance(ready, reborn).state is State.STARTING
+
+
+def test_news_from_an_earlier_incarnation_is_ignored() -> None:
+    current = starting("cache", started_at=BORN + 60)
+    stale_ready = Status(State.READY, "services", 5, None, BORN)
+    assert advance(current, stale_ready) == current
+
+
+def test_a_status_without_incarnation_joins_the_known_one() -> None:
+    view = advance(starting("cache"), Status(State.READY, "services", 5, None, None))
+    assert view.state is State.READY and view.started_at == BORN
+    first = advance(Status(), starting("cache", started_at=BORN))
+    assert first.started_at == BORN
+
+
+def msg(event: str, phase: str | None, **extra: object) -> Message:
+    return Message("web-1", event, phase, PLAN.index(phase), BORN + 1, extra)
+
+
+@pytest.mark.parametrize("event,phase,state", [
+    ("phase_started", "cache", State.STARTING),
+    ("phase_completed", "cache", State.STARTING),
+    ("phase_started", "services", State.STARTING),
+    ("phase_completed", "services", State.READY),
+    ("ready", "services", State.READY),
+    ("phase_started", "websocket", State.READY),
+    ("failed", "database", State.FAILED),
+    ("draining", "finalize", State.DRAINING),
+    ("stopped", None, State.STOPPED),
+])
+def test_status_from_message(event: str, phase: str | None, state: State) -> None:
+    status = status_from_message(msg(event, phase, started_at=BORN), PLAN)
+    assert status is not None
+    assert (status.state, status.phase, status.started_at) == (state, phase, BORN)
+
+
+def test_status_from_message_ignores_unknown_phases() -> None:
+    assert status_from_message(msg("phase_started", "warmup"), PLAN) is None
+
+
+def test_status_from_record() -> None:
+    status = status_from_record({"state": "ready", "phase": "services", "phase_index": 5,
+                                 "started_at": BORN, "phase_started_at": "1001.5"})
+    assert status == Status(State.READY, "services", 5, 1001.5, BORN)
+    assert status_from_record({"state": "exploded"}) is None
+    assert status_from_record({}) is None

@@ -1,0 +1,261 @@
+"""Settings: every COORD_* variable, the errors that name it, the wait budget profiles;
+and the backend's own variables, down to `python -m backend` refusing a bad value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from backend.config import DEFAULT_DURATIONS, BackendConfig, parse_durations
+from coordinator.exceptions import ConfigError
+from coordinator.settings import DEFAULT_PHASES, Settings
+from tests.support import ROOT
+
+PASSWORD = "hunter2-s3cr3t"
+
+
+def error_for(env: dict[str, str]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    return info.value
+
+
+def test_defaults_match_the_design() -> None:
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.namespace == "coord"
+    assert s.environment == "local" and not s.cloud_run
+    assert s.phases == ("init", "dependencies", "database", "cache", "services", "websocket",
+                        "finalize")
+    assert s.ready_phase == "services"
+    assert (s.near_ready_phases, s.max_queue, s.max_queue_time) == (1, 50, 30.0)
+    assert s.fleet_max_queue is None
+    assert (s.heartbeat_interval, s.instance_ttl, s.timeout_multiplier) == (2.0, 10.0, 1.0)
+    assert s.drain_grace == 5.0
+    assert (s.reject, s.gate, s.signing_key) == ("http", True, None)
+    assert s.instance_id  # derived from host, pid and a random suffix
+    assert s.instance_id != Settings.from_env({}).instance_id
+
+
+def test_every_variable_is_read() -> None:
+    s = Settings.from_env({
+        "COORD_REDIS_URL": f"rediss://app:{PASSWORD}@redis.internal:6380/3",
+        "COORD_NAMESPACE": "chat-prod",
+        "COORD_INSTANCE_ID": "web-1.a_b",
+        "COORD_ENVIRONMENT": "Staging",
+        "COORD_PHASES": " boot, db ,services,warm ",
+        "COORD_READY_PHASE": "services",
+        "COORD_NEAR_READY_PHASES": "2",
+        "COORD_MAX_QUEUE": "7",
+        "COORD_MAX_QUEUE_TIME": "12.5",
+        "COORD_FLEET_MAX_QUEUE": "40",
+        "COORD_HEARTBEAT_INTERVAL": "0.5",
+        "COORD_INSTANCE_TTL": "3",
+        "COORD_TIMEOUT_MULTIPLIER": "1.5",
+        "COORD_DRAIN_GRACE": "0",
+        "COORD_REJECT": "CLOSE",
+        "COORD_GATE": "off",
+        "COORD_SIGNING_KEY": "k3y",
+        "COORD_LOG_FORMAT": "json",
+    })
+    assert s.redis_url == f"rediss://app:{PASSWORD}@redis.internal:6380/3"
+    assert s.namespace == "chat-prod"
+    assert s.instance_id == "web-1.a_b"
+    assert s.environment == "staging"
+    assert s.phases == ("boot", "db", "services", "warm")
+    assert s.ready_phase == "services"
+    assert s.near_ready_phases == 2
+    assert s.max_queue == 7
+    assert s.max_queue_time == 12.5
+    assert s.fleet_max_queue == 40
+    assert s.heartbeat_interval == 0.5
+    assert s.instance_ttl == 3.0
+    assert s.timeout_multiplier == 1.5
+    assert s.drain_grace == 0.0
+    assert s.reject == "close"
+    assert s.gate is False
+    assert s.signing_key == "k3y"
+    assert s.log_format == "json"
+
+
+@pytest.mark.parametrize("raw,expected", [("on", True), ("TRUE", True), ("1", True),
+                                          ("yes", True), ("off", False), ("False", False),
+                                          ("0", False), ("no", False)])
+def test_gate_accepts_the_usual_booleans(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"COORD_GATE": raw}).gate is expected
+
+
+def test_blank_values_keep_the_default() -> None:
+    s = Settings.from_env({"COORD_MAX_QUEUE": "  ", "COORD_FLEET_MAX_QUEUE": ""})
+    assert (s.max_queue, s.fleet_max_queue) == (50, None)
+
+
+@pytest.mark.parametrize("env,variable", [
+    ({"COORD_READY_PHASE": "warmup"}, "COORD_READY_PHASE"),
+    ({"COORD_PHASES": "a,b,c"}, "COORD_READY_PHASE"),  # the default ready phase is gone
+    ({"COORD_PHASES": "a,b,a", "COORD_READY_PHASE": "b"}, "COORD_PHASES"),
+    ({"COORD_PHASES": "a,b c", "COORD_READY_PHASE": "a"}, "COORD_PHASES"),
+    ({"COORD_PHASES": " , "}, "COORD_PHASES"),  # a list with no names
+    ({"COORD_ENVIRONMENT": "prod"}, "COORD_ENVIRONMENT"),
+    ({"COORD_NAMESPACE": "has space"}, "COORD_NAMESPACE"),
+    ({"COORD_NAMESPACE": "a:b"}, "COORD_NAMESPACE"),
+    ({"COORD_INSTANCE_ID": "x" * 129}, "COORD_INSTANCE_ID"),
+    ({"COORD_NEAR_READY_PHASES": "-1"}, "COORD_NEAR_READY_PHASES"),
+    ({"COORD_MAX_QUEUE": "-1"}, "COORD_MAX_QUEUE"),
+    ({"COORD_MAX_QUEUE": "ten"}, "COORD_MAX_QUEUE"),
+    ({"COORD_MAX_QUEUE": "2.5"}, "COORD_MAX_QUEUE"),
+    ({"COORD_MAX_QUEUE_TIME": "0"}, "COORD_MAX_QUEUE_TIME"),
+    ({"COORD_MAX_QUEUE_TIME": "nan"}, "COORD_MAX_QUEUE_TIME"),
+    ({"COORD_MAX_QUEUE_TIME": "inf"}, "COORD_MAX_QUEUE_TIME"),
+    ({"COORD_FLEET_MAX_QUEUE": "-3"}, "COORD_FLEET_MAX_QUEUE"),
+    ({"COORD_HEARTBEAT_INTERVAL": "0"}, "COORD_HEARTBEAT_INTERVAL"),
+    ({"COORD_HEARTBEAT_INTERVAL": "soon"}, "COORD_HEARTBEAT_INTERVAL"),
+    ({"COORD_INSTANCE_TTL": "2"}, "COORD_INSTANCE_TTL"),  # == the default heartbeat
+    ({"COORD_INSTANCE_TTL": "1", "COORD_HEARTBEAT_INTERVAL": "1.5"}, "COORD_INSTANCE_TTL"),
+    ({"COORD_TIMEOUT_MULTIPLIER": "0"}, "COORD_TIMEOUT_MULTIPLIER"),
+    ({"COORD_TIMEOUT_MULTIPLIER": "-2"}, "COORD_TIMEOUT_MULTIPLIER"),
+    ({"COORD_DRAIN_GRACE": "-0.1"}, "COORD_DRAIN_GRACE"),
+    ({"COORD_REJECT": "403"}, "COORD_REJECT"),
+    ({"COORD_GATE": "maybe"}, "COORD_GATE"),
+    ({"COORD_GATE": "2"}, "COORD_GATE"),
+    ({"COORD_LOG_FORMAT": "xml"}, "COORD_LOG_FORMAT"),
+    ({"COORD_REDIS_URL": "localhost:6379"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "http://127.0.0.1:6379/0"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "memcached://127.0.0.1"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "redis://:6379/0"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "redis://127.0.0.1:port/0"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "redis://127.0.0.1:70000/0"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "redis://127.0.0.1:6379/zero"}, "COORD_REDIS_URL"),
+    ({"COORD_REDIS_URL": "redis://[::1/0"}, "COORD_REDIS_URL"),
+])
+def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str],
+                                                           variable: str) -> None:
+    error = error_for(env)
+    assert error.variable == variable
+    assert str(error).startswith(f"{variable}="), str(error)
+
+
+def test_config_error_is_a_value_error_with_the_problem_stated() -> None:
+    error = error_for({"COORD_MAX_QUEUE": "-1"})
+    assert isinstance(error, ValueError)
+    assert ">= 0" in str(error)
+
+
+@pytest.mark.parametrize("url", [
+    f"ftp://user:{PASSWORD}@host:6379/0",
+    f"redis://user:{PASSWORD}@host:notaport/0",
+    f"redis://user:{PASSWORD}@host:6379/db",
+    f"redis://:{PASSWORD}@/0",
+    f"redis://user:{PASSWORD}@[::1/0",
+    # Unescaped '/', '#' or '@' in a password (base64 secrets have '/') break the parse;
+    # the error must still not print them.
+    f"redis://user:{PASSWORD}/x@host:6379/0",
+    f"redis://user:{PASSWORD}#x@host:6379/0",
+    f"redis://user:{PASSWORD}@x@host:bad/0",
+])
+def test_redis_password_never_appears_in_errors(url: str) -> None:
+    error = error_for({"COORD_REDIS_URL": url})
+    assert error.variable == "COORD_REDIS_URL"
+    for text in (str(error), repr(error), repr(error.value), str(error.problem)):
+        assert PASSWORD not in text
+        assert PASSWORD[:6] not in text, text
+
+
+def test_redis_password_never_appears_in_settings_repr() -> None:
+    s = Settings.from_env({"COORD_REDIS_URL": f"redis://app:{PASSWORD}@redis:6379/0",
+                           "COORD_SIGNING_KEY": "signing-secret"})
+    assert PASSWORD not in repr(s) and PASSWORD not in str(s)
+    assert "signing-secret" not in repr(s)
+    assert PASSWORD not in s.redis_url_redacted
+    assert s.redis_url_redacted == "redis://app:***@redis:6379/0"
+
+
+@pytest.mark.parametrize("environment,budget", [("local", 1.0), ("test", 1.0),
+                                                ("development", 3.0), ("staging", 3.0),
+                                                ("production", 5.0)])
+def test_wait_budget_by_environment(environment: str, budget: float) -> None:
+    s = Settings.from_env({"COORD_ENVIRONMENT": environment})
+    assert s.environment == environment
+    assert s.wait_budget("database") == budget
+    assert s.wait_budget("services") == budget  # off Cloud Run: no ready-phase floor
+
+
+def test_cloud_run_means_production_and_at_least_eight_seconds_in_the_ready_phase() -> None:
+    s = Settings.from_env({"K_SERVICE": "chat"})
+    assert s.cloud_run and s.environment == "production"
+    assert s.wait_budget("database") == 5.0
+    assert s.wait_budget("services") >= 8.0
+    custom = Settings.from_env({"K_SERVICE": "chat", "COORD_PHASES": "a,warm,b",
+                                "COORD_READY_PHASE": "warm"})
+    assert custom.wait_budget("warm") >= 8.0
+    assert custom.wait_budget("a") == 5.0
+
+
+def test_explicit_environment_wins_over_k_service() -> None:
+    s = Settings.from_env({"K_SERVICE": "chat", "COORD_ENVIRONMENT": "development"})
+    assert s.environment == "development"
+    assert s.wait_budget("database") == 3.0
+
+
+def test_wait_budget_times_the_multiplier() -> None:
+    s = Settings.from_env({"COORD_ENVIRONMENT": "development", "COORD_TIMEOUT_MULTIPLIER": "2.5"})
+    assert s.wait_budget("database") == 7.5
+    cloud = Settings.from_env({"K_SERVICE": "x", "COORD_TIMEOUT_MULTIPLIER": "2"})
+    assert cloud.wait_budget("services") >= 16.0
+
+
+def test_wait_budget_never_exceeds_max_queue_time() -> None:
+    s = Settings.from_env({"COORD_ENVIRONMENT": "production", "COORD_TIMEOUT_MULTIPLIER": "100",
+                           "COORD_MAX_QUEUE_TIME": "30"})
+    assert s.wait_budget("database") == 30.0
+    cloud = Settings.from_env({"K_SERVICE": "x", "COORD_MAX_QUEUE_TIME": "6"})
+    assert cloud.wait_budget("services") == 6.0  # the cap wins over Cloud Run's floor
+    assert cloud.wait_budget("database") == 5.0
+
+
+# -- the backend's variables ------------------------------------------------------------
+
+def test_backend_phase_durations_override_only_the_named_phases() -> None:
+    config = BackendConfig.from_env({"BACKEND_PHASE_DURATIONS": "init=0.01, services=2 ,"})
+    assert config.durations["init"] == 0.01
+    assert config.durations["services"] == 2.0
+    assert config.durations["database"] == DEFAULT_DURATIONS["database"]
+    assert set(config.durations) == set(DEFAULT_DURATIONS)
+    assert parse_durations("", DEFAULT_PHASES) == {}
+
+
+@pytest.mark.parametrize("raw", ["warmup=1", "services", "services=soon", "services=-1",
+                                 "services=1e9", "=2"])
+def test_backend_bad_phase_durations_name_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        BackendConfig.from_env({"BACKEND_PHASE_DURATIONS": raw})
+    assert info.value.variable == "BACKEND_PHASE_DURATIONS"
+    assert "BACKEND_PHASE_DURATIONS" in str(info.value)
+
+
+def test_backend_durations_follow_custom_phases() -> None:
+    env = {"COORD_PHASES": "boot,services", "BACKEND_PHASE_DURATIONS": "boot=0.3"}
+    assert BackendConfig.from_env(env).durations == {"boot": 0.3, "services": 5.0}
+    with pytest.raises(ConfigError, match="BACKEND_PHASE_DURATIONS"):
+        BackendConfig.from_env({**env, "BACKEND_PHASE_DURATIONS": "database=1"})
+
+
+@pytest.mark.parametrize("env,variable", [
+    ({"COORD_MAX_QUEUE": "-5"}, "COORD_MAX_QUEUE"),
+    ({"COORD_REDIS_URL": f"http://u:{PASSWORD}@h/0"}, "COORD_REDIS_URL"),
+    ({"BACKEND_PHASE_DURATIONS": "warmup=1"}, "BACKEND_PHASE_DURATIONS"),
+])
+def test_python_m_backend_refuses_a_bad_value_naming_the_variable(env: dict[str, str],
+                                                                  variable: str) -> None:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("COORD_", "BACKEND_")) and k != "K_SERVICE"}
+    proc = subprocess.run([sys.executable, "-m", "backend"], cwd=ROOT, capture_output=True,
+                          env={**clean, "PORT": "1", **env}, timeout=60)
+    stderr = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert variable in stderr, stderr
+    assert PASSWORD not in stderr and PASSWORD not in proc.stdout.decode()
+    assert "Traceback" not in stderr
