@@ -1,0 +1,163 @@
+"""The fleet as a stream of Server-Sent Events frames for the dashboard.
+
+One subscription to ``N:events`` and one snapshot ticker are shared by every open page
+and fanned out to a bounded queue per page. Events show transitions at once; the full
+snapshot (``registry.fleet_snapshot``, the view the CLI prints) follows every interval and
+after each burst of events, so a lost event, a dropped frame or a restart corrects itself.
+The shared tasks run only while a page is open: the first page starts them and the last
+one to leave cancels and awaits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import redis.asyncio as redis
+
+from .. import messages
+from ..connections import REDIS_ERRORS
+from ..exceptions import InvalidMessage
+from ..keys import Keys
+from ..registry import fleet_snapshot
+
+SNAPSHOT_INTERVAL = 1.0
+EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
+PAGE_QUEUE_SIZE = 64
+RECONNECT_FIRST, RECONNECT_MAX = 0.1, 5.0
+
+log = logging.getLogger("coordinator.dashboard")
+
+Frame = bytes | None  # None ends a page's stream
+
+
+def sse_frame(kind: str, body: Any) -> bytes:
+    """One Server-Sent Event. JSON escapes every newline, so ``data`` stays one line."""
+    return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+
+
+class FleetFeed:
+    def __init__(self, client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
+                 signing_key: str | None = None, interval: float = SNAPSHOT_INTERVAL,
+                 queue_size: int = PAGE_QUEUE_SIZE) -> None:
+        self.client = client
+        self.keys = keys
+        self.fleet_cap = fleet_cap
+        self.signing_key = signing_key
+        self.interval = interval
+        self.queue_size = queue_size
+        self.drops = messages.DropCounter()
+        self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
+        self.closed = False
+        self._pages: set[asyncio.Queue[Frame]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresh = asyncio.Event()
+
+    @property
+    def pages(self) -> int:
+        return len(self._pages)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Frame]]:
+        """A queue of frames for one page: a snapshot soon, then events and snapshots."""
+        queue: asyncio.Queue[Frame] = asyncio.Queue(self.queue_size)
+        if self.closed:
+            queue.put_nowait(None)
+        self._pages.add(queue)
+        if not self._tasks and not self.closed:
+            self._spawn(self._snapshots(), "snapshots")
+            self._spawn(self._events(), "events")
+        self._refresh.set()
+        try:
+            yield queue
+        finally:
+            # No await before the decision: a page arriving meanwhile starts fresh tasks.
+            self._pages.discard(queue)
+            if not self._pages:
+                await self._stop_tasks()
+
+    def close(self) -> None:
+        """End every page's stream (the server is going away); later pages get none."""
+        self.closed = True
+        for queue in self._pages:
+            self._offer(queue, None)
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"dashboard-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dashboard task %s died", task.get_name(), exc_info=task.exception())
+
+    def broadcast(self, frame: bytes) -> None:
+        """Send one frame to every open page."""
+        if self.closed:
+            return
+        for queue in self._pages:
+            self._offer(queue, frame)
+
+    def _offer(self, queue: asyncio.Queue[Frame], frame: Frame) -> None:
+        if queue.full():
+            queue.get_nowait()  # the oldest: the next snapshot carries what it said
+            self.lagged += 1
+        queue.put_nowait(frame)
+
+    async def snapshot_frame(self) -> bytes:
+        try:
+            doc = await fleet_snapshot(self.client, self.keys, fleet_cap=self.fleet_cap)
+        except REDIS_ERRORS as exc:
+            return sse_frame("status", {"redis": "down", "error": type(exc).__name__})
+        return sse_frame("snapshot", doc)
+
+    async def _snapshots(self) -> None:
+        while True:
+            self._refresh.clear()
+            self.broadcast(await self.snapshot_frame())
+            try:
+                async with asyncio.timeout(self.interval):
+                    await self._refresh.wait()
+            except TimeoutError:
+                continue
+            await asyncio.sleep(EVENT_SETTLE)
+
+    async def _events(self) -> None:
+        attempt = 0
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.events)
+                attempt = 0
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._on_event(msg.get("data"))
+            except REDIS_ERRORS:
+                attempt += 1  # the snapshot ticker tells the pages that Redis is down
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()
+            await asyncio.sleep(min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** min(attempt, 8)))
+
+    def _on_event(self, data: Any) -> None:
+        try:
+            msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
+                                  signing_key=self.signing_key)
+        except InvalidMessage as exc:
+            self.drops.drop(exc, self.keys.events)
+            return
+        self.broadcast(sse_frame("event", msg.to_dict()))
+        self._refresh.set()

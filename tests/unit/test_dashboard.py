@@ -1,0 +1,273 @@
+"""The dashboard's server side on fakeredis: the feed's fan-out and its bounds, the event
+stream as pure ASGI (hand-written receive/send), the page's routes and headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from coordinator import messages
+from coordinator.connections import make_redis
+from coordinator.core import Coordinator
+from coordinator.dashboard import FleetFeed, create_app, mount_dashboard, sse_frame
+from coordinator.dashboard.web import EventStream
+from coordinator.keys import Keys
+from coordinator.registry import encode_record, write_record
+from coordinator.settings import Settings
+from tests.support import async_wait_until, free_port
+
+DEADLINE = 5.0
+KEYS = Keys("dash")
+
+
+def parse_frames(data: bytes) -> list[tuple[str, Any]]:
+    """SSE frames -> (event, JSON data); fails on a frame with more than one data line."""
+    frames = []
+    for block in data.decode().split("\n\n"):
+        lines = block.splitlines()
+        kinds = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+        datas = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+        if kinds:
+            assert len(kinds) == 1 and len(datas) == 1, block
+            frames.append((kinds[0], json.loads(datas[0])))
+    return frames
+
+
+async def next_frame(queue: asyncio.Queue[bytes | None], kind: str,
+                     where: Callable[[Any], bool] = lambda body: True) -> Any:
+    """The data of the next frame of this kind that matches (others are skipped)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            frame = await queue.get()
+            assert frame is not None, "the stream ended"
+            ((got, body),) = parse_frames(frame)
+            if got == kind and where(body):
+                return body
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    fake = fakeredis.FakeAsyncRedis()
+    yield fake
+    await fake.aclose()
+
+
+async def add_instance(client: Any, instance_id: str, **fields: Any) -> None:
+    now = time.time()
+    record = {"id": instance_id, "state": "starting", "phase": "services", "phase_index": 5,
+              "phases_total": 7, "heartbeat_at": now, "ttl": 10.0, "queue_depth": 2,
+              "queue_max": 50, "admitted": 0, "rejected": 0, **fields}
+    await write_record(client, KEYS, encode_record(record), 10.0, now)
+
+
+def event(instance: str, name: str = "phase_started", **extra: Any) -> bytes:
+    return messages.encode(messages.Message(instance, name, "services", 5, time.time(),
+                                            {"state": "starting", **extra}))
+
+
+async def subscribers(client: Any) -> int:
+    return int((await client.pubsub_numsub(KEYS.events))[0][1])
+
+
+def test_a_frame_keeps_untrusted_text_on_one_data_line() -> None:
+    body = {"instance": "a\nb\r\ndata: forged\n\nevent: x", "host": "\u2028<script>"}
+    ((kind, parsed),) = parse_frames(sse_frame("event", body))
+    assert (kind, parsed) == ("event", body)
+
+
+async def test_a_page_gets_a_snapshot_then_live_events(client: Any) -> None:
+    await add_instance(client, "a")
+    feed = FleetFeed(client, KEYS, interval=60)
+    async with feed.subscribe() as page:
+        snapshot = await next_frame(page, "snapshot")
+        assert [i["id"] for i in snapshot["instances"]] == ["a"]
+        assert snapshot["totals"]["held"] == 2
+        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
+        await client.publish(KEYS.events, event("a", "ready", state="ready"))
+        body = await next_frame(page, "event")
+        assert (body["instance"], body["event"], body["state"]) == ("a", "ready", "ready")
+        # An event asks for a fresh snapshot, well before the 60 s interval.
+        await add_instance(client, "b")
+        await client.publish(KEYS.events, event("b"))
+        await next_frame(page, "snapshot", lambda s: len(s["instances"]) == 2)
+
+
+async def test_pages_share_one_subscription_and_the_last_to_leave_ends_it(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60)
+    async with feed.subscribe() as first:
+        async with feed.subscribe() as second:
+            await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
+            await client.publish(KEYS.events, event("a"))
+            assert (await next_frame(first, "event"))["instance"] == "a"
+            assert (await next_frame(second, "event"))["instance"] == "a"
+            assert await subscribers(client) == 1
+            assert len(dashboard_tasks()) == 2
+        assert feed.pages == 1 and await subscribers(client) == 1
+    assert feed.pages == 0
+    assert not dashboard_tasks()
+
+
+def dashboard_tasks() -> list[asyncio.Task[Any]]:
+    """The feed's and the streams' tasks still alive (the feed names them all)."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("dashboard-")]
+
+
+async def test_invalid_events_are_dropped_and_counted(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60)
+    async with feed.subscribe() as page:
+        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
+        for junk in (b"not json", b"[]", b"x" * 5000, json.dumps({"v": 9}).encode()):
+            await client.publish(KEYS.events, junk)
+        await client.publish(KEYS.events, event("good"))
+        assert (await next_frame(page, "event"))["instance"] == "good"
+    assert feed.drops.counts == {"invalid_json": 1, "invalid_schema": 1, "oversized": 1,
+                                 "unknown_version": 1}
+
+
+async def test_signed_fleets_show_only_signed_events(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60, signing_key="k")
+    async with feed.subscribe() as page:
+        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
+        await client.publish(KEYS.events, event("forged"))
+        signed = messages.encode(messages.Message("real", "ready", "services", 5, time.time()),
+                                 "k")
+        await client.publish(KEYS.events, signed)
+        assert (await next_frame(page, "event"))["instance"] == "real"
+    assert feed.drops.counts == {"unsigned": 1}
+
+
+async def test_a_slow_page_loses_its_oldest_frames_never_the_newest(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60, queue_size=3)
+    async with feed.subscribe() as page:
+        for n in range(5):  # no await in between: the feed's tasks have not run yet
+            feed.broadcast(sse_frame("event", {"n": n}))
+        assert page.qsize() == 3 and feed.lagged == 2
+        assert [parse_frames(page.get_nowait())[0][1]["n"] for _ in range(3)] == [2, 3, 4]
+
+
+async def test_with_redis_down_pages_are_told_so(client: Any) -> None:
+    down = make_redis(f"redis://127.0.0.1:{free_port()}/0")
+    feed = FleetFeed(down, KEYS, interval=60)
+    try:
+        async with feed.subscribe() as page:
+            assert await next_frame(page, "status") == {"redis": "down",
+                                                        "error": "ConnectionError"}
+    finally:
+        await down.aclose()
+
+
+async def test_close_ends_every_stream(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60)
+    async with feed.subscribe() as page:
+        feed.close()
+        async with asyncio.timeout(DEADLINE):
+            while (await page.get()) is not None:
+                pass
+    async with feed.subscribe() as late:
+        assert late.get_nowait() is None
+    assert not dashboard_tasks()
+
+
+class Client:
+    """The ASGI side of one HTTP client: what it was sent, and a way to hang up."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.hang_up = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+SCOPE = {"type": "http", "method": "GET", "path": "/events", "headers": []}
+
+
+async def test_a_stream_ends_its_tasks_when_the_client_disconnects(client: Any) -> None:
+    await add_instance(client, "a")
+    feed = FleetFeed(client, KEYS, interval=0.05)
+    http = Client()
+    stream = asyncio.create_task(EventStream(feed)(SCOPE, http.receive, http.send))
+    await async_wait_until(lambda: b"event: snapshot" in http.body, DEADLINE,
+                           what="a snapshot on the stream")
+    start = http.sent[0]
+    assert start["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+    assert http.body.startswith(b"retry: 1000\n\n")
+    assert len(dashboard_tasks()) == 4  # snapshots, events; pump, listen
+    http.hang_up.set()
+    await asyncio.wait_for(stream, DEADLINE)
+    assert feed.pages == 0 and not dashboard_tasks()
+
+
+async def test_a_closed_feed_ends_the_stream_and_turns_new_ones_away(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60)
+    http = Client()
+    stream = asyncio.create_task(EventStream(feed)(SCOPE, http.receive, http.send))
+    await async_wait_until(lambda: b"event: snapshot" in http.body, DEADLINE,
+                           what="a snapshot on the stream")
+    feed.close()
+    await asyncio.wait_for(stream, DEADLINE)
+    assert http.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    late = Client()
+    await EventStream(feed)(SCOPE, late.receive, late.send)
+    assert late.sent[0]["status"] == 503
+
+
+async def test_the_standalone_server_serves_the_page_with_a_strict_policy() -> None:
+    app, _feed = create_app(f"redis://127.0.0.1:{free_port()}/0", "dash")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash") as http:
+        assert (await http.get("/")).headers["location"] == "/dashboard/"
+        page = await http.get("/dashboard/")
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        for asset in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+            assert (await http.get("/dashboard/" + asset)).status_code == 200, asset
+        assert (await http.get("/dashboard/static/../web.py")).status_code == 404
+
+
+def test_the_page_never_parses_data_as_markup() -> None:
+    """Every value from Redis reaches the DOM as text: no HTML sinks in the script."""
+    script = (resources.files("coordinator.dashboard") / "static" / "dashboard.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "setAttribute('on", "srcdoc"):
+        assert sink not in script, sink
+    page = (resources.files("coordinator.dashboard") / "static" / "index.html").read_text()
+    assert "<script>" not in page and "http://" not in page and "https://" not in page
+
+
+async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draining() -> None:
+    coord = Coordinator(Settings(instance_id="i-1", namespace="dash"),
+                        client=fakeredis.FakeAsyncRedis())
+    api = FastAPI()
+    feed = mount_dashboard(api, coord)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://i") as http:
+        assert (await http.get("/dashboard/")).status_code == 200
+        async with feed.subscribe() as page:
+            coord.begin_drain()
+            async with asyncio.timeout(DEADLINE):
+                while (await page.get()) is not None:
+                    pass
+    assert feed.closed
+    await coord.redis.aclose()
