@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from coordinator import ConnectionGate, Coordinator
 from coordinator.connections import REDIS_ERRORS
+from coordinator.dashboard import mount_dashboard
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.registry import fleet_snapshot
 
@@ -50,6 +51,7 @@ class Backend:
         self.metrics = Metrics(self.coord, self.gate)
         self._startup: asyncio.Task[None] | None = None
         self._routes()
+        mount_dashboard(self.api, self.coord)  # /dashboard/
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.gate(scope, receive, send)

@@ -1,0 +1,322 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``), against real Redis.
+
+Chromium is driven over its DevTools protocol with the ``websockets`` library the project
+already depends on, so no driver or browser is downloaded. Each test saves a screenshot
+under ``artifacts/`` (gitignored) and prints its path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+from websockets.asyncio.client import ClientConnection, connect
+
+from coordinator import messages
+from coordinator.keys import Keys
+from coordinator.registry import encode_record, write_record
+from tests.support import ROOT, BackendProcess, RedisServer, async_wait_until, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                  "--hide-scrollbars", "--window-size=1360,860")
+ARTIFACTS = ROOT / "artifacts"
+
+# What the page shows, read from its DOM: the rows as a person reads them.
+ROWS_JS = """Array.from(document.querySelectorAll('#instances tbody tr')).map(tr => ({
+  id: tr.querySelector('.id').textContent,
+  state: tr.querySelector('.pill').textContent,
+  phase: tr.querySelector('.phase-name').textContent,
+  held: tr.querySelector('.held').textContent,
+}))"""
+
+
+class Chromium:
+    """One headless Chromium page, over the DevTools protocol."""
+
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ws: ClientConnection | None = None
+        self.errors: list[str] = []  # uncaught exceptions and console errors on the page
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> Chromium:
+        if not Path(CHROMIUM).exists():
+            raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+        self.profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = self.profile / "DevToolsActivePort"
+        lines = await async_wait_until(
+            lambda: port_file.exists() and len(port_file.read_text().split()) >= 2 and
+            port_file.read_text().split(), 30, interval=0.1, what="chromium's DevTools port")
+        with urllib.request.urlopen(f"http://127.0.0.1:{lines[0]}/json/list", timeout=5) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.ws = await connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self._reader = asyncio.create_task(self._read(), name="chromium-reader")
+        await self.call("Page.enable")
+        await self.call("Runtime.enable")
+        return self
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self.ws is not None:
+            await self.ws.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for raw in self.ws:
+            msg = json.loads(raw)
+            if "id" in msg:
+                future = self._pending.pop(msg["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(msg)
+            elif msg.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(json.dumps(msg["params"]["exceptionDetails"])[:500])
+            elif msg.get("method") == "Runtime.consoleAPICalled" \
+                    and msg["params"].get("type") == "error":
+                self.errors.append(json.dumps(msg["params"].get("args"))[:500])
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        assert self.ws is not None
+        msg_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        await self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        reply = await asyncio.wait_for(future, 30)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return dict(reply.get("result", {}))
+
+    async def goto(self, url: str) -> None:
+        result = await self.call("Page.navigate", url=url)
+        if result.get("errorText"):
+            raise RuntimeError(f"navigating to {url}: {result['errorText']}")
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def screenshot(self, name: str) -> Path:
+        metrics = await self.call("Page.getLayoutMetrics")
+        size = metrics["cssContentSize"]
+        shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                               clip={"x": 0, "y": 0, "width": size["width"],
+                                     "height": size["height"], "scale": 1})
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        print(f"screenshot: {path}")
+        return path
+
+    async def rows(self) -> list[dict[str, str]]:
+        return list(await self.evaluate(ROWS_JS))
+
+    async def text(self, element_id: str) -> str:
+        return str(await self.evaluate(f"document.getElementById({json.dumps(element_id)})"
+                                       ".textContent"))
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
+    chromium = Chromium(tmp_path / "chromium-profile")
+    try:
+        yield await chromium.start()
+    finally:
+        await chromium.close()
+
+
+async def _held_client(url: str) -> dict[str, Any]:
+    """A chat client that connects during `services`: held, then welcomed."""
+    async with connect(url, open_timeout=40) as ws:
+        return dict(json.loads(await ws.recv()))
+
+
+async def test_dashboard_follows_three_instances_through_startup_holds_and_a_kill(
+        redis_server: RedisServer, namespace: str, start_backend: Any,
+        browser: Chromium) -> None:
+    env = {"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": namespace,
+           "COORD_HEARTBEAT_INTERVAL": "1", "COORD_INSTANCE_TTL": "3",
+           "BACKEND_PHASE_DURATIONS": "init=0.05,dependencies=0.1,database=0.1,cache=0.1,"
+                                      "services=8,websocket=0.1,finalize=0.1"}
+    procs: list[BackendProcess] = [
+        start_backend({**env, "COORD_INSTANCE_ID": f"dash-{i}"}, wait=False) for i in range(3)]
+    await async_wait_until(lambda: procs[0].get("/health/live")[0] == 200, 30,
+                           what="the first backend to listen")
+    await browser.goto(procs[0].http_url + "/dashboard/")
+
+    seen = await async_wait_until(lambda: _all_three(browser, "phase", "services"), 30,
+                                  interval=0.2, what="the page to show three in services")
+    assert sorted(seen) == ["dash-0", "dash-1", "dash-2"]
+
+    clients = [asyncio.create_task(_held_client(p.ws_url)) for p in procs for _ in range(2)]
+    try:
+        await async_wait_until(lambda: _total_held(browser), 15, interval=0.2,
+                               what="the page to show held connections")
+        assert int(await browser.text("total-held")) > 0
+        held_rows = [r for r in await browser.rows() if not r["held"].startswith("0 ")]
+        assert held_rows, "a row shows its held count against its cap"
+        assert all(" / " in r["held"] for r in held_rows)
+        await browser.screenshot("dashboard-starting.png")
+
+        states = await async_wait_until(lambda: _all_three(browser, "state", "ready"), 40,
+                                        interval=0.2, what="the page to show three ready")
+        assert sorted(states) == ["dash-0", "dash-1", "dash-2"]
+        welcomes = await asyncio.wait_for(asyncio.gather(*clients), 30)
+    finally:
+        for task in clients:
+            task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+    assert all(w["type"] == "welcome" for w in welcomes), welcomes
+    await async_wait_until(lambda: _text_is(browser, "total-ready", "3"), 10, interval=0.2,
+                           what="the totals to count three ready")
+    await browser.screenshot("dashboard-ready.png")
+
+    procs[2].kill()
+    await async_wait_until(lambda: _ids_are(browser, ["dash-0", "dash-1"]), 20, interval=0.2,
+                           what="the killed instance to leave the page")
+    assert await browser.text("total-instances") == "2"
+    await browser.screenshot("dashboard-after-kill.png")
+    assert browser.errors == []
+
+
+async def _all_three(browser: Chromium, field: str, wanted: str) -> dict[str, str] | None:
+    by_id = {r["id"]: r[field] for r in await browser.rows()}
+    return by_id if len(by_id) == 3 and set(by_id.values()) == {wanted} else None
+
+
+async def _total_held(browser: Chromium) -> bool:
+    return int(await browser.text("total-held")) > 0
+
+
+async def _text_is(browser: Chromium, element_id: str, wanted: str) -> bool:
+    return await browser.text(element_id) == wanted
+
+
+async def _ids_are(browser: Chromium, wanted: list[str]) -> bool:
+    return sorted(r["id"] for r in await browser.rows()) == wanted
+
+
+HOSTILE_ID = '<script>window.pwned = "script"</script><img src=x onerror="window.pwned = 1">'
+
+
+@contextlib.contextmanager
+def _standalone_dashboard(redis_url: str, namespace: str, log: Path) -> Any:
+    """``coordinator.dashboard.serve`` in its own process, as the CLI runs it."""
+    port = free_port()
+    code = ("import sys; from coordinator.dashboard import serve; "
+            "serve(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3]))")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, redis_url, namespace, str(port)],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_instance_ids_and_hosts_from_redis_render_as_text(
+        redis_server: RedisServer, namespace: str, browser: Chromium, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    keys = Keys(namespace)
+    now = time.time()
+    record = encode_record({
+        "id": HOSTILE_ID, "state": "starting", "phase": "<b>services</b>", "phase_index": 5,
+        "phases_total": 7, "started_at": now, "updated_at": now, "heartbeat_at": now,
+        "phase_started_at": now, "ttl": 60.0, "queue_depth": 1, "queue_max": 50,
+        "admitted": 0, "rejected": 0, "host": "<img src=x onerror=alert(1)>", "version": "1",
+    })
+    try:
+        await write_record(client, keys, record, 60.0, now)
+        with _standalone_dashboard(redis_server.url, namespace, tmp_path / "dash.log") as url:
+            await async_wait_until(lambda: _http_ok(url + "/dashboard/"), 20,
+                                   what="the standalone dashboard to listen")
+            await browser.goto(url + "/")
+            rows = await async_wait_until(browser.rows, 20, interval=0.2,
+                                          what="the page to show the hostile record")
+            assert [r["id"] for r in rows] == [HOSTILE_ID]
+            assert rows[0]["phase"] == "<b>services</b>"
+            meta = await browser.evaluate("document.querySelector('#instances .meta').textContent")
+            assert meta.startswith("<img src=x onerror=alert(1)>")
+
+            # An event carrying the same id goes through the live path too.
+            event = messages.encode(messages.Message(HOSTILE_ID, "ready", "<b>services</b>",
+                                                     5, time.time(), {"state": "ready"}))
+            await client.publish(keys.events, event)
+            await async_wait_until(lambda: _states_are(browser, ["ready"]), 10, interval=0.2,
+                                   what="the event to reach the page")
+            await browser.screenshot("dashboard-hostile-id.png")
+
+            injected = await browser.evaluate(
+                "document.querySelectorAll('body script:not([src]), #instances img, "
+                "#instances b').length")
+            assert injected == 0
+            assert await browser.evaluate("typeof window.pwned") == "undefined"
+            assert browser.errors == []
+
+            # Leaving the page ends its stream and with it the feed's subscription.
+            assert await _subscribers(client, keys) == 1
+            await browser.goto("about:blank")
+            await async_wait_until(lambda: _no_subscribers(client, keys), 10,
+                                   what="the dashboard to unsubscribe")
+    finally:
+        await client.delete(keys.instance(HOSTILE_ID), keys.instances)
+        await client.aclose()
+
+
+async def _states_are(browser: Chromium, wanted: list[str]) -> bool:
+    return [r["state"] for r in await browser.rows()] == wanted
+
+
+async def _subscribers(client: redis.Redis, keys: Keys) -> int:
+    return int((await client.pubsub_numsub(keys.events))[0][1])
+
+
+async def _no_subscribers(client: redis.Redis, keys: Keys) -> bool:
+    return await _subscribers(client, keys) == 0
+
+
+def _http_ok(url: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    return False
+
