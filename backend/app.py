@@ -90,7 +90,10 @@ class Backend:
             await websocket.accept()
             services = self.services
             if services is None:
-                # What every early connection hit before the gate existed.
+                # What every early connection hit before the gate existed. uvicorn drops
+                # the TCP connection (1006) when a handler raises after accept; close
+                # with 1011 first, as Starlette's WebSocketEndpoint does.
+                await websocket.close(code=1011, reason="chat services are not built yet")
                 raise RuntimeError("chat services are not built yet")
             await websocket.send_json(services.welcome())
             with contextlib.suppress(WebSocketDisconnect):

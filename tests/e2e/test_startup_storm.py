@@ -1,0 +1,70 @@
+"""A storm of real clients against a real uvicorn process while it starts.
+
+The backend's `services` phase takes 3 s; 60 clients open during it. With the gate,
+none sees 1011: the first 50 are held and chat once ready, the 10 beyond the local cap
+get the clean rejection at once. Without the gate, the same storm produces 1011s.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .clients import CHAT, IMPLEMENTATIONS, NEAR_READY_DURATIONS, assert_chatted, \
+    assert_clean_rejection, backend_env, chat, counters, health, storm, tally, wait_for_phase
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+CLIENTS = 60
+MAX_QUEUE = 50
+
+
+@pytest.mark.parametrize("reject", ["http", "close"])
+@pytest.mark.parametrize("ws", IMPLEMENTATIONS)
+async def test_gate_holds_the_storm_and_rejects_beyond_the_cap_cleanly(
+        start_backend, redis_server, namespace, ws, reject):
+    env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_REJECT=reject,
+                      COORD_MAX_QUEUE=str(MAX_QUEUE),
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3")
+    backend = start_backend(env, wait=True)
+    wait_for_phase(backend, ("cache", "services"))
+
+    outcomes = await storm(backend.ws_url, CLIENTS)
+
+    counts = tally(outcomes)
+    assert not any("1011" in k for k in counts), counts
+    chatted = [o for o in outcomes if o.kind == CHAT]
+    rejected = [o for o in outcomes if o.kind != CHAT]
+    assert len(chatted) == MAX_QUEUE, counts
+    assert len(rejected) == CLIENTS - MAX_QUEUE, counts
+    for outcome in chatted:
+        assert_chatted(outcome, env["COORD_INSTANCE_ID"])
+    for outcome in rejected:
+        assert_clean_rejection(outcome, reject, "queue_full")
+    # The rejections came at once, while the held clients were still waiting.
+    assert max(o.elapsed for o in rejected) < min(o.elapsed for o in chatted)
+
+    status, body = health(backend)
+    assert status == 200 and body["state"] == "ready", body
+    assert counters(body) == {"admitted": {"after_hold": MAX_QUEUE},
+                              "rejected": {"queue_full": CLIENTS - MAX_QUEUE},
+                              "held_total": MAX_QUEUE, "released_total": MAX_QUEUE,
+                              "depth": 0}
+
+
+@pytest.mark.parametrize("ws", IMPLEMENTATIONS)
+async def test_without_the_gate_the_same_storm_gets_1011(start_backend, redis_server,
+                                                         namespace, ws):
+    env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_GATE="off",
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=2")
+    backend = start_backend(env, wait=True)
+    wait_for_phase(backend, ("cache", "services"))
+
+    outcomes = await storm(backend.ws_url, CLIENTS)
+
+    counts = tally(outcomes)
+    assert counts["close 1011"] > 0, counts
+    # Once ready the handler works: the 1011s were the startup race, nothing else.
+    backend.wait_ready(timeout=15)
+    assert_chatted(await chat(backend.ws_url, "after ready"), env["COORD_INSTANCE_ID"])
+    _, body = health(backend)
+    assert body["admitted"] == {} and body["rejected"] == {}, body  # the gate stayed out
