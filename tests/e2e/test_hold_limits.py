@@ -6,7 +6,8 @@ when it runs out: a hold longer than that never reaches ready. ``websockets-sans
 ``wsproto`` have no handshake timer, so only COORD_MAX_QUEUE_TIME bounds the hold.
 
 The four backends below start together and hold one client each in parallel, so the
-module costs one ~12 s hold rather than four. The numbers are in docs/hold-limits.md.
+module costs one ~13 s hold rather than four. The numbers are in the README, section
+"Handshake hold limits".
 """
 
 from __future__ import annotations
