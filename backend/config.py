@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coordinator.exceptions import ConfigError
 from coordinator.settings import Settings
 
 DEFAULT_DURATIONS = {"init": 0.05, "dependencies": 0.2, "database": 0.3, "cache": 0.2,
                      "services": 5.0, "websocket": 0.1, "finalize": 0.05}
+log = logging.getLogger("backend")
 WS_IMPLEMENTATIONS = ("auto", "websockets", "websockets-sansio", "wsproto")
+# uvicorn's legacy `websockets` implementation drops a handshake that is not answered
+# within websockets' open_timeout (10 s) with no HTTP response at all; holds are capped
+# below it so that a held client gets a clean 503 instead (README: hold limits).
+LEGACY_WS_HOLD_CAP = 9.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,10 @@ class BackendConfig:
         ws = env.get("BACKEND_WS", "auto")
         if ws not in WS_IMPLEMENTATIONS:
             raise ConfigError("BACKEND_WS", ws, "expected one of " + ", ".join(WS_IMPLEMENTATIONS))
+        if ws == "websockets" and coord.max_queue_time > LEGACY_WS_HOLD_CAP:
+            log.warning("BACKEND_WS=websockets drops handshakes held past 10 s: capping "
+                        "COORD_MAX_QUEUE_TIME at %.0f s", LEGACY_WS_HOLD_CAP)
+            coord = replace(coord, max_queue_time=LEGACY_WS_HOLD_CAP)
         return cls(coord, durations, fail_phase, env.get("HOST", "0.0.0.0"), port, ws)
 
 
