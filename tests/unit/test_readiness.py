@@ -107,3 +107,16 @@ def test_status_from_record() -> None:
     assert status == Status(State.READY, "services", 5, 1001.5, BORN)
     assert status_from_record({"state": "exploded"}) is None
     assert status_from_record({}) is None
+
+
+@pytest.mark.parametrize("started_at", [1795719285.8811235, 1795719285.8811225, 1e9 + 0.1234567])
+def test_the_same_incarnation_at_hash_precision_is_still_the_same(started_at: float) -> None:
+    # The hash stores started_at to the microsecond, a message carries it in full: the
+    # two must not read as different lives (rounding up made a message look older).
+    from_hash = float(f"{started_at:.6f}")
+    current = Status(State.STARTING, "services", 5, None, from_hash)
+    ready = Status(State.READY, "services", 5, None, started_at)
+    assert advance(current, ready).state is State.READY
+    late = Status(State.STARTING, "cache", 4, None, started_at)
+    assert advance(Status(State.READY, "services", 5, None, from_hash), late).state \
+        is State.READY

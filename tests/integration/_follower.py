@@ -1,0 +1,46 @@
+"""A follower Coordinator in a process of its own, for test_ready_signal.py.
+
+Run as ``python -m tests.integration._follower`` from the project root. It reads COORD_*
+like any process, waits for its instance to be ready and reports on stdout, one JSON
+object per line: each coordinator notice ("redis", "state", "drop"), then "waiting" once
+its waiter is registered, and finally "released" or "not_released", each with its view.
+FOLLOWER_POLL=off switches the safety-net re-read of the hash off, so that a release can
+only come over pub/sub (or from the read that follows a re-subscribe). FOLLOWER_WAIT
+bounds the wait, in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+from coordinator.core import Coordinator
+from coordinator.settings import Settings
+
+
+def report(what: str, coord: Coordinator) -> None:
+    print(json.dumps({"what": what, "state": coord.state.value, "phase": coord.current_phase,
+                      "redis_ok": coord.redis_ok, "redis_errors": coord.redis_errors,
+                      "drops": dict(coord.drops.counts), "t": time.time()}), flush=True)
+
+
+async def main() -> int:
+    coord = Coordinator(Settings.from_env(), role="follower")
+    if os.environ.get("FOLLOWER_POLL") == "off":
+        coord.waiting_changed = lambda: None  # type: ignore[method-assign]
+    coord.listeners.append(report)
+    async with coord:
+        waiter = asyncio.create_task(coord.wait_ready(float(os.environ.get("FOLLOWER_WAIT",
+                                                                           "20"))))
+        await asyncio.sleep(0)  # the waiter is registered (and the poll started) now
+        report("waiting", coord)
+        released = await waiter
+        report("released" if released else "not_released", coord)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
