@@ -127,6 +127,21 @@ async def subscribers(client: redis.Redis, namespace: str) -> int:
     return dict(await client.pubsub_numsub(channel))[channel]
 
 
+async def _subscribed(client: redis.Redis, namespace: str) -> bool:
+    return await subscribers(client, namespace) == 1
+
+
+async def waiting_follower(spawn: Any, connect: Any, url: str, namespace: str,
+                           poll: bool = True) -> tuple[redis.Redis, Follower]:
+    """A hash that says "starting, in services", and a follower subscribed and waiting."""
+    client = connect(url)
+    await write_starting(client, namespace)
+    follower = await spawn(url, namespace, poll=poll)
+    await follower.expect("waiting", state="starting", phase="services", redis_ok=True)
+    await async_wait_until(lambda: _subscribed(client, namespace), 5, what="subscribed")
+    return client, follower
+
+
 async def test_a_waiter_in_another_process_is_released_over_pubsub(
         redis_server: RedisServer, namespace: str, spawn: Any) -> None:
     owner = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
@@ -155,12 +170,7 @@ async def test_a_waiter_in_another_process_is_released_over_pubsub(
 
 async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
         redis_server: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client = connect(redis_server.url)
-    await write_starting(client, namespace)
-    follower = await spawn(redis_server.url, namespace)
-    waiting = await follower.expect("waiting")
-    assert (waiting["state"], waiting["redis_ok"]) == ("starting", True)
-    await async_wait_until(lambda: _subscribed(client, namespace), 5, what="subscribed")
+    client, follower = await waiting_follower(spawn, connect, redis_server.url, namespace)
     # The transition lands in the hash, but its message never goes out.
     await client.hset(f"{namespace}:instance:{INSTANCE}", "state", "ready")
     released = await follower.expect("released")
@@ -168,17 +178,9 @@ async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
     assert released["redis_errors"] == 0  # still subscribed: only a re-read could see it
 
 
-async def _subscribed(client: redis.Redis, namespace: str) -> bool:
-    return await subscribers(client, namespace) == 1
-
-
 async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
         own_redis: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client = connect(own_redis.url)
-    await write_starting(client, namespace)
-    follower = await spawn(own_redis.url, namespace)
-    await follower.expect("waiting", state="starting", redis_ok=True)
-    await async_wait_until(lambda: _subscribed(client, namespace), 5, what="subscribed")
+    client, follower = await waiting_follower(spawn, connect, own_redis.url, namespace)
     key = f"{namespace}:instance:{INSTANCE}"
     channel = f"{namespace}:instance:{INSTANCE}:events"
     async with client.pipeline(transaction=True) as pipe:  # atomic: no re-subscribe between
@@ -194,11 +196,7 @@ async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
 
 async def test_bad_messages_are_dropped_counted_and_never_release(
         redis_server: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client = connect(redis_server.url)
-    await write_starting(client, namespace)
-    follower = await spawn(redis_server.url, namespace)
-    await follower.expect("waiting", state="starting", redis_ok=True)
-    await async_wait_until(lambda: _subscribed(client, namespace), 5, what="subscribed")
+    client, follower = await waiting_follower(spawn, connect, redis_server.url, namespace)
     channel = f"{namespace}:instance:{INSTANCE}:events"
     unknown_version = json.loads(ready_message())
     unknown_version["v"] = 2
@@ -224,10 +222,7 @@ async def test_bad_messages_are_dropped_counted_and_never_release(
 
 async def test_the_follower_resubscribes_after_a_redis_restart(
         own_redis: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client = connect(own_redis.url)
-    await write_starting(client, namespace)
-    follower = await spawn(own_redis.url, namespace, poll=False)
-    await follower.expect("waiting", state="starting", redis_ok=True)
+    _, follower = await waiting_follower(spawn, connect, own_redis.url, namespace, poll=False)
     await asyncio.to_thread(own_redis.restart)  # the hash is gone with it (no persistence)
     await follower.expect("redis", redis_ok=False)
     await follower.expect("redis", redis_ok=True)
