@@ -1,0 +1,270 @@
+"""Connect to a gated WebSocket service politely: retry what the gate asks to be retried,
+back off with full jitter, give up within bounds.
+
+The gate refuses a handshake with HTTP 503 and ``Retry-After``, or (``COORD_REJECT=close``,
+or where the server cannot send a denial response) by accepting it and closing at once
+with 1013 (try again later) or 1012 (service restart) and a JSON reason carrying
+``retry_after``. Each is retried no sooner than the server's hint, plus a random delay
+drawn from a window that doubles with every attempt ("full jitter"), so a fleet that
+restarts does not get all of its clients back in the same instant. Refused connections,
+dropped handshakes and open timeouts (an instance restarting, a load balancer with no
+server up) are retried the same way without a hint. Everything else, close code 1011
+above all, is raised at once: retrying would hide a bug.
+
+    async with connect("wss://chat.example.com/ws") as session:
+        print(session.first_message)        # the server's first frame
+        await session.websocket.send("hi")
+
+Bounds: at most ``max_attempts`` handshakes, and no attempt (handshake included) runs
+past ``max_time`` seconds after the first one started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+)
+from websockets import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from .exceptions import CoordinatorError
+
+RETRY_STATUSES = frozenset({502, 503, 504})  # the gate's 503; a load balancer's 502/504
+RETRY_CLOSE_CODES = frozenset({1012, 1013})
+
+CONNECTED = "connected"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    max_time: float = 60.0  # seconds from the first attempt's start
+    base_delay: float = 0.25  # the first retry's jitter window
+    max_delay: float = 10.0  # the jitter window never grows past this
+    # Longer than COORD_MAX_QUEUE_TIME (30 s), so a held handshake is not abandoned.
+    open_timeout: float = 40.0
+    # How long to wait for the server's first frame; None: do not wait for one.
+    first_message_timeout: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        for name in ("max_time", "base_delay", "max_delay", "open_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.first_message_timeout is not None and not self.first_message_timeout > 0:
+            raise ValueError("first_message_timeout must be > 0 or None")
+
+    def jitter(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt - 1))]."""
+        return random.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One handshake and how it ended."""
+
+    number: int
+    outcome: str  # "connected", "http 503", "close 1013", "close 1011", "refused", ...
+    duration: float  # seconds from starting the handshake to its outcome (a hold included)
+    retry_after: float | None = None  # the server's hint, if it gave one
+    reason: str | None = None  # the gate's reason (starting, queue_full, draining, ...)
+
+
+class GaveUp(CoordinatorError):
+    """Every attempt allowed by the policy was refused; ``attempts`` says how."""
+
+    def __init__(self, url: str, attempts: list[Attempt], last: BaseException) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.last = last
+        outcomes = ", ".join(a.outcome for a in attempts)
+        super().__init__(f"gave up on {url} after {len(attempts)} attempt(s): {outcomes}")
+
+
+class _Refused(Exception):
+    """A retryable refusal, carrying its attempt record."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        super().__init__(attempt.outcome)
+        self.attempt = attempt
+
+
+@dataclass
+class Session:
+    websocket: ClientConnection
+    first_message: str | bytes | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def held_for(self) -> float:
+        """How long the successful handshake took (the time the gate held it)."""
+        return self.attempts[-1].duration if self.attempts else 0.0
+
+    async def close(self) -> None:
+        await self.websocket.close()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class connect:  # noqa: N801 - used like websockets' own ``connect``
+    """``await connect(url)`` or ``async with connect(url) as session``.
+
+    ``on_attempt`` is called after every handshake with its :class:`Attempt`, the last
+    one included whatever its end (for progress displays and statistics); other keyword
+    arguments go to ``websockets.asyncio.client.connect``.
+    Raises :class:`GaveUp` when the policy's bounds run out, and any error that is not
+    worth retrying (a 1011 close, HTTP 403, a bad URL) as it comes.
+    """
+
+    def __init__(self, url: str, *, policy: RetryPolicy | None = None,
+                 on_attempt: Callable[[Attempt], None] | None = None,
+                 **connect_kwargs: Any) -> None:
+        self.url = url
+        self.policy = policy or RetryPolicy()
+        self.on_attempt = on_attempt
+        self.connect_kwargs = connect_kwargs
+        self._session: Session | None = None
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Session:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _open(self) -> Session:
+        policy = self.policy
+        attempts: list[Attempt] = []
+        deadline = time.monotonic() + policy.max_time
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_time),
+            wait=lambda state: _delay(policy, state),
+            retry=retry_if_exception_type(_Refused),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    session = await self._attempt(number, deadline, attempts)
+        except _Refused as exc:
+            raise GaveUp(self.url, attempts, exc.__cause__ or exc) from exc.__cause__
+        session.attempts = attempts
+        return session
+
+    async def _attempt(self, number: int, deadline: float, attempts: list[Attempt]) -> Session:
+        policy = self.policy
+        started = time.monotonic()
+        timeout = max(0.001, min(policy.open_timeout, deadline - started))
+        try:
+            websocket = await ws_connect(self.url, open_timeout=timeout, **self.connect_kwargs)
+        except Exception as exc:
+            raise self._refused(attempts, exc, number, started) from exc
+        first: str | bytes | None = None
+        if policy.first_message_timeout is not None:
+            try:
+                async with asyncio.timeout(policy.first_message_timeout):
+                    first = await websocket.recv()
+            except Exception as exc:
+                await websocket.close()
+                raise self._refused(attempts, exc, number, started) from exc
+        self._note(attempts, Attempt(number, CONNECTED, time.monotonic() - started))
+        return Session(websocket, first)
+
+    def _refused(self, attempts: list[Attempt], exc: Exception, number: int,
+                 started: float) -> _Refused:
+        """Note the attempt; the retryable form of ``exc``, or ``exc`` itself raised."""
+        record, retryable = _classify(exc, number, time.monotonic() - started)
+        self._note(attempts, record)
+        if not retryable:
+            raise exc
+        return _Refused(record)
+
+    def _note(self, attempts: list[Attempt], record: Attempt) -> None:
+        attempts.append(record)
+        if self.on_attempt is not None:
+            self.on_attempt(record)
+
+
+def _delay(policy: RetryPolicy, state: RetryCallState) -> float:
+    """The server's hint (if any) is a floor; full jitter spreads the clients above it."""
+    hint = 0.0
+    if state.outcome is not None:
+        exc = state.outcome.exception()
+        if isinstance(exc, _Refused) and exc.attempt.retry_after is not None:
+            hint = exc.attempt.retry_after
+    return hint + policy.jitter(state.attempt_number)
+
+
+def _classify(exc: BaseException, number: int, duration: float) -> tuple[Attempt, bool]:
+    """The attempt record of a failed handshake, and whether it is worth retrying."""
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        reason, hint = _gate_reason(response.body)
+        header = _seconds(response.headers.get("Retry-After"))
+        return (Attempt(number, f"http {response.status_code}", duration,
+                        header if header is not None else hint, reason),
+                response.status_code in RETRY_STATUSES)
+    if isinstance(exc, ConnectionClosed):
+        if exc.rcvd is None:  # no close frame: the server went away
+            return Attempt(number, "dropped", duration), True
+        reason, hint = _gate_reason(exc.rcvd.reason)
+        return (Attempt(number, f"close {exc.rcvd.code}", duration, hint, reason),
+                exc.rcvd.code in RETRY_CLOSE_CODES)
+    for kinds, outcome in _RETRIED_ERRORS:
+        if isinstance(exc, kinds):
+            return Attempt(number, outcome, duration), True
+    return Attempt(number, f"error {type(exc).__name__}", duration), False
+
+
+_RETRIED_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (InvalidMessage, "dropped"),  # the connection ended before an HTTP response
+    (TimeoutError, "timeout"),
+    (ConnectionRefusedError, "refused"),
+    ((ConnectionResetError, ConnectionAbortedError, EOFError), "reset"),
+)
+
+
+def _gate_reason(raw: bytes | str | None) -> tuple[str | None, float | None]:
+    """``{"reason": ..., "retry_after": N}`` as the gate writes it; (None, None) if not."""
+    if not raw:
+        return None, None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    reason = doc.get("reason")
+    return (reason if isinstance(reason, str) else None), _seconds(doc.get("retry_after"))
+
+
+def _seconds(value: Any) -> float | None:
+    """A non-negative number of seconds from a header or a JSON field; None otherwise."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds < 86400 else None
