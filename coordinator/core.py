@@ -39,6 +39,7 @@ log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
 RECONNECT_WAIT = wait_exponential_jitter(initial=0.1, max=5.0, exp_base=2, jitter=0.5)
 START_LINK_WAIT = 1.0
+STOP_CANCEL_ROUNDS = 10  # stop() cancels its tasks at most this many times, 0.5 s apart
 
 Closer = Callable[[int, str], Awaitable[None]]
 
@@ -147,9 +148,19 @@ class Coordinator:
         if self.role == "owner" and self.redis_ok:
             with contextlib.suppress(*REDIS_ERRORS):
                 await asyncio.wait_for(self._leave_fleet(), 2.0)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # On Python 3.11 a cancellation can be swallowed: asyncio.wait_for (redis-py wraps
+        # every socket write in it) returns the result when the inner call finished in the
+        # same step, and the loop goes on to its next await. So cancel again, boundedly.
+        pending = set(self._tasks)
+        for _ in range(STOP_CANCEL_ROUNDS):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending:
+            log.error("coordinator tasks still running after stop: %s",
+                      ", ".join(sorted(t.get_name() for t in pending)))
         self._tasks.clear()
         if self._owns_client:
             with contextlib.suppress(*REDIS_ERRORS):
