@@ -1,0 +1,108 @@
+"""deploy/cloudrun.yaml against the backend it deploys, without Google Cloud.
+
+The probes must hit paths the backend serves on the port Cloud Run sends traffic to,
+every variable must be one the backend reads (with values it accepts), the Redis URL
+must come from Secret Manager, and the drain must fit in the 10 s between Cloud Run's
+SIGTERM and its SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.config import BackendConfig
+from coordinator.settings import Settings
+from tests.support import ROOT
+from tests.unit.test_compose import backend_paths, known_variables
+
+CLOUD_RUN_SIGKILL_AFTER = 10.0
+# After the drain grace the instance still closes open connections with 1012 and
+# removes itself from the fleet; this much of the 10 s is left for that.
+CLOSE_AND_LEAVE = 3.0
+
+
+@pytest.fixture(scope="module")
+def service() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "deploy" / "cloudrun.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def container(service) -> dict[str, Any]:
+    containers = service["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def plain_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_it_is_a_knative_service(service):
+    assert service["apiVersion"] == "serving.knative.dev/v1"
+    assert service["kind"] == "Service" and service["metadata"]["name"]
+
+
+def test_websocket_settings(service):
+    spec = service["spec"]["template"]["spec"]
+    assert spec["timeoutSeconds"] == 3600  # a WebSocket lives up to Cloud Run's maximum
+    assert 1 <= spec["containerConcurrency"] <= 1000
+    annotations = service["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["autoscaling.knative.dev/minScale"]) >= 1
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert annotations["run.googleapis.com/sessionAffinity"] == "true"
+
+
+def test_direct_vpc_egress_to_memorystore(service):
+    annotations = service["spec"]["template"]["metadata"]["annotations"]
+    interfaces = json.loads(annotations["run.googleapis.com/network-interfaces"])
+    assert interfaces and all(i["network"] and i["subnetwork"] for i in interfaces)
+    assert annotations["run.googleapis.com/vpc-access-egress"] in ("private-ranges-only",
+                                                                  "all-traffic")
+
+
+def test_probes_hit_paths_the_backend_serves_on_the_container_port(container):
+    paths = backend_paths()
+    port = container["ports"][0]["containerPort"]
+    startup, liveness = container["startupProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert startup["path"] == "/health/startup" and startup["path"] in paths
+    assert liveness["path"] == "/health/live" and liveness["path"] in paths
+    assert startup["port"] == liveness["port"] == port
+
+
+def test_the_startup_probe_waits_longer_than_the_phases_take(container):
+    probe = container["startupProbe"]
+    budget = probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe[
+        "failureThreshold"]
+    config = BackendConfig.from_env({**plain_env(container), "K_SERVICE": "ws-coordinator"})
+    assert budget >= 2 * sum(config.durations.values())
+    # A connection held from the start of `services` is released before its hold expires.
+    assert config.durations["services"] <= Settings(cloud_run=True).max_queue_time
+
+
+def test_every_variable_is_known_and_the_values_are_accepted(container):
+    names = {e["name"] for e in container["env"]}
+    assert names <= known_variables(), names - known_variables()
+    assert "PORT" not in names  # Cloud Run sets it from containerPort
+    env = {**plain_env(container), "K_SERVICE": "ws-coordinator",
+           "PORT": str(container["ports"][0]["containerPort"]),
+           "COORD_REDIS_URL": "rediss://default:secret@10.0.0.3:6378/0"}
+    config = BackendConfig.from_env(env)
+    # Cloud Run's K_SERVICE makes production and JSON logs the defaults.
+    assert config.coord.environment == "production" and config.coord.log_format == "json"
+
+
+def test_the_redis_url_comes_from_secret_manager(container):
+    by_name = {e["name"]: e for e in container["env"]}
+    ref = by_name["COORD_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"]
+    assert "value" not in by_name["COORD_REDIS_URL"]
+    assert "value" not in by_name.get("COORD_SIGNING_KEY", {})
+
+
+def test_the_drain_fits_in_cloud_runs_grace(container):
+    grace = float(plain_env(container).get("COORD_DRAIN_GRACE", Settings().drain_grace))
+    assert grace + CLOSE_AND_LEAVE <= CLOUD_RUN_SIGKILL_AFTER

@@ -1,0 +1,186 @@
+"""docker-compose.yml, Dockerfile and .dockerignore, checked without a Docker engine.
+
+The compose file must describe the fleet the process-based runs start: the same command
+(``python -m backend``), the same variable names as bin/demo's instances, values the
+backend accepts, health checks on paths the backend serves, and a HAProxy given every
+variable deploy/haproxy.cfg reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.app import create_app
+from backend.config import BackendConfig
+from demo.processes import BACKEND_COMMAND, backend_env
+from tests.support import ROOT
+
+BACKENDS = ("backend-1", "backend-2", "backend-3")
+
+
+class _Recorder(Mapping[str, str]):
+    """An empty environment that notes every name it is asked for."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def known_variables() -> set[str]:
+    """Every environment variable the backend (and its COORD_* settings) reads."""
+    recorder = _Recorder()
+    BackendConfig.from_env(recorder)
+    return recorder.asked
+
+
+def backend_paths() -> set[str]:
+    return {route.path for route in create_app(BackendConfig.from_env({})).api.routes}
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_the_services_and_their_start_order(compose):
+    services = compose["services"]
+    assert set(services) == {"redis", *BACKENDS, "haproxy"}
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    for name in BACKENDS:
+        assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert services["haproxy"]["depends_on"] == {
+        name: {"condition": "service_started"} for name in BACKENDS}
+
+
+def test_backends_run_the_image_command_the_tests_run(compose):
+    instructions = dockerfile()
+    cmd = [args for word, args in instructions if word == "CMD"][-1]
+    assert yaml.safe_load(cmd) == ["python", *BACKEND_COMMAND]
+    for name in BACKENDS:
+        service = compose["services"][name]
+        assert "command" not in service and "entrypoint" not in service
+        assert (ROOT / service["build"] / "Dockerfile").is_file()
+
+
+def test_backends_set_the_variables_the_demo_sets_with_valid_values(compose):
+    demo_names = set(backend_env(1, redis_url="redis://r:6379/0", namespace="n", port=1,
+                                 services=1, gate=True))
+    known = known_variables()
+    ids = set()
+    for name in BACKENDS:
+        env = compose["services"][name]["environment"]
+        assert set(env) == demo_names, set(env) ^ demo_names
+        assert set(env) <= known, set(env) - known
+        config = BackendConfig.from_env(env)  # every value is one the backend accepts
+        assert config.coord.gate and config.coord.log_format == "text"
+        ids.add(config.coord.instance_id)
+    assert ids == set(BACKENDS)  # distinct instance ids
+    durations = {BackendConfig.from_env(compose["services"][n]["environment"]).durations[
+        "services"] for n in BACKENDS}
+    assert len(durations) == 3 and all(3 <= d <= 8 for d in durations)
+
+
+def test_backend_health_checks_use_a_served_path_on_the_served_port(compose):
+    paths = backend_paths()
+    for name in BACKENDS:
+        service = compose["services"][name]
+        check = " ".join(service["healthcheck"]["test"])
+        url = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]+)", check)
+        assert url, check
+        assert url.group(1) == service["environment"]["PORT"]
+        assert url.group(2) == "/health/ready" and url.group(2) in paths
+        # Docker's SIGKILL comes no sooner than Cloud Run's: the drain fits.
+        assert service["stop_grace_period"] == "10s"
+        assert float(service["environment"]["COORD_DRAIN_GRACE"]) < 10
+
+
+def test_haproxy_gets_every_variable_its_config_reads(compose):
+    haproxy = compose["services"]["haproxy"]
+    source, target, mode = haproxy["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == ROOT / "deploy" / "haproxy.cfg"
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg" and mode == "ro"
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    read = set(re.findall(r"\$\{([A-Z0-9_]+)", config))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+)\}", config))
+    env = haproxy["environment"]
+    assert required <= set(env) <= read
+    for i, name in enumerate(BACKENDS, start=1):
+        port = compose["services"][name]["environment"]["PORT"]
+        assert env[f"BACKEND_{i}"] == f"{name}:{port}"
+    published = haproxy["ports"][0].split(":")[-1]
+    assert env["HAPROXY_BIND"] == f":{published}"
+
+
+def test_haproxy_accepts_the_config_with_the_compose_environment(compose, tmp_path):
+    env = dict(compose["services"]["haproxy"]["environment"])
+    env["HAPROXY_STATS_SOCKET"] = str(tmp_path / "haproxy.sock")
+    result = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_image_is_slim_non_root_and_honours_port():
+    instructions = dockerfile()
+    bases = [args for word, args in instructions if word == "FROM"]
+    assert bases and all(b.split()[0].endswith("-slim") for b in bases)
+    users = [args for word, args in instructions if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    env = " ".join(args for word, args in instructions if word == "ENV")
+    port = re.search(r"\bPORT=(\d+)", env)
+    assert port and [args for word, args in instructions if word == "EXPOSE"] == [port.group(1)]
+    assert "PORT" in known_variables() and "HOST" in known_variables()
+    for word, args in instructions:
+        if word == "COPY" and "--from" not in args:
+            for source in shlex.split(args)[:-1]:
+                assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "tests"} <= ignored
+    copied = {shlex.split(args)[0].split("/")[0] for word, args in dockerfile()
+              if word == "COPY" and "--from" not in args}
+    assert not copied & ignored  # nothing the image needs is left out of the context
+
+
+def test_known_variables_are_what_the_backend_reads():
+    names = known_variables()
+    assert {"COORD_REDIS_URL", "COORD_INSTANCE_ID", "BACKEND_PHASE_DURATIONS", "PORT",
+            "K_SERVICE"} <= names
+    assert not names - {"HOST", "PORT", "K_SERVICE"} - {
+        n for n in names if n.startswith(("COORD_", "BACKEND_"))}
