@@ -144,7 +144,7 @@ class Demo:
             self.backends.append((start_backend(self.children, index, env), port))
         listing = ", ".join(f"demo-{i} :{port} services={s:g}s" for i, ((_, port), s)
                             in enumerate(zip(self.backends, self.args.services, strict=True), 1))
-        self.say(f"started {len(self.backends)} instances ({listing}), namespace "
+        self.say(f"started {len(self.backends)} instance(s) ({listing}), namespace "
                  f"{self.namespace}, gate {'on' if self.gate else 'OFF'}")
 
     async def run(self) -> Report:
