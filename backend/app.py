@@ -117,8 +117,7 @@ class Backend:
         @api.get("/fleet")
         async def fleet() -> JSONResponse:
             try:
-                doc = await fleet_snapshot(coord.redis, coord.keys,
-                                           fleet_cap=coord.settings.fleet_max_queue)
+                doc = await fleet_snapshot(coord.redis, coord.keys)
             except REDIS_ERRORS as exc:
                 return JSONResponse({"error": f"redis unavailable: {type(exc).__name__}"},
                                     status_code=503)

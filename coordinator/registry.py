@@ -15,13 +15,29 @@ from typing import Any
 import redis.asyncio as redis
 
 from .keys import Keys
+from .phases import State
 
 INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max", "admitted",
-                        "rejected", "held_leases", "pid"})
+                        "rejected", "held_leases", "fleet_cap", "pid"})
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
 PAGE_SIZE = 500
+
+# KEYS[1] = N:instances
+# ARGV    = member, score pairs: each member judged gone, with the score it had when read
+# Removes each member whose score has not moved since (no heartbeat in between, so a
+# reader never drops an instance that came back); returns how many were removed.
+PRUNE_INDEX = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
+  if score and score <= tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
 
 # KEYS[1] = N:phase_stats
 # ARGV    = alpha, then phase, duration pairs
@@ -137,14 +153,33 @@ def is_live(record: Mapping[str, Any], now: float) -> bool:
 async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
                          now: float | None = None, page_size: int = PAGE_SIZE,
                          prune: bool = True) -> dict[str, Any]:
-    """The fleet as one JSON-ready document: every live instance and the totals.
+    """The fleet as one JSON-ready document: every live instance and the fleet totals.
 
-    Round trips: one to list the index, one pipelined read per page of instances, one to
-    count leases, and (only when there is something to prune) one to prune.
+    This is the one reader behind everything that shows the fleet (``/fleet``,
+    ``coordinator fleet``, the dashboard), so they always agree. The document is built
+    from Redis alone: the fleet cap is the one the live instances report, and
+    ``fleet_cap`` is only a fallback for when none of them reports one.
+
+    Round trips: one for the index, the server's clock and the leases; one pipelined
+    read per page of ``page_size`` instances; and, only when something is stale, one
+    to prune the index. Liveness is judged on ``now`` (the reader's clock, against
+    each instance's own heartbeat and ``ttl``); leases on the Redis server's clock,
+    which is the clock their expiry was computed on.
     """
     now = time.time() if now is None else now
-    ids = [m.decode() if isinstance(m, bytes) else m
-           for m in await client.zrange(keys.instances, 0, -1)]
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.instances, 0, -1, withscores=True)
+        pipe.time()
+        pipe.zrange(keys.leases, 0, -1, withscores=True)
+        index, (server_secs, server_usecs), lease_rows = await pipe.execute()
+    server_now = server_secs + server_usecs / 1e6
+    leases_by_instance: Counter[str] = Counter()
+    for member, expiry in lease_rows:
+        if expiry > server_now:
+            leases_by_instance[_text(member).partition(":")[0]] += 1
+
+    scores = {_text(member): score for member, score in index}
+    ids = list(scores)
     instances: list[dict[str, Any]] = []
     gone: list[str] = []
     for start in range(0, len(ids), page_size):
@@ -156,32 +191,66 @@ async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | No
         for instance_id, raw in zip(chunk, rows, strict=True):
             record = decode_record(raw) if raw else {}
             if record and is_live(record, now):
-                record.pop("sig", None)
-                record["heartbeat_age"] = round(now - record["heartbeat_at"], 3)
-                if isinstance(record.get("phase_started_at"), float):
-                    record["time_in_phase"] = round(now - record["phase_started_at"], 3)
-                instances.append(record)
+                instances.append(_view(instance_id, record, now, leases_by_instance))
             else:
                 gone.append(instance_id)
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zcount(keys.leases, now, "+inf")
-        if prune and gone:
-            pipe.zrem(keys.instances, *gone)
-        leases = (await pipe.execute())[0]
-    instances.sort(key=lambda r: str(r.get("id", "")))
-    by_state = Counter(str(r.get("state")) for r in instances)
-    held = sum(int(r.get("queue_depth") or 0) for r in instances)
-    ready = by_state.get("ready", 0)
+    if prune and gone:
+        args: list[Any] = []
+        for instance_id in gone:
+            args += [instance_id, repr(scores[instance_id])]
+        await client.register_script(PRUNE_INDEX)(keys=[keys.instances], args=args)
+    instances.sort(key=lambda r: str(r["id"]))
     return {
         "namespace": keys.namespace,
         "generated_at": round(now, 3),
         "instances": instances,
-        "totals": {
-            "instances": len(instances),
-            "by_state": dict(sorted(by_state.items())),
-            "ready_ratio": round(ready / len(instances), 3) if instances else 0.0,
-            "held": held,
-            "leases": int(leases),
-            "fleet_cap": fleet_cap,
-        },
+        "totals": fleet_totals(instances, sum(leases_by_instance.values()), fleet_cap),
     }
+
+
+def _view(instance_id: str, record: dict[str, Any], now: float,
+          leases: Mapping[str, int]) -> dict[str, Any]:
+    """One instance as the fleet view shows it: its hash fields plus derived ages."""
+    record.pop("sig", None)
+    record["id"] = instance_id
+    record["heartbeat_age"] = round(max(0.0, now - record["heartbeat_at"]), 3)
+    phase_started = record.get("phase_started_at")
+    record["time_in_phase"] = (round(max(0.0, now - phase_started), 3)
+                               if isinstance(phase_started, float) else None)
+    expected = record.get("expected_ready_at")
+    record["expected_ready_in"] = (round(max(0.0, expected - now), 3)
+                                   if record.get("state") == State.STARTING.value
+                                   and isinstance(expected, float) else None)
+    record["held_leases"] = leases.get(instance_id, 0)
+    return record
+
+
+def fleet_totals(instances: list[dict[str, Any]], leases: int,
+                 fleet_cap: int | None = None) -> dict[str, Any]:
+    """Instances by state, ready ratio, held connections against the caps, leases.
+
+    ``fleet_cap`` is the smallest cap any live instance enforces (they should all agree),
+    else the one given; ``leases`` counts every unexpired lease, including those of
+    instances already gone. ``by_state`` lists every state, zeros included.
+    """
+    by_state = Counter(str(r.get("state")) for r in instances)
+    caps = [r["fleet_cap"] for r in instances if isinstance(r.get("fleet_cap"), int)]
+    ready = by_state[State.READY.value]
+    known = [s.value for s in State]
+    return {
+        "instances": len(instances),
+        "by_state": {**{s: by_state[s] for s in known},
+                     **{s: n for s, n in sorted(by_state.items()) if s not in known}},
+        "ready": ready,
+        "ready_ratio": round(ready / len(instances), 3) if instances else 0.0,
+        "held": sum(int(r.get("queue_depth") or 0) for r in instances),
+        "queue_max": sum(int(r.get("queue_max") or 0) for r in instances),
+        "leases": leases,
+        "fleet_cap": min(caps) if caps else fleet_cap,
+        "admitted": sum(int(r.get("admitted") or 0) for r in instances),
+        "rejected": sum(int(r.get("rejected") or 0) for r in instances),
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,232 @@
+"""The fleet view (registry.fleet_snapshot) against a real redis-server, and its table.
+
+Records are written with the same writer the instances use (registry.write_record), so
+these tests pin the reader to the contract, not to one instance's habits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator.cli import render_fleet_table
+from coordinator.keys import Keys
+from coordinator.registry import PRUNE_INDEX, encode_record, fleet_snapshot, write_record
+from tests.support import RedisServer
+
+pytestmark = pytest.mark.redis
+
+TTL = 10.0
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.url)
+    yield conn
+    await conn.aclose()
+
+
+def record(instance_id: str, now: float, *, state: str = "starting", phase: str = "services",
+           index: int = 5, depth: int = 0, beat_age: float = 0.5, **extra: Any) -> dict[str, str]:
+    fields: dict[str, Any] = {
+        "id": instance_id, "state": state, "phase": phase, "phase_index": index,
+        "phases_total": 7, "started_at": now - 20, "updated_at": now - 2,
+        "heartbeat_at": now - beat_age, "phase_started_at": now - 2.0, "ready_at": None,
+        "expected_ready_at": None, "ttl": TTL, "queue_depth": depth, "queue_max": 50,
+        "held_leases": 0, "fleet_cap": None, "admitted": 0, "rejected": 0, "redis": "ok",
+        "host": "node-1", "pid": 1234, "version": "0.1.0",
+    }
+    fields.update(extra)
+    return encode_record(fields)
+
+
+async def put(client: redis.Redis, keys: Keys, fields: dict[str, str]) -> None:
+    await write_record(client, keys, fields, TTL, float(fields["heartbeat_at"]))
+
+
+async def server_time(client: redis.Redis) -> float:
+    secs, usecs = await client.time()
+    return secs + usecs / 1e6
+
+
+async def test_every_live_instance_with_its_fields_and_the_fleet_totals(
+        client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    now = time.time()
+    await put(client, keys, record("web-a", now, state="ready", phase="finalize", index=7,
+                                   admitted=12, rejected=1, fleet_cap=10))
+    await put(client, keys, record("web-b", now, depth=3, expected_ready_at=now + 2.5,
+                                   admitted=1, fleet_cap=10, sig="deadbeef"))
+    await put(client, keys, record("web-c", now, state="draining", beat_age=9.0, fleet_cap=10))
+    server_now = await server_time(client)
+    await client.zadd(keys.leases, {
+        "web-b:1": server_now + 30, "web-b:2": server_now + 30, "web-b:3": server_now + 30,
+        "web-a:9": server_now - 1,  # expired: frees its slot, counted nowhere
+        "web-gone:4": server_now + 30,  # its instance is gone, its lease not yet expired
+    })
+
+    doc = await fleet_snapshot(client, keys, now=now)
+
+    assert doc["namespace"] == namespace
+    assert [r["id"] for r in doc["instances"]] == ["web-a", "web-b", "web-c"]
+    a, b, c = doc["instances"]
+    assert (a["state"], a["phase"], a["phase_index"], a["phases_total"]) == \
+        ("ready", "finalize", 7, 7)
+    assert (b["state"], b["phase"], b["phase_index"]) == ("starting", "services", 5)
+    assert (b["queue_depth"], b["queue_max"]) == (3, 50)
+    assert (a["admitted"], a["rejected"]) == (12, 1)
+    assert (a["version"], a["host"]) == ("0.1.0", "node-1")
+    assert a["heartbeat_age"] == pytest.approx(0.5, abs=0.01)
+    assert c["heartbeat_age"] == pytest.approx(9.0, abs=0.01)
+    assert b["time_in_phase"] == pytest.approx(2.0, abs=0.01)
+    assert b["expected_ready_in"] == pytest.approx(2.5, abs=0.01)
+    assert a["expected_ready_in"] is None  # only a starting instance has one
+    assert (a["held_leases"], b["held_leases"], c["held_leases"]) == (0, 3, 0)
+    assert "sig" not in b
+
+    assert doc["totals"] == {
+        "instances": 3,
+        "by_state": {"starting": 1, "ready": 1, "draining": 1, "failed": 0, "stopped": 0},
+        "ready": 1,
+        "ready_ratio": 0.333,
+        "held": 3,
+        "queue_max": 150,
+        "leases": 4,
+        "fleet_cap": 10,
+        "admitted": 13,
+        "rejected": 1,
+    }
+
+
+async def test_the_fleet_cap_is_the_instances_not_the_readers(
+        client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    now = time.time()
+    assert (await fleet_snapshot(client, keys, fleet_cap=7))["totals"]["fleet_cap"] == 7
+    await put(client, keys, record("web-a", now))
+    doc = await fleet_snapshot(client, keys, now=now)
+    assert doc["totals"]["fleet_cap"] is None
+    await put(client, keys, record("web-b", now, fleet_cap=25))
+    await put(client, keys, record("web-c", now, fleet_cap=20))
+    doc = await fleet_snapshot(client, keys, fleet_cap=99, now=now)
+    assert doc["totals"]["fleet_cap"] == 20  # the most restrictive cap in force
+
+
+async def test_stale_members_are_pruned_and_never_shown(
+        client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    now = time.time()
+    await put(client, keys, record("live", now))
+    await put(client, keys, record("stale", now, beat_age=TTL + 1))  # heartbeat too old
+    await put(client, keys, record("gone", now))
+    await client.delete(keys.instance("gone"))  # hash expired, index entry left behind
+    await client.hset(keys.instance("garbage"), mapping={"state": "ready", "ttl": "soon"})
+    await client.zadd(keys.instances, {"garbage": now})
+
+    doc = await fleet_snapshot(client, keys, now=now)
+
+    assert [r["id"] for r in doc["instances"]] == ["live"]
+    assert doc["totals"]["instances"] == 1
+    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"live"}
+
+    await put(client, keys, record("stale", now, beat_age=TTL + 1))
+    doc = await fleet_snapshot(client, keys, now=now, prune=False)
+    assert [r["id"] for r in doc["instances"]] == ["live"]
+    assert await client.zscore(keys.instances, "stale") is not None
+
+
+async def test_pruning_spares_an_instance_that_heartbeat_since_it_was_read(
+        client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    await client.zadd(keys.instances, {"back": 100.0, "still-gone": 100.0})
+    await client.zadd(keys.instances, {"back": 200.0})  # heartbeat after the reader's read
+    prune = client.register_script(PRUNE_INDEX)
+    removed = await prune(keys=[keys.instances], args=["back", "100.0", "still-gone", "100.0"])
+    assert removed == 1
+    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
+
+
+async def test_one_pipelined_round_trip_per_page_not_one_per_instance(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    now = time.time()
+    for i in range(7):
+        await put(client, keys, record(f"web-{i}", now))
+
+    class Counting(redis.Connection):
+        sent = 0
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            Counting.sent += 1
+            await super().send_packed_command(command, check_health)
+
+    pool = redis.ConnectionPool(connection_class=Counting, host="127.0.0.1",
+                                port=redis_server.port)
+    counted = redis.Redis.from_pool(pool)
+    try:
+        await counted.ping()  # the connection's own handshake is not the snapshot's
+        Counting.sent = 0
+        doc = await fleet_snapshot(counted, keys, now=now, page_size=3)
+        assert len(doc["instances"]) == 7
+        assert Counting.sent == 1 + 3  # index, clock and leases; then pages of 3, 3, 1
+    finally:
+        await counted.aclose()
+
+
+# -- the table ------------------------------------------------------------------------
+
+def table_doc() -> dict[str, Any]:
+    return {
+        "namespace": "prod", "generated_at": 1_700_000_000.0,
+        "instances": [
+            {"id": "web-a1", "state": "ready", "phase": "finalize", "phase_index": 7,
+             "phases_total": 7, "time_in_phase": 754.2, "queue_depth": 0, "queue_max": 50,
+             "held_leases": 0, "admitted": 1204, "rejected": 3, "heartbeat_age": 0.4,
+             "expected_ready_in": None, "version": "0.1.0", "host": "node-1"},
+            {"id": "web-b22", "state": "starting", "phase": "services", "phase_index": 5,
+             "phases_total": 7, "time_in_phase": 2.1, "queue_depth": 4, "queue_max": 50,
+             "held_leases": 4, "admitted": 0, "rejected": 1, "heartbeat_age": 1.2,
+             "expected_ready_in": 3.4, "version": "0.1.0", "host": "node-2"},
+            {"id": "web-c", "state": "starting", "phase": None, "phase_index": None,
+             "phases_total": 7, "time_in_phase": None, "queue_depth": None, "queue_max": None,
+             "held_leases": 0, "admitted": None, "rejected": None, "heartbeat_age": 0.0,
+             "expected_ready_in": None, "version": None, "host": None},
+        ],
+        "totals": {"instances": 3, "by_state": {"starting": 2, "ready": 1, "draining": 0,
+                                                "failed": 0, "stopped": 0},
+                   "ready": 1, "ready_ratio": 0.333, "held": 4, "queue_max": 100,
+                   "leases": 4, "fleet_cap": 20, "admitted": 1204, "rejected": 4},
+    }
+
+
+def test_the_table_has_aligned_columns_a_progress_bar_and_a_totals_line() -> None:
+    lines = render_fleet_table(table_doc()).splitlines()
+    assert lines[0].startswith("fleet prod at ")
+    assert lines[0].endswith(": 3 live instance(s)")
+    header, rows, totals = lines[1], lines[2:5], lines[5]
+    for column in ("STATE", "PHASE", "IN PHASE", "QUEUE", "LEASES", "ADMITTED", "REJECTED",
+                   "HEARTBEAT", "READY IN", "VERSION", "HOST"):
+        start = header.index(column)
+        assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), column
+    a, b, c = rows
+    assert a.split()[:4] == ["web-a1", "ready", "finalize", "7/7"]
+    assert "[#######]" in a and "12m34s" in a and "1204" in a and "0.4s ago" in a
+    assert "services 5/7 [#####--]" in b and "4/50" in b and "~3.4s" in b
+    assert c.split()[:3] == ["web-c", "starting", "-"]
+    assert totals == ("totals: 3 instance(s) (2 starting, 1 ready); ready 33%; "
+                      "held 4/100; leases 4/20 (fleet cap); admitted 1204; rejected 4")
+    assert len(lines) == 6
+
+
+def test_the_table_of_an_empty_fleet_and_of_a_fleet_without_a_cap() -> None:
+    doc = table_doc()
+    doc["instances"] = []
+    doc["totals"] = {"instances": 0, "by_state": {"starting": 0, "ready": 0}, "ready": 0,
+                     "ready_ratio": 0.0, "held": 0, "queue_max": 0, "leases": 0,
+                     "fleet_cap": None, "admitted": 0, "rejected": 0}
+    assert render_fleet_table(doc).splitlines()[1:] == [
+        "totals: 0 instance(s) (none); ready 0%; held 0/0; no fleet cap; admitted 0; rejected 0"]
