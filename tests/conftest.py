@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import BackendProcess, RedisServer
+from tests.support import BackendProcess, CliProcess, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +51,20 @@ def start_backend(backends: list[BackendProcess], tmp_path: Path):
         backends.append(proc)
         return proc.start(wait=wait)
     return start
+
+
+@pytest.fixture
+def follow_cli() -> Iterator[Callable[..., CliProcess]]:
+    """Starts long-running ``coordinator`` commands; kills whatever is left afterwards."""
+    started: list[CliProcess] = []
+
+    def start(*args: str, env: dict[str, str]) -> CliProcess:
+        started.append(CliProcess(*args, env=env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
 
 
 def pytest_report_header() -> str:

@@ -1,0 +1,402 @@
+"""The ``coordinator`` command: the fleet, its events and one instance's readiness.
+
+    coordinator fleet  [--json] [--watch [--interval S]]
+    coordinator events [--json] [--count N]
+    coordinator check  [--instance ID]
+
+Every command reads Redis only (``COORD_REDIS_URL``, ``COORD_NAMESPACE``, or
+``--redis-url`` / ``--namespace``). Exit status: 0 success (``check``: ready), 1 ``check``:
+not ready, 2 a usage, configuration or Redis error, reported on one line of stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import redis.asyncio as redis
+
+from . import messages
+from .connections import REDIS_ERRORS, make_redis
+from .exceptions import ConfigError, CoordinatorError, InvalidMessage
+from .keys import Keys
+from .registry import decode_record, fleet_snapshot, is_live, read_record
+from .settings import Settings
+
+EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
+WATCH_INTERVAL = 2.0
+WATCH_SETTLE = 0.05  # after an event, wait this long for the rest of its burst
+WATCH_MAX_SETTLE = 0.5
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+BAR_WIDTH = 10
+COLUMNS = ("INSTANCE", "STATE", "PHASE", "IN PHASE", "QUEUE", "LEASES", "ADMITTED",
+           "REJECTED", "HEARTBEAT", "READY IN", "VERSION", "HOST")
+
+
+class CliError(CoordinatorError):
+    """A failure the user can act on: printed as one line, exit status 2."""
+
+
+# -- rendering (pure: the demo and dashboards reuse these) ------------------------------
+
+def render_fleet_table(doc: Mapping[str, Any]) -> str:
+    """The fleet document as aligned columns and a totals line, readable at a glance."""
+    generated = doc.get("generated_at")
+    clock = time.strftime("%H:%M:%S", time.localtime(generated)) if generated else "-"
+    instances = doc.get("instances") or []
+    lines = [f"fleet {doc.get('namespace')} at {clock}: {len(instances)} live instance(s)"]
+    if instances:
+        rows = [COLUMNS] + [_row(r) for r in instances]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                  for row in rows]
+    lines.append(_totals_line(doc.get("totals") or {}))
+    return "\n".join(lines)
+
+
+def _row(r: Mapping[str, Any]) -> tuple[str, ...]:
+    cap = r.get("queue_max")
+    return (
+        str(r.get("id")),
+        str(r.get("state") or "-"),
+        phase_progress(r.get("phase"), r.get("phase_index"), r.get("phases_total")),
+        duration(r.get("time_in_phase")),
+        f"{r.get('queue_depth') or 0}/{cap if cap is not None else '-'}",
+        str(r.get("held_leases") or 0),
+        str(r.get("admitted") or 0),
+        str(r.get("rejected") or 0),
+        duration(r.get("heartbeat_age")) + " ago" if r.get("heartbeat_age") is not None else "-",
+        "~" + duration(r.get("expected_ready_in")) if r.get("expected_ready_in") is not None
+        else "-",
+        str(r.get("version") or "-"),
+        str(r.get("host") or "-"),
+    )
+
+
+def _totals_line(t: Mapping[str, Any]) -> str:
+    states = ", ".join(f"{n} {s}" for s, n in (t.get("by_state") or {}).items() if n)
+    cap = t.get("fleet_cap")
+    leases = f"leases {t.get('leases', 0)}/{cap} (fleet cap)" if cap is not None \
+        else "no fleet cap"
+    return (f"totals: {t.get('instances', 0)} instance(s) ({states or 'none'}); "
+            f"ready {round(100 * float(t.get('ready_ratio') or 0))}%; "
+            f"held {t.get('held', 0)}/{t.get('queue_max', 0)}; {leases}; "
+            f"admitted {t.get('admitted', 0)}; rejected {t.get('rejected', 0)}")
+
+
+def phase_progress(phase: Any, index: Any, total: Any, bar: bool = True) -> str:
+    """``services 5/7 [#####--]``: the phase, its position and (if ``bar``) a tiny bar."""
+    if not isinstance(index, int) or not isinstance(total, int) or total < 1:
+        return str(phase or "-")
+    position = f"{phase or '-'} {index}/{total}"
+    if not bar:
+        return position
+    width = min(total, BAR_WIDTH)
+    filled = max(0, min(width, round(width * index / total)))
+    return f"{position} [{'#' * filled}{'-' * (width - filled)}]"
+
+
+def duration(seconds: Any) -> str:
+    """``0.4s``, ``12s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def render_event(data: bytes | str, signing_key: str | None) -> str:
+    """One channel message as one line: time, instance, event, phase k/n, details."""
+    try:
+        msg = messages.decode(data, signing_key=signing_key)
+    except InvalidMessage as exc:
+        return f"{_clock(time.time())}  -  dropped invalid message ({exc})"
+    total = msg.extra.get("phases_total")
+    where = (f"{msg.phase or '-'} {msg.phase_index}/{total}"
+             if msg.phase_index is not None and isinstance(total, int) else msg.phase or "-")
+    details = []
+    if isinstance(msg.extra.get("duration"), (int, float)):
+        details.append(f"took {msg.extra['duration']:.3f}s")
+    if msg.extra.get("error"):
+        details.append(f"error: {msg.extra['error']}")
+    line = f"{_clock(msg.ts)}  {msg.instance}  {msg.event:<15}  {where}"
+    return f"{line}  {'; '.join(details)}" if details else line
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+# -- commands ---------------------------------------------------------------------------
+
+async def fleet(client: redis.Redis, keys: Keys, as_json: bool, out: TextIO) -> int:
+    doc = await fleet_snapshot(client, keys)
+    if not doc["instances"]:
+        raise CliError(f"namespace {keys.namespace!r} has no live instances "
+                       "(check --namespace or COORD_NAMESPACE)")
+    print(_json(doc) if as_json else render_fleet_table(doc), file=out, flush=True)
+    return EXIT_OK
+
+
+async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
+                out: TextIO, settings: Settings) -> int:
+    """Redraw on every event on ``N:events`` and every ``interval``; ends on Ctrl-C.
+
+    A Redis outage while watching is shown in place of the table and retried on the
+    next refresh; only an unreachable Redis at the start is an error.
+    """
+    await client.ping()
+    clear = out.isatty() and not as_json
+    pubsub: Any = None
+    try:
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(keys.events)
+                doc = await fleet_snapshot(client, keys)
+                frame = _json(doc) if as_json else render_fleet_table(doc)
+            except REDIS_ERRORS as exc:
+                problem = redis_problem(exc, settings.redis_url)
+                frame = (_json({"namespace": keys.namespace, "error": problem}) if as_json
+                         else f"redis unreachable at {settings.redis_url_redacted}: {problem}; "
+                         f"retrying every {interval:g}s")
+                await _close(pubsub)
+                pubsub = None
+            print((CLEAR_SCREEN if clear else "") + frame + ("" if clear or as_json else "\n"),
+                  file=out, flush=True)
+            if pubsub is None:
+                await asyncio.sleep(interval)
+                continue
+            try:
+                if await _next_event(pubsub, interval):
+                    await _drain_burst(pubsub)
+            except REDIS_ERRORS:
+                await _close(pubsub)  # subscribe again (and redraw) at once
+                pubsub = None
+    finally:
+        await _close(pubsub)
+
+
+async def _next_event(pubsub: Any, timeout: float) -> bool:
+    """True when an event arrived within ``timeout``; False when the time ran out."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining):
+            return True
+    return False
+
+
+async def _drain_burst(pubsub: Any) -> None:
+    """Swallow the rest of a burst (one phase change publishes several events), for at
+    most ``WATCH_MAX_SETTLE``: a steady stream of events still redraws."""
+    deadline = time.monotonic() + WATCH_MAX_SETTLE
+    while time.monotonic() < deadline and await pubsub.get_message(
+            ignore_subscribe_messages=True, timeout=WATCH_SETTLE):
+        pass
+
+
+async def _close(pubsub: Any) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pubsub.aclose()
+
+
+async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | None,
+                 signing_key: str | None, out: TextIO) -> int:
+    """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(keys.events)
+        print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        seen = 0
+        while count is None or seen < count:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None:
+                continue
+            seen += 1
+            data = msg.get("data")
+            if not isinstance(data, (bytes, str)):
+                continue
+            if as_json:
+                try:
+                    messages.decode(data, signing_key=signing_key)
+                except InvalidMessage as exc:
+                    print(f"coordinator: dropped invalid message ({exc})", file=sys.stderr,
+                          flush=True)
+                    continue
+                line = data.decode(errors="replace") if isinstance(data, bytes) else data
+            else:
+                line = render_event(data, signing_key)
+            print(line, file=out, flush=True)
+    finally:
+        await _close(pubsub)
+    return EXIT_OK
+
+
+async def check(client: redis.Redis, keys: Keys, instance_id: str, signing_key: str | None,
+                out: TextIO) -> int:
+    """Exit 0 when the instance's record says ready, is live and (if signed) verifies."""
+    raw = await read_record(client, keys, instance_id)
+    code, reason = check_record(instance_id, keys.namespace, raw, signing_key, time.time())
+    print(reason, file=out, flush=True)
+    return code
+
+
+def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
+                 signing_key: str | None, now: float) -> tuple[int, str]:
+    if not raw:
+        return EXIT_NOT_READY, f"{instance_id}: not ready: no record in namespace {namespace!r}"
+    if not messages.record_signature_ok(raw, signing_key):
+        return EXIT_NOT_READY, f"{instance_id}: not ready: its record's signature does not verify"
+    record = decode_record(raw)
+    where = phase_progress(record.get("phase"), record.get("phase_index"),
+                           record.get("phases_total"), bar=False)
+    if not is_live(record, now):
+        age = now - record["heartbeat_at"] if isinstance(record.get("heartbeat_at"), float) \
+            else None
+        return EXIT_NOT_READY, (f"{instance_id}: not ready: last heartbeat {duration(age)} ago, "
+                                f"older than its ttl {duration(record.get('ttl'))}")
+    state = record.get("state")
+    if state == "ready":
+        return EXIT_OK, f"{instance_id}: ready (phase {where})"
+    return EXIT_NOT_READY, f"{instance_id}: not ready: {state} (phase {where})"
+
+
+# -- the command line -------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    # The connection options are accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--redis-url", help="Redis URL (default: $COORD_REDIS_URL)")
+    common.add_argument("--namespace", help="key namespace (default: $COORD_NAMESPACE)")
+    parser = argparse.ArgumentParser(
+        prog="coordinator", parents=[common],
+        description="Read the connection coordinator's fleet from Redis.",
+        epilog="exit status: 0 ok (check: ready), 1 check: not ready, 2 error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fleet_cmd = commands.add_parser("fleet", parents=[common], help="show every live instance",
+                                    description="Show every live instance and the totals.")
+    fleet_cmd.add_argument("--json", action="store_true",
+                           help="print the fleet document (the same as the backend's /fleet)")
+    fleet_cmd.add_argument("--watch", action="store_true",
+                           help="redraw on every event and every --interval; Ctrl-C exits")
+    fleet_cmd.add_argument("--interval", type=_positive, default=WATCH_INTERVAL,
+                           help=f"--watch refresh period in seconds (default {WATCH_INTERVAL:g})")
+
+    events_cmd = commands.add_parser("events", parents=[common], help="follow the event channel",
+                                     description="Follow N:events, one line per event.")
+    events_cmd.add_argument("--json", action="store_true", help="print each message as received")
+    events_cmd.add_argument("--count", type=_positive_int, default=None,
+                            help="exit after this many messages")
+
+    check_cmd = commands.add_parser("check", parents=[common], help="exit 0 if ready, else 1",
+                                    description="Exit 0 when the instance is ready, else 1.")
+    check_cmd.add_argument("--instance", default=None,
+                           help="instance id (default: $COORD_INSTANCE_ID)")
+    return parser
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {raw!r}")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {raw!r}")
+    return value
+
+
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    overrides = {name: getattr(args, name) for name in ("redis_url", "namespace")
+                 if hasattr(args, name)}
+    try:
+        return Settings.from_env(env, **overrides)
+    except ConfigError as exc:
+        flag = {"COORD_REDIS_URL": "redis_url", "COORD_NAMESPACE": "namespace"}.get(exc.variable)
+        if flag in overrides:
+            option = "--" + flag.replace("_", "-")
+            raise CliError(f"{option}={exc.value!r}: {exc.problem}") from None
+        raise CliError(f"configuration: {exc}") from None
+
+
+async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, str],
+              out: TextIO) -> int:
+    keys = Keys(settings.namespace)
+    instance_id = ""
+    if args.command == "check":
+        instance_id = args.instance or env.get("COORD_INSTANCE_ID", "").strip()
+        if not instance_id:
+            raise CliError("no instance to check: pass --instance or set COORD_INSTANCE_ID")
+    client = make_redis(settings.redis_url, max_connections=4)
+    try:
+        if args.command == "fleet" and args.watch:
+            return await watch(client, keys, args.json, args.interval, out, settings)
+        if args.command == "fleet":
+            return await fleet(client, keys, args.json, out)
+        if args.command == "events":
+            return await events(client, keys, args.json, args.count, settings.signing_key, out)
+        return await check(client, keys, instance_id, settings.signing_key, out)
+    except REDIS_ERRORS as exc:
+        raise CliError(f"cannot reach Redis at {settings.redis_url_redacted}: "
+                       f"{redis_problem(exc, settings.redis_url)}") from None
+    finally:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await client.aclose()
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
+         out: TextIO | None = None) -> int:
+    env = os.environ if env is None else env
+    out = sys.stdout if out is None else out
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args, env)
+        return asyncio.run(run(args, settings, env, out))
+    except CliError as exc:
+        print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `coordinator events | head`: the reader left
+        with contextlib.suppress(OSError):  # keep the interpreter's exit flush quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def redis_problem(exc: BaseException, url: str) -> str:
+    """The error on one line, never carrying the password (whatever redis-py put in it)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+    return text[:200]
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

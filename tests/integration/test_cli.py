@@ -1,0 +1,271 @@
+"""The ``coordinator`` command, run as a user runs it (a subprocess) against a real Redis:
+each command's output, its exit status, and its errors (one line, never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator import messages
+from coordinator.keys import Keys
+from coordinator.registry import fleet_snapshot
+from tests.integration.test_fleet_view import put, record
+from tests.support import RedisServer, async_wait_until, cli_env, free_port, run_cli
+
+pytestmark = pytest.mark.redis
+
+# Derived from the reader's clock, so they differ between two reads of the same fleet.
+TIME_FIELDS = ("generated_at", "heartbeat_age", "time_in_phase", "expected_ready_in")
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.url)
+    yield conn
+    await conn.aclose()
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, namespace: str) -> dict[str, str]:
+    return cli_env(redis_server.url, namespace)
+
+
+def without_times(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: v for k, v in doc.items() if k not in TIME_FIELDS},
+            "instances": [{k: v for k, v in r.items() if k not in TIME_FIELDS}
+                          for r in doc["instances"]]}
+
+
+def assert_one_line_error(proc: Any, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coordinator: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return str(lines[0])
+
+
+async def subscribers(client: redis.Redis, channel: str) -> int:
+    return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
+
+
+def event(instance: str, name: str, phase: str | None, index: int | None,
+          **extra: Any) -> messages.Message:
+    return messages.Message(instance, name, phase, index, time.time(),
+                            {"phases_total": 7, "state": "starting", **extra})
+
+
+# -- fleet ----------------------------------------------------------------------------
+
+async def test_fleet_prints_a_table_of_every_live_instance(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now = Keys(namespace), time.time()
+    await put(client, keys, record("web-a", now, state="ready", phase="finalize", index=7,
+                                   admitted=5))
+    await put(client, keys, record("web-b", now, depth=2))
+
+    proc = run_cli("fleet", env=env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"fleet {namespace} at ") and "2 live instance(s)" in lines[0]
+    assert lines[1].split()[:3] == ["INSTANCE", "STATE", "PHASE"]
+    assert lines[2].split()[:5] == ["web-a", "ready", "finalize", "7/7", "[#######]"]
+    assert lines[3].split()[:5] == ["web-b", "starting", "services", "5/7", "[#####--]"]
+    assert "2/50" in lines[3]
+    assert lines[4] == ("totals: 2 instance(s) (1 starting, 1 ready); ready 50%; "
+                        "held 2/100; no fleet cap; admitted 5; rejected 0")
+    assert len(lines) == 5
+
+
+async def test_fleet_json_is_the_fleet_snapshot_and_the_options_override_the_env(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    keys, now = Keys(namespace), time.time()
+    await put(client, keys, record("web-a", now, fleet_cap=8))
+    await put(client, keys, record("web-b", now, state="ready", phase="finalize", index=7,
+                                   fleet_cap=8))
+    wrong = cli_env(f"redis://127.0.0.1:{free_port()}/0", "elsewhere")
+
+    proc = run_cli("fleet", "--json", "--redis-url", redis_server.url, "--namespace", namespace,
+                   env=wrong)
+    proc_before = run_cli("--redis-url", redis_server.url, "--namespace", namespace, "fleet",
+                          "--json", env=wrong)
+
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1  # one document per line, for scripts
+    doc = json.loads(proc.stdout)
+    assert without_times(doc) == without_times(await fleet_snapshot(client, keys))
+    assert doc["totals"]["fleet_cap"] == 8
+    assert without_times(json.loads(proc_before.stdout)) == without_times(doc)
+
+
+async def test_fleet_of_an_empty_namespace_is_a_one_line_error(env: dict[str, str]) -> None:
+    for args in (("fleet",), ("fleet", "--json")):
+        assert_one_line_error(run_cli(*args, env=env), "has no live instances",
+                              repr(env["COORD_NAMESPACE"]))
+
+
+def test_unreachable_redis_is_a_one_line_error_that_hides_the_password(namespace: str) -> None:
+    port = free_port()
+    env = cli_env(f"redis://ops:hunter2@127.0.0.1:{port}/0", namespace)
+    for args in (("fleet",), ("fleet", "--json"), ("fleet", "--watch"), ("events",),
+                 ("check", "--instance", "web-a")):
+        line = assert_one_line_error(run_cli(*args, env=env), "cannot reach Redis at",
+                                     f"redis://ops:***@127.0.0.1:{port}/0")
+        assert "hunter2" not in line
+
+
+def test_bad_options_and_settings_are_one_line_errors(env: dict[str, str]) -> None:
+    assert_one_line_error(run_cli("fleet", "--namespace", "no spaces", env=env),
+                          "--namespace='no spaces'")
+    assert_one_line_error(run_cli("fleet", env={**env, "COORD_REDIS_URL": "http://x"}),
+                          "COORD_REDIS_URL", "redis://")
+    assert_one_line_error(run_cli("check", env=env),
+                          "pass --instance or set COORD_INSTANCE_ID")
+    usage = run_cli("events", "--count", "0", env=env)
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+    assert "--count: expected an integer >= 1" in usage.stderr
+
+
+# -- check ------------------------------------------------------------------------------
+
+async def test_check_exits_0_only_for_a_live_ready_instance(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now = Keys(namespace), time.time()
+    await put(client, keys, record("up", now, state="ready", phase="websocket", index=6))
+    await put(client, keys, record("booting", now))
+    await put(client, keys, record("frozen", now, state="ready", beat_age=7200))
+
+    cases = {
+        ("--instance", "up"): (0, "up: ready (phase websocket 6/7)"),
+        ("--instance", "booting"): (1, "booting: not ready: starting (phase services 5/7)"),
+        ("--instance", "frozen"): (1, ("frozen: not ready: last heartbeat 2h00m ago, "
+                                       "older than its ttl 10s")),
+        ("--instance", "nobody"): (1, f"nobody: not ready: no record in namespace {namespace!r}"),
+    }
+    for args, (code, line) in cases.items():
+        proc = run_cli("check", *args, env=env)
+        assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (code, line, ""), args
+
+    local = run_cli("check", env={**env, "COORD_INSTANCE_ID": "up"})
+    assert (local.returncode, local.stdout.strip()) == (0, "up: ready (phase websocket 6/7)")
+
+
+async def test_check_with_a_signing_key_refuses_an_unsigned_record(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now = Keys(namespace), time.time()
+    forged = record("up", now, state="ready", phase="finalize", index=7)
+    await put(client, keys, forged)
+    signed_env = {**env, "COORD_SIGNING_KEY": "s3cret-key"}
+
+    proc = run_cli("check", "--instance", "up", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "up: not ready: its record's signature does not verify")
+
+    await put(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
+    proc = run_cli("check", "--instance", "up", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
+    assert "s3cret-key" not in proc.stdout + proc.stderr
+
+
+# -- events -----------------------------------------------------------------------------
+
+async def test_events_prints_one_line_per_event_and_stops_after_count(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
+    channel = Keys(namespace).events
+    proc = follow_cli("events", "--count", "4", env=env)
+    await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
+
+    await client.publish(channel, messages.encode(event("web-a", "phase_started", "services", 5)))
+    await client.publish(channel, messages.encode(
+        event("web-a", "phase_completed", "services", 5, duration=4.25)))
+    await client.publish(channel, b"{not json")
+    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
+
+    assert proc.wait(10) == 0, proc.stderr
+    assert proc.stderr.strip() == f"following {channel} (Ctrl-C to stop)"
+    assert len(proc.lines) == 4
+    stamp = r"\d\d:\d\d:\d\d\.\d\d\d"
+    fields = [line.split(None, 1) for line in proc.lines]
+    assert all(re.fullmatch(stamp, f[0]) for f in fields), proc.lines
+    assert fields[0][1].split() == ["web-a", "phase_started", "services", "5/7"]
+    assert fields[1][1].split() == ["web-a", "phase_completed", "services", "5/7", "took",
+                                    "4.250s"]
+    assert fields[2][1] == "-  dropped invalid message (invalid_json)"
+    assert fields[3][1].split() == ["web-a", "ready", "services", "5/7"]
+
+
+async def test_events_json_prints_each_valid_message_as_received(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
+    channel = Keys(namespace).events
+    key = "events-key"
+    proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
+    await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
+
+    signed = messages.encode(event("web-a", "ready", "services", 5), key)
+    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
+    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5),
+                                                  "wrong-key"))
+    await client.publish(channel, signed)
+
+    assert proc.wait(10) == 0, proc.stderr
+    assert proc.lines == [signed.decode()]
+    assert "dropped invalid message (unsigned)" in proc.stderr
+    assert "dropped invalid message (bad_signature)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_events_follows_until_ctrl_c_and_exits_0(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
+    channel = Keys(namespace).events
+    proc = follow_cli("events", env=env)
+    await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
+    await client.publish(channel, messages.encode(event("web-b", "draining", "finalize", 7)))
+    await async_wait_until(lambda: proc.lines, 10, what="the event line")
+
+    assert proc.interrupt() == 0
+    assert "Traceback" not in proc.stderr
+    assert proc.lines[0].split()[1:] == ["web-b", "draining", "finalize", "7/7"]
+
+
+# -- fleet --watch ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["table", "json"])
+async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any,
+        mode: str) -> None:
+    keys, now = Keys(namespace), time.time()
+    await put(client, keys, record("web-a", now, depth=1))
+    # A refresh period far beyond the test: every redraw after the first is an event's.
+    proc = follow_cli("fleet", "--watch", "--interval", "600",
+                  *(["--json"] if mode == "json" else []), env=env)
+
+    def states() -> list[str]:
+        if mode == "json":
+            return [json.loads(line)["instances"][0]["state"] for line in proc.lines]
+        return [line.split()[1] for line in proc.lines if line.startswith("web-a ")]
+
+    await async_wait_until(lambda: states() == ["starting"], 10, what="the first frame")
+    await async_wait_until(lambda: subscribers(client, keys.events), 10, what="subscription")
+    await put(client, keys, record("web-a", time.time(), state="ready", phase="finalize",
+                                   index=7))
+    await client.publish(keys.events, messages.encode(event("web-a", "ready", "services", 5)))
+    await async_wait_until(lambda: states() == ["starting", "ready"], 10, what="a redraw")
+
+    assert proc.interrupt() == 0
+    assert "Traceback" not in proc.stderr
+    if mode == "table":
+        frames = proc.output.split("\n\n")
+        assert all(f.startswith(f"fleet {namespace} at ") for f in frames if f), frames
+        assert "totals: 1 instance(s) (1 ready); ready 100%" in frames[1]
+    else:
+        assert all(json.loads(line)["namespace"] == namespace for line in proc.lines)
