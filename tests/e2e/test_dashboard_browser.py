@@ -64,11 +64,12 @@ class Chromium:
         if not Path(CHROMIUM).exists():
             raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
         self.profile.mkdir(parents=True, exist_ok=True)
+        port_file = self.profile / "DevToolsActivePort"
+        port_file.unlink(missing_ok=True)  # a previous run's port would mislead us
         self.proc = subprocess.Popen(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = self.profile / "DevToolsActivePort"
         lines = await async_wait_until(
             lambda: port_file.exists() and len(port_file.read_text().split()) >= 2 and
             port_file.read_text().split(), 30, interval=0.1, what="chromium's DevTools port")

@@ -43,6 +43,12 @@
     if (node.dataset[name] !== text) node.dataset[name] = text;
   }
 
+  // Bars fill by transform, which needs no layout (a width would re-lay the table).
+  function setScale(node, percent) {
+    const value = 'scaleX(' + (Math.min(100, Math.max(0, percent)) / 100).toFixed(3) + ')';
+    if (node.style.transform !== value) node.style.transform = value;
+  }
+
   function num(value) {
     const n = typeof value === 'number' ? value : parseFloat(value);
     return Number.isFinite(n) ? n : null;
@@ -55,9 +61,9 @@
   function duration(seconds) {
     if (seconds === null) return '–';
     const s = Math.max(0, seconds);
-    if (s < 10) return s.toFixed(1) + ' s';
-    if (s < 120) return Math.round(s) + ' s';
-    if (s < 7200) return Math.floor(s / 60) + ' min ' + Math.round(s % 60) + ' s';
+    // Whole seconds: a row's text then changes once a second, not at every render.
+    if (s < 120) return Math.floor(s) + ' s';
+    if (s < 7200) return Math.floor(s / 60) + ' min ' + Math.floor(s % 60) + ' s';
     return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
   }
 
@@ -223,8 +229,7 @@
     // record can tell; a starting or failed one is still in it.
     const done = index === null ? 0 : known === 'ready' || known === 'draining' ? index : index - 1;
     const pct = total ? Math.min(100, Math.max(0, (100 * done) / total)) : 0;
-    const width = pct.toFixed(1) + '%';
-    if (row.fill.style.width !== width) row.fill.style.width = width;
+    setScale(row.fill, pct);
     setText(row.phaseName, typeof record.phase === 'string' ? record.phase : '–');
     setText(row.phaseStep, index !== null && total !== null ? index + '/' + total : '');
     let timing = duration(timeInPhase(record));
@@ -240,8 +245,7 @@
     const cap = num(record.queue_max);
     setText(row.held, cap === null ? String(depth) : depth + ' / ' + cap);
     setData(row.held, 'holding', depth > 0 ? 'yes' : 'no');
-    const heldWidth = (cap ? Math.min(100, (100 * depth) / cap) : 0).toFixed(1) + '%';
-    if (row.heldFill.style.width !== heldWidth) row.heldFill.style.width = heldWidth;
+    setScale(row.heldFill, cap ? (100 * depth) / cap : 0);
 
     setText(row.admitted, count(record.admitted));
     setText(row.rejected, count(record.rejected));
@@ -312,21 +316,38 @@
       fillPct = localCap ? (100 * held) / localCap : 0;
     }
     setText($('total-cap'), capText);
-    $('total-held-fill').style.width = Math.min(100, fillPct).toFixed(1) + '%';
+    setScale($('total-held-fill'), fillPct);
     setText($('total-admitted'), admitted);
     setText($('total-rejected'), rejected);
   }
 
+  // The smallest of 1, 2, 2.5, 5 times a power of ten at or above value: round ticks.
+  function niceCeiling(value) {
+    const power = Math.pow(10, Math.floor(Math.log10(value)));
+    return [1, 2, 2.5, 5, 10].map((m) => m * power).find((step) => step >= value);
+  }
+
+  // Canvas sizes, measured only when they change: reading them at every render would
+  // force a layout in the middle of it.
+  const chartSizes = new Map();
+  const resized = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const box = entry.contentRect;
+      chartSizes.set(entry.target, { width: box.width, height: box.height });
+    }
+  });
+
   function drawChart(canvas, values, now) {
     const ratio = window.devicePixelRatio || 1;
-    const width = canvas.clientWidth, height = canvas.clientHeight;
-    if (!width || !height) return;
+    const size = chartSizes.get(canvas);
+    if (!size || !size.width || !size.height) return;
+    const { width, height } = size;
     if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
     if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
     const ctx = canvas.getContext('2d');
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
-    const top = Math.max(1, ...values.map((p) => p.v));
+    const top = niceCeiling(Math.max(1, ...values.map((p) => p.v)));
     const pad = { left: 34, right: 6, top: 8, bottom: 16 };
     const plotW = width - pad.left - pad.right, plotH = height - pad.top - pad.bottom;
     const x = (t) => pad.left + plotW * (1 - (now - t) / HISTORY_MS);
@@ -440,6 +461,8 @@
     });
   }
 
+  resized.observe($('chart-held'));
+  resized.observe($('chart-admitted'));
   connect();
   setInterval(render, RENDER_EVERY_MS);
   render();
