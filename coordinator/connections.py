@@ -31,4 +31,4 @@ def make_redis(url: str, *, max_connections: int = MAX_CONNECTIONS,
         health_check_interval=health_check_interval,
         retry=Retry(NoBackoff(), 0),
     )
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)  # owns the pool: aclose() closes its sockets

@@ -29,6 +29,7 @@ from . import messages, registry
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import InvalidMessage
 from .keys import Keys
+from .leases import FleetLeases
 from .phases import Event, PhasePlan, State
 from .queue import HoldQueue
 from .readiness import Status, advance, progressive_intervals, status_from_message, \
@@ -76,6 +77,8 @@ class Coordinator:
         self.phase_stats: dict[str, float] = {}
 
         self.queue = HoldQueue(settings.max_queue)
+        self.leases = FleetLeases(self.redis, self.keys.leases, self.id, settings.fleet_max_queue,
+                                  link_up=lambda: self.redis_ok)
         self.admitted: Counter[str] = Counter()  # "immediate", "after_hold"
         self.rejected: Counter[str] = Counter()  # by reason
         self.drops = messages.DropCounter()
@@ -145,6 +148,7 @@ class Coordinator:
         self._stopped = True
         self._set_status(Status(State.STOPPED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
+        await self.leases.close()
         if self.role == "owner" and self.redis_ok:
             with contextlib.suppress(*REDIS_ERRORS):
                 await asyncio.wait_for(self._leave_fleet(), 2.0)
@@ -320,7 +324,8 @@ class Coordinator:
             "ttl": float(self.settings.instance_ttl),
             "queue_depth": len(self.queue),
             "queue_max": self.queue.max_size,
-            "held_leases": 0,
+            "held_leases": len(self.leases.held),
+            "fleet_cap_mode": self.leases.mode,
             "fleet_cap": self.settings.fleet_max_queue,
             "admitted": sum(self.admitted.values()),
             "rejected": sum(self.rejected.values()),
@@ -429,9 +434,7 @@ class Coordinator:
             # Re-publish the whole state: the record, and the event that carries it.
             await self._publish(self._message(self._state_event()))
         else:
-            raw = await registry.read_record(self.redis, self.keys, self.id)
-            if raw and messages.record_signature_ok(raw, self.settings.signing_key):
-                self._follow(status_from_record(registry.decode_record(raw)))
+            self._follow_record(await registry.read_record(self.redis, self.keys, self.id))
         with contextlib.suppress(*REDIS_ERRORS):
             self.phase_stats = await registry.read_phase_stats(self.redis, self.keys)
         if not self.redis_ok:
@@ -479,8 +482,16 @@ class Coordinator:
             except REDIS_ERRORS as exc:
                 self._link_lost(exc)
                 continue
-            if raw and messages.record_signature_ok(raw, self.settings.signing_key):
-                self._follow(status_from_record(registry.decode_record(raw)))
+            self._follow_record(raw)
+
+    def _follow_record(self, raw: dict[str, str]) -> None:
+        """Follow the instance hash, unless its ``sig`` fails: then count it and ignore it."""
+        if not raw:
+            return
+        if not messages.record_signature_ok(raw, self.settings.signing_key):
+            self.drops.drop(InvalidMessage("bad_record_signature"), self.keys.instance(self.id))
+            return
+        self._follow(status_from_record(registry.decode_record(raw)))
 
     # -- tasks ------------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from .admission import HOLD, REJECT, Decision, decide, retry_hint
 from .core import Coordinator
+from .leases import REFUSED
 from .phases import State
-from .queue import ADMIT
+from .queue import ADMIT, Hold
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,15 +78,20 @@ class ConnectionGate:
         if entry is None:  # the queue filled between the decision and now
             await self._reject(scope, receive, send, self._rejection("queue_full"))
             return
+        if coord.leases.enabled and not await self._lease(entry, hold_for):
+            await self._reject(scope, receive, send, self._rejection("fleet_cap"))
+            return
         coord.waiting_changed()
         self._notify("held", None, 0.0)
-        # The server's first message is websocket.connect; the next one, before we
-        # accept, can only be websocket.disconnect: the client gave up.
-        connect = await receive()
-        pending: asyncio.Future[Message] = asyncio.ensure_future(receive())
+        pending: asyncio.Future[Message] | None = None
         try:
+            # The server's first message is websocket.connect; the next one, before we
+            # accept, can only be websocket.disconnect: the client gave up.
+            connect = await receive()
+            pending = asyncio.ensure_future(receive())
             await asyncio.wait((entry.future, pending), return_when=asyncio.FIRST_COMPLETED)
             waited = time.monotonic() - entry.enqueued_at
+            coord.leases.release(entry.conn)  # the hold is over, whatever happens next
             if not entry.future.done():  # the client went away while held
                 coord.queue.forget(entry)
                 coord.rejected["gave_up"] += 1
@@ -106,8 +112,28 @@ class ConnectionGate:
             coord.rejected[reason] += 1
         finally:
             coord.queue.forget(entry)
+            coord.leases.release(entry.conn)
             if pending is not None and not pending.done():
                 pending.cancel()
+
+    async def _lease(self, entry: Hold, hold_for: float) -> bool:
+        """With a fleet cap a held connection needs a lease too; False (slot freed) if refused.
+
+        Redis unavailable means the local cap alone decides (the lease outcome is LOCAL).
+        An instance that became ready while the lease was asked for admits regardless.
+        """
+        coord = self.coord
+        try:
+            outcome = await coord.leases.acquire(entry.conn, hold_for)
+        except BaseException:  # cancelled: the slot must not outlive the handshake
+            coord.queue.forget(entry)
+            raise
+        admitted_meanwhile = (entry.future.done() and not entry.future.cancelled()
+                              and entry.future.result() == ADMIT)
+        if outcome == REFUSED and not admitted_meanwhile:
+            coord.queue.forget(entry)
+            return False
+        return True
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it."""

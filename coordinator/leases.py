@@ -1,0 +1,199 @@
+"""The fleet-wide cap on held connections: one lease per held handshake in ``N:leases``.
+
+A lease is a member ``<id>:<conn>`` of a sorted set whose score is its expiry, taken
+from the Redis server's clock (``TIME`` inside the script) so that clock skew between
+instances can neither stretch nor cut it. The acquire script purges expired leases
+before it counts, so the leases of a SIGKILLed instance free their slots on their own.
+
+Redis is never allowed to block the gate: with the link down, or an acquire that fails
+or takes longer than ``ACQUIRE_TIMEOUT``, the caller falls back to its local cap
+(:data:`LOCAL`) and :attr:`FleetLeases.mode` says so. Releases are batched by one
+owned task, so releasing a whole queue at once costs one round trip, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+
+import redis.asyncio as redis
+
+from .connections import REDIS_ERRORS
+
+log = logging.getLogger("coordinator.leases")
+
+LEASED = "leased"  # the fleet granted a lease
+REFUSED = "refused"  # the fleet cap is reached
+LOCAL = "local"  # Redis unavailable: the local cap alone decides
+ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the local cap
+LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
+RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
+
+# KEYS[1] = N:leases (sorted set, member -> expiry in unix seconds, server clock)
+# ARGV[1] = member "<id>:<conn>"
+# ARGV[2] = the fleet cap (integer)
+# ARGV[3] = lease lifetime in milliseconds (hold deadline + margin)
+# Purges expired leases, then adds (or renews) the member if the cap allows.
+# Returns {1 if granted else 0, leases in the set afterwards}.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local count = redis.call('ZCARD', KEYS[1])
+local renewing = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not renewing and count >= tonumber(ARGV[2]) then
+  return {0, count}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]) / 1000, ARGV[1])
+if not renewing then count = count + 1 end
+return {1, count}
+"""
+
+# KEYS[1] = N:leases
+# ARGV    = the members to remove
+# Returns the number of leases removed.
+RELEASE = """
+return redis.call('ZREM', KEYS[1], unpack(ARGV))
+"""
+
+
+class FleetLeases:
+    """This instance's side of ``N:leases``: what it holds and how it asks for more.
+
+    ``held`` changes only after the remote call succeeded: a lease enters it when the
+    script granted it, and leaves it when the gate is done with the hold. An acquire
+    that failed, timed out or was cancelled may still have landed in Redis, so its
+    member is queued for release too (removing an absent member is harmless).
+    """
+
+    def __init__(self, client: redis.Redis, key: str, instance_id: str, cap: int | None, *,
+                 link_up: Callable[[], bool] = lambda: True,
+                 timeout: float = ACQUIRE_TIMEOUT, margin: float = LEASE_MARGIN) -> None:
+        self.key = key
+        self.instance_id = instance_id
+        self.cap = cap
+        self.timeout = timeout
+        self.margin = margin
+        self._link_up = link_up
+        self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
+        self.held: set[str] = set()
+        self._to_release: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._fell_back = False
+        self._closed = False
+        self.outcomes = {LEASED: 0, REFUSED: 0, LOCAL: 0}
+        self.errors = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.cap is not None
+
+    @property
+    def mode(self) -> str:
+        """``fleet`` while leases are enforced, ``local`` while falling back, or ``off``."""
+        if self.cap is None:
+            return "off"
+        return "local" if self._fell_back or not self._link_up() else "fleet"
+
+    def member(self, conn: int) -> str:
+        return f"{self.instance_id}:{conn}"
+
+    async def acquire(self, conn: int, hold_for: float) -> str:
+        """Ask the fleet for a lease lasting ``hold_for`` plus the margin.
+
+        Returns LEASED, REFUSED (the fleet cap is reached) or LOCAL (Redis unavailable:
+        hold under the local cap alone). Never waits longer than ``timeout``.
+        """
+        if self._closed or not self._link_up():
+            return self._fall_back()
+        member = self.member(conn)
+        ttl_ms = max(1, int((hold_for + self.margin) * 1000))
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self.timeout):
+                granted, _count = await self._acquire(keys=[self.key],
+                                                      args=[member, self.cap, ttl_ms])
+        except REDIS_ERRORS as exc:
+            self._discard_remote(member)
+            self.errors += 1
+            if not self._fell_back:
+                log.warning("fleet lease unavailable (%s); holding under the local cap",
+                            type(exc).__name__)
+            return self._fall_back()
+        except asyncio.CancelledError:
+            self._discard_remote(member)
+            raise
+        if self._fell_back:
+            log.info("fleet leases available again; the fleet cap applies")
+        self._fell_back = False
+        if not granted:
+            self.outcomes[REFUSED] += 1
+            return REFUSED
+        if self._closed:  # stopped while the script ran: give it straight back
+            self._discard_remote(member)
+            return self._fall_back()
+        self.held.add(member)
+        self.outcomes[LEASED] += 1
+        return LEASED
+
+    def release(self, conn: int) -> None:
+        """The hold is over (admitted, rejected, given up or cancelled): free the lease.
+
+        Synchronous and cheap: the removal is sent by the release task, batched.
+        """
+        member = self.member(conn)
+        if member in self.held:
+            self.held.discard(member)
+            self._discard_remote(member)
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """A clean stop: remove every lease this instance holds, then refuse new ones."""
+        self._closed = True
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                await flusher
+        members = self.held | self._to_release
+        self.held.clear()
+        self._to_release.clear()
+        if members and self._link_up():
+            with contextlib.suppress(*REDIS_ERRORS):
+                async with asyncio.timeout(timeout):
+                    await self._remove(members)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _fall_back(self) -> str:
+        self._fell_back = True
+        self.outcomes[LOCAL] += 1
+        return LOCAL
+
+    def _discard_remote(self, member: str) -> None:
+        self._to_release.add(member)
+        if self._closed:
+            return  # close() removes what is left, or the leases expire on their own
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="coordinator-lease-release")
+
+    async def _flush(self) -> None:
+        """Send queued releases until none are left; on failure leave them to expire."""
+        while self._to_release:
+            batch = set(self._to_release)
+            try:
+                if self._link_up():
+                    async with asyncio.timeout(self.timeout):
+                        await self._remove(batch)
+            except REDIS_ERRORS:
+                self.errors += 1  # the leases expire at their deadline plus the margin
+            # Not on cancellation: close() then removes what is still queued.
+            self._to_release -= batch
+
+    async def _remove(self, members: Iterable[str]) -> None:
+        ordered = sorted(members)
+        for start in range(0, len(ordered), RELEASE_BATCH):
+            await self._release(keys=[self.key], args=ordered[start:start + RELEASE_BATCH])

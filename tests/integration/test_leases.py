@@ -1,0 +1,330 @@
+"""The fleet cap's leases against a real redis-server: the scripts, and the gate's use of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.connections import make_redis
+from coordinator.keys import Keys
+from coordinator.leases import LEASED, LOCAL, REFUSED, FleetLeases
+from tests.support import RedisServer, async_wait_until
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    c = make_redis(redis_server.url)
+    yield c
+    await c.aclose()
+
+
+def leases_for(client: redis.Redis, namespace: str, instance: str, cap: int | None,
+               **kw: Any) -> FleetLeases:
+    return FleetLeases(client, Keys(namespace).leases, instance, cap, **kw)
+
+
+async def members(client: redis.Redis, namespace: str) -> set[str]:
+    return {m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)}
+
+
+# -- the scripts ----------------------------------------------------------------------
+
+
+async def test_acquire_grants_up_to_the_cap_and_release_frees_a_slot(
+        client: redis.Redis, namespace: str) -> None:
+    leases = leases_for(client, namespace, "a", cap=2)
+    assert [await leases.acquire(n, 5) for n in (1, 2, 3)] == [LEASED, LEASED, REFUSED]
+    assert await members(client, namespace) == {"a:1", "a:2"}
+    assert leases.held == {"a:1", "a:2"}
+    leases.release(1)
+    await async_wait_until(
+        lambda: _eq(members(client, namespace), {"a:2"}), 5, what="a:1 released")
+    assert await leases.acquire(3, 5) == LEASED
+    assert leases.outcomes == {LEASED: 3, REFUSED: 1, LOCAL: 0}
+    await leases.close()
+
+
+async def test_the_cap_holds_across_instances_under_concurrent_acquires(
+        redis_server: RedisServer, namespace: str) -> None:
+    clients = [make_redis(redis_server.url) for _ in range(3)]
+    fleet = [leases_for(c, namespace, f"i{n}", cap=7) for n, c in enumerate(clients)]
+    outcomes = await asyncio.gather(*(lease.acquire(conn, 5) for lease in fleet
+                                      for conn in range(1, 21)))
+    assert outcomes.count(LEASED) == 7
+    assert outcomes.count(REFUSED) == 53
+    held = set().union(*(lease.held for lease in fleet))
+    assert await members(clients[0], namespace) == held
+    for lease, c in zip(fleet, clients, strict=True):
+        await lease.close()
+        await c.aclose()
+
+
+async def test_expiry_comes_from_the_redis_server_clock_not_the_instance_clock(
+        client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # a badly skewed host
+    leases = leases_for(client, namespace, "skewed", cap=5, margin=2.0)
+    assert await leases.acquire(1, 10) == LEASED
+    seconds, micros = await client.time()
+    server_now = seconds + micros / 1e6
+    score = await client.zscore(Keys(namespace).leases, "skewed:1")
+    assert score is not None
+    assert server_now + 11 <= score <= server_now + 12  # 10 s hold + 2 s margin
+    await leases.close()
+
+
+async def test_an_expired_lease_frees_its_slot_on_the_next_acquire(
+        client: redis.Redis, namespace: str) -> None:
+    crashed = leases_for(client, namespace, "crashed", cap=1, margin=0.0)
+    assert await crashed.acquire(1, 0.2) == LEASED  # never released: the process "died"
+    other = leases_for(client, namespace, "other", cap=1)
+    assert await other.acquire(1, 5) == REFUSED
+    await async_wait_until(lambda: _eq(other.acquire(2, 5), LEASED), 5,
+                           what="the crashed instance's lease to expire")
+    assert await members(client, namespace) == {"other:2"}  # purged by the acquire itself
+    await other.close()
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+        client: redis.Redis, namespace: str) -> None:
+    leases = leases_for(client, namespace, "a", cap=3)
+    assert await leases.acquire(1, 5) == LEASED
+    await client.script_flush()
+    assert await client.script_exists(leases._acquire.sha) == [False]
+    assert await leases.acquire(2, 5) == LEASED  # EVALSHA fails, redis-py loads it again
+    assert await client.script_exists(leases._acquire.sha) == [True]
+    await leases.close()
+    assert await members(client, namespace) == set()
+
+
+async def test_close_removes_this_instances_leases_and_no_one_elses(
+        client: redis.Redis, namespace: str) -> None:
+    mine = leases_for(client, namespace, "mine", cap=10)
+    theirs = leases_for(client, namespace, "theirs", cap=10)
+    for conn in (1, 2, 3):
+        assert await mine.acquire(conn, 5) == LEASED
+    assert await theirs.acquire(1, 5) == LEASED
+    await mine.close()
+    assert mine.held == set()
+    assert await members(client, namespace) == {"theirs:1"}
+    assert await mine.acquire(4, 5) == LOCAL  # closed: no new leases
+    await theirs.close()
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8])
+async def test_a_cancelled_acquire_leaves_no_lease_behind(
+        client: redis.Redis, namespace: str, delay_ms: int) -> None:
+    leases = leases_for(client, namespace, "a", cap=5)
+    task = asyncio.create_task(leases.acquire(1, 5))
+    await asyncio.sleep(delay_ms / 1000)
+    task.cancel()
+    try:
+        outcome = await task
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+    if outcome == LEASED:  # it finished first: then it is held, locally and remotely
+        assert leases.held == {"a:1"}
+        assert await members(client, namespace) == {"a:1"}
+    else:  # cancelled at an await point: whatever the script did is undone
+        assert leases.held == set()
+        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                               what="the cancelled acquire's lease to be removed")
+    await leases.close()
+    assert await members(client, namespace) == set()
+
+
+async def test_redis_down_falls_back_to_local_quickly_and_says_so(
+        own_redis: RedisServer, namespace: str) -> None:
+    client = make_redis(own_redis.url)
+    link = {"up": True}
+    leases = leases_for(client, namespace, "a", cap=5, link_up=lambda: link["up"])
+    assert await leases.acquire(1, 5) == LEASED
+    assert leases.mode == "fleet"
+    own_redis.kill()
+    started = time.monotonic()
+    assert await leases.acquire(2, 5) == LOCAL  # the link has not noticed yet: an error
+    assert time.monotonic() - started < leases.timeout + 1.0
+    assert leases.errors >= 1
+    assert leases.mode == "local"
+    link["up"] = False
+    assert await leases.acquire(3, 5) == LOCAL  # the link knows: no I/O at all
+    own_redis.start()
+    link["up"] = True
+    assert await leases.acquire(4, 5) == LEASED
+    assert leases.mode == "fleet"
+    await leases.close()
+    await client.aclose()
+
+
+async def test_scripts_take_every_key_in_KEYS_and_no_cap_means_off(
+        client: redis.Redis, namespace: str) -> None:
+    from coordinator.leases import ACQUIRE, RELEASE
+    for script in (ACQUIRE, RELEASE):  # cluster-safe: no key name is built inside Lua
+        assert "KEYS[1]" in script and "KEYS[2]" not in script and ":" not in script
+    off = leases_for(client, namespace, "a", cap=None)
+    assert off.mode == "off"
+    assert not off.enabled
+
+
+# -- the gate ---------------------------------------------------------------------------
+
+
+class FakeSocket:
+    """One WebSocket handshake as the ASGI server presents it to the gate."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.incoming.put_nowait({"type": "websocket.connect"})
+        self.scope = {"type": "websocket", "path": "/ws", "headers": [],
+                      "extensions": {"websocket.http.response": {}}}
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int | None:
+        for m in self.sent:
+            if m["type"] == "websocket.http.response.start":
+                return int(m["status"])
+        return None
+
+
+async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()  # until the client leaves
+
+
+def make_coord(url: str, namespace: str, **kw: Any) -> Coordinator:
+    settings = Settings(redis_url=url, namespace=namespace, instance_id="gated",
+                        phases=("init", "services"), ready_phase="services",
+                        heartbeat_interval=0.2, instance_ttl=2.0, **kw)
+    return Coordinator(settings)
+
+
+async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_on_ready(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    coord = make_coord(redis_server.url, namespace, fleet_max_queue=2, max_queue=10)
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()
+    async with coord.phase("services"):
+        sockets = [FakeSocket() for _ in range(3)]
+        tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
+        done, _ = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        (refused,) = [s for s, t in zip(sockets, tasks, strict=True) if t in done]
+        held = [s for s in sockets if s is not refused]
+        assert refused.status == 503
+        assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
+        assert coord.rejected["fleet_cap"] == 1
+        assert len(await members(client, namespace)) == 2
+        assert coord.record()["held_leases"] == "2"
+        assert coord.record()["fleet_cap_mode"] == "fleet"
+    # ready: both held connections admitted, their leases gone
+    await async_wait_until(lambda: all(s.sent and s.sent[0]["type"] == "websocket.accept"
+                                       for s in held), 5, what="both admitted")
+    await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                           what="the leases released")
+    assert coord.record()["held_leases"] == "0"
+    for s in held:
+        s.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.gather(*tasks)
+    await coord.stop()
+
+
+async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_is_cancelled(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5)
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()
+    async with coord.phase("services"):
+        quitter, cancelled = FakeSocket(), FakeSocket()
+        t1 = asyncio.create_task(gate(quitter.scope, quitter.receive, quitter.send))
+        t2 = asyncio.create_task(gate(cancelled.scope, cancelled.receive, cancelled.send))
+        await async_wait_until(lambda: _eq(members(client, namespace), {"gated:1", "gated:2"}),
+                               5, what="two leases")
+        quitter.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        await t1
+        assert coord.rejected["gave_up"] == 1
+        t2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t2
+        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                               what="both leases released")
+        assert len(coord.queue) == 0
+        assert coord.leases.held == set()
+    await coord.stop()
+
+
+async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5, max_queue_time=0.3)
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()
+    async with coord.phase("services"):
+        s = FakeSocket()
+        await gate(s.scope, s.receive, s.send)  # returns once the hold timed out
+        assert s.status == 503
+        assert coord.rejected["timeout"] == 1
+        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                               what="the lease released")
+    await coord.stop()
+
+
+async def test_gate_with_redis_down_holds_under_the_local_cap_and_reports_local_mode(
+        namespace: str) -> None:
+    coord = make_coord("redis://127.0.0.1:1/0", namespace, fleet_max_queue=1, max_queue=3)
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()  # Redis is unreachable: start goes on
+    assert not coord.redis_ok
+    async with coord.phase("services"):
+        sockets = [FakeSocket() for _ in range(4)]
+        tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
+        await async_wait_until(lambda: sockets[3].status == 503, 5, what="the 4th rejected")
+        assert len(coord.queue) == 3  # the local cap, not the fleet cap of 1
+        assert coord.rejected["queue_full"] == 1
+        assert coord.record()["fleet_cap_mode"] == "local"
+    await async_wait_until(lambda: all(s.sent and s.sent[0]["type"] == "websocket.accept"
+                                       for s in sockets[:3]), 5, what="three admitted")
+    for s in sockets[:3]:
+        s.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.gather(*tasks)
+    await coord.stop()
+
+
+async def test_clean_stop_removes_the_leases_of_connections_still_held(
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
+    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5)
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()
+    startup = asyncio.create_task(run_phase_forever(coord, "services"))
+    await async_wait_until(lambda: coord.current_phase == "services", 5)
+    sockets = [FakeSocket() for _ in range(2)]
+    tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
+    await async_wait_until(lambda: len(coord.leases.held) == 2, 5, what="two leases")
+    await coord.stop()
+    startup.cancel()
+    assert await members(client, namespace) == set()  # gone by the time stop() returns
+    await asyncio.gather(*tasks)
+    assert [s.status for s in sockets] == [503, 503]
+    assert coord.rejected["draining"] == 2
+
+
+async def run_phase_forever(coord: Coordinator, name: str) -> None:
+    async with coord.phase(name):
+        await asyncio.Event().wait()
+
+
+async def _eq(value: Any, expected: Any) -> bool:
+    return await value == expected
