@@ -19,6 +19,9 @@ from .phases import STATE_AFTER, Event, PhasePlan, State
 
 FIRST_INTERVAL = 0.05
 MAX_INTERVAL = 1.0
+# started_at values this close are one incarnation: the hash stores it to the microsecond,
+# messages carry it in full, and no instance restarts within a millisecond.
+SAME_LIFE = 0.001
 
 _RANK = {State.STARTING: 0, State.READY: 1, State.FAILED: 2, State.DRAINING: 2,
          State.STOPPED: 3}
@@ -71,10 +74,10 @@ def status_from_record(record: Mapping[str, Any]) -> Status | None:
 def advance(current: Status, incoming: Status) -> Status:
     """The view after ``incoming``: forward only, except for a new incarnation."""
     if (incoming.started_at is not None and current.started_at is not None
-            and incoming.started_at > current.started_at):
+            and incoming.started_at > current.started_at + SAME_LIFE):
         return incoming  # the instance restarted: its new life starts from scratch
     if incoming.started_at is not None and current.started_at is not None \
-            and incoming.started_at < current.started_at:
+            and incoming.started_at < current.started_at - SAME_LIFE:
         return current  # news from an earlier life
     merged_started = current.started_at if current.started_at is not None else incoming.started_at
     if _RANK[incoming.state] > _RANK[current.state]:

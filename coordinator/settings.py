@@ -35,7 +35,7 @@ def _default_instance_id() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has a password
     namespace: str = "coord"
     instance_id: str = field(default_factory=_default_instance_id)
     environment: str = "local"
@@ -177,8 +177,10 @@ def _check_redis_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError("COORD_REDIS_URL", redact_url(url), str(exc)) from None
+    except ValueError:  # its text may quote part of a password
+        raise ConfigError("COORD_REDIS_URL", redact_url(url),
+                          "malformed URL: expected redis://[user:password@]host[:port][/db]"
+                          " (escape special characters in the password)") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError("COORD_REDIS_URL", redact_url(url),
                           "expected a redis://, rediss:// or unix:// URL")
@@ -190,13 +192,14 @@ def _check_redis_url(url: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
+    """The URL with its password replaced, for logs and errors.
+
+    Works on the text, not on a parse, so that a password with an unescaped '/', '#' or
+    '@' (which breaks the parse) is hidden too: all from the user's ':' to the last '@'.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not (sep and at and colon):
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    return f"{scheme}://{user}:***@{host}"

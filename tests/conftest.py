@@ -68,4 +68,5 @@ def follow_cli() -> Iterator[Callable[..., CliProcess]]:
 
 
 def pytest_report_header() -> str:
-    return f"redis-server: {os.popen('redis-server --version').read().strip()}"
+    with os.popen("redis-server --version") as out:  # closed: waits, no ResourceWarning
+        return f"redis-server: {out.read().strip()}"
