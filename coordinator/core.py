@@ -38,7 +38,7 @@ from .settings import Settings
 
 log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
-RECONNECT_WAIT = wait_exponential_jitter(initial=0.1, max=5.0, exp_base=2, jitter=0.5)
+RECONNECT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5.0, exp_base=2, jitter=0.5)
 START_LINK_WAIT = 1.0
 STOP_CANCEL_ROUNDS = 10  # stop() cancels its tasks at most this many times, 0.5 s apart
 
@@ -305,7 +305,7 @@ class Coordinator:
 
     # -- the record and the events (owner) ------------------------------------------
 
-    def record(self) -> dict[str, str]:
+    def record(self, link_up: bool = False) -> dict[str, str]:
         now = time.time()
         status = self.status
         expected = self.expected_ready_in(now)
@@ -329,7 +329,7 @@ class Coordinator:
             "fleet_cap": self.settings.fleet_max_queue,
             "admitted": sum(self.admitted.values()),
             "rejected": sum(self.rejected.values()),
-            "redis": "ok" if self.redis_ok else "down",
+            "redis": "ok" if self.redis_ok or link_up else "down",
             "host": self.host,
             "pid": os.getpid(),
             "version": self.version,
@@ -363,10 +363,10 @@ class Coordinator:
             except REDIS_ERRORS as exc:
                 self._link_lost(exc)
 
-    async def _publish(self, msg: messages.Message) -> None:
+    async def _publish(self, msg: messages.Message, link_up: bool = False) -> None:
         data = messages.encode(msg, self.settings.signing_key)
         key = self.keys.instance(self.id)
-        record = self.record()
+        record = self.record(link_up)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=record)
             pipe.pexpire(key, int(self.settings.instance_ttl * 1000))
@@ -386,8 +386,10 @@ class Coordinator:
             if not self.redis_ok:
                 continue
             try:
-                await registry.write_record(self.redis, self.keys, self.record(),
-                                            self.settings.instance_ttl, time.time())
+                record = self.record()  # N:instances score = the hash's heartbeat_at
+                await registry.write_record(self.redis, self.keys, record,
+                                            self.settings.instance_ttl,
+                                            float(record["heartbeat_at"]))
             except REDIS_ERRORS as exc:
                 self._link_lost(exc)
 
@@ -430,13 +432,13 @@ class Coordinator:
             await asyncio.sleep(RECONNECT_WAIT(_RetryState(attempt)))
 
     async def _on_link_up(self) -> None:
-        if self.role == "owner":
-            # Re-publish the whole state: the record, and the event that carries it.
-            await self._publish(self._message(self._state_event()))
-        else:
-            self._follow_record(await registry.read_record(self.redis, self.keys, self.id))
         with contextlib.suppress(*REDIS_ERRORS):
             self.phase_stats = await registry.read_phase_stats(self.redis, self.keys)
+        if self.role == "owner":
+            # Re-publish the whole state: the record, and the event that carries it.
+            await self._publish(self._message(self._state_event()), link_up=True)
+        else:
+            self._follow_record(await registry.read_record(self.redis, self.keys, self.id))
         if not self.redis_ok:
             log.info("redis link up (%s)", self.settings.redis_url_redacted)
         self.redis_ok = True
@@ -451,6 +453,9 @@ class Coordinator:
 
     def _link_lost(self, exc: BaseException) -> None:
         self.redis_errors += 1
+        if not self.redis_ok and self.redis_errors == 1:
+            log.warning("redis unavailable (%s): %s; gating on local state, retrying in the "
+                        "background", self.settings.redis_url_redacted, type(exc).__name__)
         if self.redis_ok:
             log.warning("redis link lost (%s): %s; gating on local state until it returns",
                         self.settings.redis_url_redacted, type(exc).__name__)
