@@ -3,6 +3,7 @@
     coordinator fleet  [--json] [--watch [--interval S]]
     coordinator events [--json] [--count N]
     coordinator check  [--instance ID]
+    coordinator dashboard [--host H] [--port P]
 
 Every command reads Redis only (``COORD_REDIS_URL``, ``COORD_NAMESPACE``, or
 ``--redis-url`` / ``--namespace``). Exit status: 0 success (``check``: ready), 1 ``check``:
@@ -307,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Exit 0 when the instance is ready, else 1.")
     check_cmd.add_argument("--instance", default=None,
                            help="instance id (default: $COORD_INSTANCE_ID)")
+
+    dash_cmd = commands.add_parser("dashboard", parents=[common], help="serve the live dashboard",
+                                   description="Serve the fleet dashboard at "
+                                   "http://HOST:PORT/dashboard/ (needs only Redis); Ctrl-C stops.")
+    dash_cmd.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    dash_cmd.add_argument("--port", type=_port, default=8080, help="listen port (default 8080)")
     return parser
 
 
@@ -315,6 +322,12 @@ def _positive(raw: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {raw!r}")
     return value
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {raw!r}")
+    return int(raw)
 
 
 def _positive_int(raw: str) -> int:
@@ -372,6 +385,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args, env)
+        if args.command == "dashboard":
+            return dashboard(args, settings)
         return asyncio.run(run(args, settings, env, out))
     except CliError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
@@ -382,6 +397,19 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
         with contextlib.suppress(OSError):  # keep the interpreter's exit flush quiet
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from .dashboard import serve  # only this command needs the web stack
+
+    print(f"coordinator: dashboard of namespace {settings.namespace!r} on "
+          f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
+    try:
+        serve(settings.redis_url, settings.namespace, args.host, args.port,
+              fleet_cap=settings.fleet_max_queue, signing_key=settings.signing_key)
+    except SystemExit as exc:  # uvicorn's start-up failure (e.g. the port is taken), logged
+        return EXIT_ERROR if exc.code else EXIT_OK
+    return EXIT_OK
 
 
 def redis_problem(exc: BaseException, url: str) -> str:

@@ -236,13 +236,13 @@ HOSTILE_ID = '<script>window.pwned = "script"</script><img src=x onerror="window
 
 @contextlib.contextmanager
 def _standalone_dashboard(redis_url: str, namespace: str, log: Path) -> Any:
-    """``coordinator.dashboard.serve`` in its own process, as the CLI runs it."""
+    """``coordinator dashboard``, the standalone server that needs only Redis."""
     port = free_port()
-    code = ("import sys; from coordinator.dashboard import serve; "
-            "serve(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3]))")
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, redis_url, namespace, str(port)],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "dashboard", "--redis-url", redis_url,
+             "--namespace", namespace, "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,0 +1,70 @@
+"""``coordinator dashboard`` as an operator runs it: a real process on a real Redis."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, RedisServer, free_port, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def dashboard(redis_url: str, namespace: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "dashboard", "--redis-url", redis_url,
+             "--namespace", namespace, "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def open_stream(port: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse] | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/dashboard/events")
+        return conn, conn.getresponse()
+    except OSError:
+        conn.close()
+        return None
+
+
+def test_sigterm_ends_open_streams_cleanly_and_exits(redis_server: RedisServer, namespace: str,
+                                                     tmp_path: Path) -> None:
+    port = free_port()
+    proc = dashboard(redis_server.url, namespace, port, tmp_path / "dashboard.log")
+    try:
+        conn, resp = wait_until(lambda: open_stream(port), 20, interval=0.1,
+                                what="the dashboard's event stream")
+        assert resp.status == 200
+        assert resp.getheader("content-type") == "text/event-stream; charset=utf-8"
+        assert resp.readline() == b"retry: 1000\n"
+        proc.send_signal(signal.SIGTERM)
+        # The server ends the stream itself (a complete chunked body) instead of cutting
+        # the connection when its graceful-shutdown timeout runs out: read() would raise.
+        rest = resp.read()
+        assert b"event: snapshot" in rest and rest.endswith(b"\n\n")
+        conn.close()
+        assert proc.wait(10) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_status_2(redis_server: RedisServer,
+                                                          tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        log = tmp_path / "dashboard.log"
+        proc = dashboard(redis_server.url, "t-taken", taken.getsockname()[1], log)
+        assert proc.wait(20) == 2
+    output = log.read_text()
+    assert "address already in use" in output
+    assert "Traceback" not in output
