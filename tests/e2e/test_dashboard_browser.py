@@ -28,7 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from coordinator import messages
 from coordinator.keys import Keys
 from coordinator.registry import encode_record, write_record
-from tests.support import ROOT, BackendProcess, RedisServer, async_wait_until, free_port
+from tests.support import (ROOT, BackendProcess, RedisServer, async_wait_until, free_port,
+                           wait_until)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -235,16 +236,20 @@ HOSTILE_ID = '<script>window.pwned = "script"</script><img src=x onerror="window
 
 
 @contextlib.contextmanager
-def _standalone_dashboard(redis_url: str, namespace: str, log: Path) -> Any:
+def _standalone_dashboard(redis_url: str, namespace: str, log: Path,
+                          port: int | None = None) -> Any:
     """``coordinator dashboard``, the standalone server that needs only Redis."""
-    port = free_port()
-    with open(log, "wb") as out:
+    port = port or free_port()
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator", "dashboard", "--redis-url", redis_url,
              "--namespace", namespace, "--port", str(port)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _http_ok(url + "/dashboard/"), 20,
+                   what="the standalone dashboard to listen")
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -268,8 +273,6 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
     try:
         await write_record(client, keys, record, 60.0, now)
         with _standalone_dashboard(redis_server.url, namespace, tmp_path / "dash.log") as url:
-            await async_wait_until(lambda: _http_ok(url + "/dashboard/"), 20,
-                                   what="the standalone dashboard to listen")
             await browser.goto(url + "/")
             rows = await async_wait_until(browser.rows, 20, interval=0.2,
                                           what="the page to show the hostile record")
@@ -305,6 +308,42 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
 
 async def _states_are(browser: Chromium, wanted: list[str]) -> bool:
     return [r["state"] for r in await browser.rows()] == wanted
+
+
+async def test_the_page_reconnects_and_catches_up_when_the_server_restarts(
+        redis_server: RedisServer, namespace: str, browser: Chromium, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    keys = Keys(namespace)
+    port = free_port()
+    log = tmp_path / "dash.log"
+    try:
+        await _add_record(client, keys, "before")
+        with _standalone_dashboard(redis_server.url, namespace, log, port) as url:
+            await browser.goto(url + "/dashboard/")
+            await async_wait_until(lambda: _ids_are(browser, ["before"]), 20, interval=0.2,
+                                   what="the page to show the first instance")
+            assert await browser.text("link") == "live"
+        await async_wait_until(lambda: _text_is(browser, "link", "reconnecting…"), 10,
+                               interval=0.2, what="the page to notice the server left")
+        await client.delete(keys.instance("before"), keys.instances)
+        await _add_record(client, keys, "after")
+        with _standalone_dashboard(redis_server.url, namespace, log, port):
+            await async_wait_until(lambda: _ids_are(browser, ["after"]), 20, interval=0.2,
+                                   what="the page to reconnect and take a fresh snapshot")
+            await async_wait_until(lambda: _text_is(browser, "link", "live"), 10,
+                                   interval=0.2, what="the page to say it is live again")
+        assert browser.errors == []
+    finally:
+        await client.delete(keys.instance("before"), keys.instance("after"), keys.instances)
+        await client.aclose()
+
+
+async def _add_record(client: redis.Redis, keys: Keys, instance_id: str) -> None:
+    now = time.time()
+    await write_record(client, keys, encode_record({
+        "id": instance_id, "state": "ready", "phase": "finalize", "phase_index": 7,
+        "phases_total": 7, "heartbeat_at": now, "ttl": 60.0, "queue_depth": 0,
+        "queue_max": 50, "admitted": 0, "rejected": 0}), 60.0, now)
 
 
 async def _subscribers(client: redis.Redis, keys: Keys) -> int:
