@@ -85,7 +85,8 @@
     const next = new Map();
     for (const record of Array.isArray(doc.instances) ? doc.instances : []) {
       if (!record || typeof record.id !== 'string') continue;
-      record.receivedAt = now;
+      record.receivedAt = now;         // the page's own bookkeeping, whatever the
+      delete record.phaseReceivedAt;  // record carried under these names
       next.set(record.id, record);
     }
     fleet.instances = next;
