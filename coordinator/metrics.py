@@ -7,7 +7,7 @@ the gate, once per held connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,64 +20,71 @@ from .phases import State
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _family(kind: type[Metric], name: str, doc: str, instance: str,
+            values: Mapping[str, float] | float, label: str | None = None) -> Metric:
+    """One metric family: a single value, or one value per ``label`` value."""
+    if label is None:
+        family = kind(name, doc, labels=["instance"])
+        family.add_metric([instance], float(values))  # type: ignore[arg-type]
+        return family
+    family = kind(name, doc, labels=["instance", label])
+    for key, value in sorted(values.items()):  # type: ignore[union-attr]
+        family.add_metric([instance, key], float(value))
+    return family
+
+
+def _one_hot(choices: Iterable[str], chosen: str) -> dict[str, float]:
+    return {choice: 1.0 if choice == chosen else 0.0 for choice in choices}
+
+
 class _CoordinatorCollector(Collector):
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
 
     def collect(self) -> Iterator[Metric]:
-        c = self.coord
-        labels = ["instance"]
-        state = GaugeMetricFamily("coordinator_state", "1 for the instance's current state",
-                                  labels=["instance", "state"])
-        for s in State:
-            state.add_metric([c.id, s.value], 1.0 if c.state is s else 0.0)
-        yield state
-        held = GaugeMetricFamily("coordinator_held", "Handshakes held now", labels=labels)
-        held.add_metric([c.id], len(c.queue))
-        yield held
-        cap = GaugeMetricFamily("coordinator_queue_max", "Local cap on held handshakes",
-                                labels=labels)
-        cap.add_metric([c.id], c.queue.max_size)
-        yield cap
-        oldest = GaugeMetricFamily("coordinator_oldest_hold_seconds",
-                                   "Wait of the oldest held handshake", labels=labels)
-        oldest.add_metric([c.id], c.queue.oldest_wait())
-        yield oldest
-        open_ = GaugeMetricFamily("coordinator_open_connections",
-                                  "WebSocket connections handed to the app and still open",
-                                  labels=labels)
-        open_.add_metric([c.id], len(c.connections))
-        yield open_
-        admitted = CounterMetricFamily("coordinator_admitted", "Handshakes admitted",
-                                       labels=["instance", "how"])
-        for how in ("immediate", "after_hold"):
-            admitted.add_metric([c.id, how], c.admitted.get(how, 0))
-        yield admitted
-        rejected = CounterMetricFamily("coordinator_rejected", "Handshakes rejected",
-                                       labels=["instance", "reason"])
-        for reason, count in sorted(c.rejected.items()):
-            rejected.add_metric([c.id, reason], count)
-        yield rejected
-        phases = GaugeMetricFamily("coordinator_phase_duration_seconds",
-                                   "Duration of each completed startup phase",
-                                   labels=["instance", "phase"])
-        for phase, seconds in c.phase_durations.items():
-            phases.add_metric([c.id, phase], seconds)
-        yield phases
-        redis_up = GaugeMetricFamily("coordinator_redis_up", "1 while the Redis link is up",
-                                     labels=labels)
-        redis_up.add_metric([c.id], 1.0 if c.redis_ok else 0.0)
-        yield redis_up
-        errors = CounterMetricFamily("coordinator_redis_errors", "Redis operations that failed",
-                                     labels=labels)
-        errors.add_metric([c.id], c.redis_errors)
-        yield errors
-        drops = CounterMetricFamily("coordinator_dropped_messages",
-                                    "Invalid pub/sub messages dropped",
-                                    labels=["instance", "reason"])
-        for reason, count in sorted(c.drops.counts.items()):
-            drops.add_metric([c.id, reason], count)
-        yield drops
+        c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
+        leases = c.leases
+        yield _family(gauge, "coordinator_state", "1 for the instance's current state", c.id,
+                      _one_hot((s.value for s in State), c.state.value), "state")
+        yield _family(gauge, "coordinator_held", "Handshakes held now", c.id, len(c.queue))
+        yield _family(gauge, "coordinator_queue_max", "Local cap on held handshakes", c.id,
+                      c.queue.max_size)
+        yield _family(gauge, "coordinator_oldest_hold_seconds",
+                      "Wait of the oldest held handshake", c.id, c.queue.oldest_wait())
+        yield _family(gauge, "coordinator_open_connections",
+                      "WebSocket connections handed to the app and still open", c.id,
+                      len(c.connections))
+        yield _family(counter, "coordinator_admitted", "Handshakes admitted", c.id,
+                      {"immediate": 0, "after_hold": 0, **c.admitted}, "how")
+        yield _family(counter, "coordinator_rejected", "Handshakes rejected", c.id,
+                      dict(c.rejected), "reason")
+        yield _family(gauge, "coordinator_phase_duration_seconds",
+                      "Duration of each completed startup phase", c.id, c.phase_durations,
+                      "phase")
+        expected = c.expected_ready_in()
+        if expected is not None and not c.is_ready:
+            yield _family(gauge, "coordinator_expected_ready_seconds",
+                          "Seconds until ready, estimated from N:phase_stats", c.id, expected)
+        yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
+                      1.0 if c.redis_ok else 0.0)
+        yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
+                      c.id, {"link": c.redis_errors, "leases": leases.errors}, "source")
+        yield _family(counter, "coordinator_dropped_messages",
+                      "Invalid pub/sub messages (and instance hashes) dropped", c.id,
+                      dict(c.drops.counts), "reason")
+        yield _family(gauge, "coordinator_fleet_leases_held",
+                      "Fleet leases (N:leases) this instance holds now", c.id, len(leases.held))
+        yield _family(counter, "coordinator_fleet_lease_requests",
+                      "Lease requests by outcome: leased, refused (fleet cap reached), local "
+                      "(Redis unavailable: the local cap alone decided)", c.id,
+                      leases.outcomes, "outcome")
+        yield _family(gauge, "coordinator_fleet_cap_mode",
+                      "1 for how the fleet cap is enforced now: fleet, local or off", c.id,
+                      _one_hot(("fleet", "local", "off"), leases.mode), "mode")
+        if leases.cap is not None:
+            yield _family(gauge, "coordinator_fleet_cap",
+                          "Fleet-wide cap on held handshakes (COORD_FLEET_MAX_QUEUE)", c.id,
+                          leases.cap)
 
 
 class Metrics:

@@ -1,0 +1,105 @@
+"""Startup learned by the fleet: one instance's completed startup, folded into
+N:phase_stats, lets the next instance hold a connection that arrives in an earlier phase
+(and publish when it expects to be ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator import ConnectionGate, Coordinator, Settings
+from tests.integration.test_leases import FakeSocket, echo_app
+from tests.support import RedisServer, async_wait_until
+
+pytestmark = pytest.mark.redis
+
+PHASES = ("init", "database", "cache", "services")  # init and database are "earlier"
+DURATIONS = {"init": 0.05, "database": 0.1, "cache": 0.05, "services": 0.2}
+
+
+def coordinator(url: str, namespace: str, name: str) -> Coordinator:
+    return Coordinator(Settings(redis_url=url, namespace=namespace, instance_id=name,
+                                phases=PHASES, ready_phase="services", environment="test"))
+
+
+async def run_startup(coord: Coordinator, until: str | None = None) -> None:
+    """Run the phases with DURATIONS; stop inside ``until`` (it is left open)."""
+    for name in PHASES:
+        if name == until:
+            return
+        async with coord.phase(name):
+            await asyncio.sleep(DURATIONS[name])
+
+
+async def stats(url: str, namespace: str) -> dict[str, float]:
+    client: Any = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return {k: float(v) for k, v in (await client.hgetall(f"{namespace}:phase_stats")).items()}
+    finally:
+        await client.aclose()
+
+
+async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_startup(
+        redis_server: RedisServer, namespace: str) -> None:
+    url = redis_server.url
+    first = coordinator(url, namespace, "first")
+    gate = ConnectionGate(echo_app, first)
+    await first.start()
+    async with first.phase("init"):  # nothing learned yet: no estimate, no hold
+        early = FakeSocket()
+        await gate(early.scope, early.receive, early.send)
+        assert early.status == 503
+        assert json.loads(early.sent[1]["body"])["reason"] == "starting"
+        assert first.record()["expected_ready_at"] == ""
+    await run_startup(first)
+    await async_wait_until(lambda: _has_all(stats(url, namespace)), 5,
+                           what="the first startup folded into N:phase_stats")
+    await first.stop()
+
+    second = coordinator(url, namespace, "second")
+    gate = ConnectionGate(echo_app, second)
+    await second.start()
+    assert set(second.phase_stats) == set(PHASES)
+    async with second.phase("init"):
+        now = time.time()
+        expected_at = float(second.record()["expected_ready_at"])
+        assert now < expected_at < now + 1.0  # about sum(DURATIONS) away
+        early = FakeSocket()
+        held = asyncio.create_task(gate(early.scope, early.receive, early.send))
+        await async_wait_until(lambda: len(second.queue) == 1, 5, what="the early one held")
+    startup = asyncio.create_task(run_startup(second))
+    await async_wait_until(lambda: early.sent, 5, what="the answer")
+    assert early.sent[0]["type"] == "websocket.accept"  # released when ready, not rejected
+    assert second.admitted["after_hold"] == 1
+    early.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.gather(held, startup)
+    await second.stop()
+
+
+async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_startup(
+        redis_server: RedisServer, namespace: str) -> None:
+    client: Any = redis.Redis.from_url(redis_server.url)
+    await client.hset(f"{namespace}:phase_stats",
+                      mapping={"init": "0.1", "database": "0.1", "cache": "0.1",
+                               "services": "7.5"})
+    await client.aclose()
+    coord = coordinator(redis_server.url, namespace, "slow")
+    gate = ConnectionGate(echo_app, coord)
+    await coord.start()
+    async with coord.phase("init"):
+        early = FakeSocket()
+        await gate(early.scope, early.receive, early.send)
+        body = json.loads(early.sent[1]["body"])
+        assert body["reason"] == "starting"
+        assert body["retry_after"] == 8  # the estimate, rounded up: come back when ready
+        assert coord.rejected["starting"] == 1
+    await coord.stop()
+
+
+async def _has_all(pending: Any) -> bool:
+    return set(await pending) == set(PHASES)
