@@ -93,7 +93,11 @@ class FleetLeases:
 
     @property
     def mode(self) -> str:
-        """``fleet`` while leases are enforced, ``local`` while falling back, or ``off``."""
+        """``fleet`` while leases are enforced, ``local`` while falling back, or ``off``.
+
+        ``local`` while the link is down, or after an acquire failed on a link that looked
+        up, until the next acquire succeeds.
+        """
         if self.cap is None:
             return "off"
         return "local" if self._fell_back or not self._link_up() else "fleet"
@@ -108,7 +112,9 @@ class FleetLeases:
         hold under the local cap alone). Never waits longer than ``timeout``.
         """
         if self._closed or not self._link_up():
-            return self._fall_back()
+            self._fell_back = False  # the link's own state says "local" from now on
+            self.outcomes[LOCAL] += 1
+            return LOCAL
         member = self.member(conn)
         ttl_ms = max(1, int((hold_for + self.margin) * 1000))
         try:

@@ -157,7 +157,8 @@ async def test_redis_down_falls_back_to_local_quickly_and_says_so(
     link["up"] = False
     assert await leases.acquire(3, 5) == LOCAL  # the link knows: no I/O at all
     own_redis.start()
-    link["up"] = True
+    link["up"] = True  # the link came back: so does the fleet cap, before any acquire
+    assert leases.mode == "fleet"
     assert await leases.acquire(4, 5) == LEASED
     assert leases.mode == "fleet"
     await leases.close()

@@ -249,3 +249,28 @@ async def test_a_wrong_password_degrades_to_local_gating_and_logs_no_secret(
     for secret in (PASSWORD, wrong, KEY):
         assert secret not in caplog.text
     assert PASSWORD not in repr(owner.settings) and KEY not in repr(owner.settings)
+
+
+@pytest.mark.e2e
+async def test_backend_logs_carry_neither_the_key_nor_the_password(
+        acl_redis: AclRedis, namespace: str, start_backend: Any) -> None:
+    common = {"COORD_NAMESPACE": namespace, "COORD_SIGNING_KEY": KEY,
+              "COORD_DRAIN_GRACE": "0.2", "BACKEND_PHASE_DURATIONS": "services=0.1"}
+    wrong = "wrong-" + PASSWORD
+    good = start_backend({**common, "COORD_REDIS_URL": acl_redis.url(),
+                          "COORD_INSTANCE_ID": f"{namespace}-good"})
+    bad = start_backend({**common, "COORD_REDIS_URL": acl_redis.url(password=wrong),
+                         "COORD_INSTANCE_ID": f"{namespace}-bad"})
+    await asyncio.gather(asyncio.to_thread(good.wait_ready), asyncio.to_thread(bad.wait_ready))
+    admin = redis.Redis.from_url(acl_redis.url())
+    # A forged event makes the good one log a drop (with the channel and the reason).
+    assert await admin.publish(f"{namespace}:instance:{namespace}-good:events", b"{}") == 1
+    await async_wait_until(lambda: "dropped 1 invalid message" in good.log(), 10,
+                           what="the drop to be logged")
+    await admin.aclose()
+    assert good.terminate() == 0 and bad.terminate() == 0
+    for backend, redis_state in ((good, "redis link up"), (bad, "redis unavailable")):
+        log = backend.log()
+        assert redis_state in log and "coord:***@127.0.0.1" in log, log
+        for secret in (PASSWORD, wrong, KEY):
+            assert secret not in log
