@@ -1,0 +1,52 @@
+"""Every benchmark runs, tiny, through ``python -m bench NAME --smoke`` and prints its
+ratio lines. Timings are never asserted here: only bench/ measures, on purpose."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.__main__ import BENCHMARKS
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
+
+RATIO = re.compile(r"^ratio (?P<key>[\w.]+) = (?P<value>-?[\d.]+|inf|nan)  goal (?:[<>]= [\d.]+|-)"
+                   r"  (?:met|MISSED|no goal)  \(.+\)$", re.MULTILINE)
+
+EXPECTED = {
+    "fast_path": {"throughput", "redis_commands_per_connection"},
+    "release_latency": {"pubsub.first_101_p99_ms", "same_process.first_101_p99_ms",
+                        "pubsub.last_of_5_vs_fresh", "same_process.last_of_5_vs_fresh",
+                        "pubsub.p99_speedup_vs_polling", "same_process.p99_speedup_vs_polling",
+                        "lost.max_delay_vs_backstop_bound"},
+    "startup_storm": {"close_1011"},
+    "fleet_scale": {"round_trips_per_page", "heartbeat_round_trips_per_interval"},
+    "lease_throughput": {"pairs_vs_raw_evalsha"},
+    "memory": {"gate_kib_per_held", "gated_vs_bare"},
+}
+
+
+def test_every_benchmark_has_a_smoke_expectation():
+    assert set(EXPECTED) == set(BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_runs_tiny_and_prints_its_ratios(name):
+    done = subprocess.run([sys.executable, "-m", "bench", name, "--smoke"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"== {name} (smoke" in done.stdout, output
+    keys = {m["key"] for m in RATIO.finditer(done.stdout)}
+    assert {f"{name}.{key}" for key in EXPECTED[name]} <= keys, output
+
+
+def test_unknown_benchmark_is_a_clear_error():
+    done = subprocess.run([sys.executable, "-m", "bench", "no_such_bench"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "unknown benchmark(s) no_such_bench" in done.stderr
