@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,6 +195,13 @@ class FakeSocket:
     async def send(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
 
+    def leave(self) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.sent) and self.sent[0]["type"] == "websocket.accept"
+
     @property
     def status(self) -> int | None:
         for m in self.sent:
@@ -208,54 +216,63 @@ async def echo_app(scope: Any, receive: Any, send: Any) -> None:
     await receive()  # until the client leaves
 
 
-def make_coord(url: str, namespace: str, **kw: Any) -> Coordinator:
-    settings = Settings(redis_url=url, namespace=namespace, instance_id="gated",
-                        phases=("init", "services"), ready_phase="services",
-                        heartbeat_interval=0.2, instance_ttl=2.0, **kw)
-    return Coordinator(settings)
+def knock(gate: ConnectionGate, count: int) -> tuple[list[FakeSocket], list[asyncio.Task[None]]]:
+    """``count`` handshakes at the gate at once."""
+    sockets = [FakeSocket() for _ in range(count)]
+    return sockets, [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
+
+
+async def admitted_then_leave(sockets: list[FakeSocket], tasks: list[asyncio.Task[None]]) -> None:
+    await async_wait_until(lambda: all(s.accepted for s in sockets), 5, what="all admitted")
+    for s in sockets:
+        s.leave()
+    await asyncio.gather(*tasks)
+
+
+@contextlib.asynccontextmanager
+async def gated(url: str, namespace: str, **kw: Any) -> AsyncIterator[tuple[Coordinator,
+                                                                           ConnectionGate]]:
+    """A started owner (phases init, services) and its gate; stopped afterwards."""
+    coord = Coordinator(Settings(redis_url=url, namespace=namespace, instance_id="gated",
+                                 phases=("init", "services"), ready_phase="services",
+                                 heartbeat_interval=0.2, instance_ttl=2.0, **kw))
+    await coord.start()
+    try:
+        yield coord, ConnectionGate(echo_app, coord)
+    finally:
+        await coord.stop()
 
 
 async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_on_ready(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
-    coord = make_coord(redis_server.url, namespace, fleet_max_queue=2, max_queue=10)
-    gate = ConnectionGate(echo_app, coord)
-    await coord.start()
-    async with coord.phase("services"):
-        sockets = [FakeSocket() for _ in range(3)]
-        tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
-        done, _ = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        (refused,) = [s for s, t in zip(sockets, tasks, strict=True) if t in done]
-        held = [s for s in sockets if s is not refused]
-        assert refused.status == 503
-        assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
-        assert coord.rejected["fleet_cap"] == 1
-        assert len(await members(client, namespace)) == 2
-        assert coord.record()["held_leases"] == "2"
-        assert coord.record()["fleet_cap_mode"] == "fleet"
-    # ready: both held connections admitted, their leases gone
-    await async_wait_until(lambda: all(s.sent and s.sent[0]["type"] == "websocket.accept"
-                                       for s in held), 5, what="both admitted")
-    await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
-                           what="the leases released")
-    assert coord.record()["held_leases"] == "0"
-    for s in held:
-        s.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
-    await asyncio.gather(*tasks)
-    await coord.stop()
+    async with gated(redis_server.url, namespace, fleet_max_queue=2, max_queue=10) as (coord,
+                                                                                       gate):
+        async with coord.phase("services"):
+            sockets, tasks = knock(gate, 3)
+            done, _ = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+            (refused,) = [s for s, t in zip(sockets, tasks, strict=True) if t in done]
+            assert refused.status == 503
+            assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
+            assert coord.rejected["fleet_cap"] == 1
+            assert len(await members(client, namespace)) == 2
+            assert coord.record()["held_leases"] == "2"
+            assert coord.record()["fleet_cap_mode"] == "fleet"
+        # ready: both held connections admitted, their leases gone
+        held = [(s, t) for s, t in zip(sockets, tasks, strict=True) if s is not refused]
+        await admitted_then_leave([s for s, _ in held], [t for _, t in held])
+        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                               what="the leases released")
+        assert coord.record()["held_leases"] == "0"
 
 
 async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_is_cancelled(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
-    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5)
-    gate = ConnectionGate(echo_app, coord)
-    await coord.start()
-    async with coord.phase("services"):
-        quitter, cancelled = FakeSocket(), FakeSocket()
-        t1 = asyncio.create_task(gate(quitter.scope, quitter.receive, quitter.send))
-        t2 = asyncio.create_task(gate(cancelled.scope, cancelled.receive, cancelled.send))
+    async with gated(redis_server.url, namespace, fleet_max_queue=5) as (coord, gate), \
+            coord.phase("services"):
+        (quitter, _), (t1, t2) = knock(gate, 2)
         await async_wait_until(lambda: _eq(members(client, namespace), {"gated:1", "gated:2"}),
                                5, what="two leases")
-        quitter.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        quitter.leave()
         await t1
         assert coord.rejected["gave_up"] == 1
         t2.cancel()
@@ -265,61 +282,47 @@ async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_i
                                what="both leases released")
         assert len(coord.queue) == 0
         assert coord.leases.held == set()
-    await coord.stop()
 
 
 async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
-    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5, max_queue_time=0.3)
-    gate = ConnectionGate(echo_app, coord)
-    await coord.start()
-    async with coord.phase("services"):
-        s = FakeSocket()
-        await gate(s.scope, s.receive, s.send)  # returns once the hold timed out
+    async with gated(redis_server.url, namespace, fleet_max_queue=5,
+                     max_queue_time=0.3) as (coord, gate), coord.phase("services"):
+        (s,), (task,) = knock(gate, 1)
+        await task  # returns once the hold timed out
         assert s.status == 503
         assert coord.rejected["timeout"] == 1
         await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
                                what="the lease released")
-    await coord.stop()
 
 
 async def test_gate_with_redis_down_holds_under_the_local_cap_and_reports_local_mode(
         namespace: str) -> None:
-    coord = make_coord("redis://127.0.0.1:1/0", namespace, fleet_max_queue=1, max_queue=3)
-    gate = ConnectionGate(echo_app, coord)
-    await coord.start()  # Redis is unreachable: start goes on
-    assert not coord.redis_ok
-    async with coord.phase("services"):
-        sockets = [FakeSocket() for _ in range(4)]
-        tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
-        await async_wait_until(lambda: sockets[3].status == 503, 5, what="the 4th rejected")
-        assert len(coord.queue) == 3  # the local cap, not the fleet cap of 1
-        assert coord.rejected["queue_full"] == 1
-        assert coord.record()["fleet_cap_mode"] == "local"
-    await async_wait_until(lambda: all(s.sent and s.sent[0]["type"] == "websocket.accept"
-                                       for s in sockets[:3]), 5, what="three admitted")
-    for s in sockets[:3]:
-        s.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
-    await asyncio.gather(*tasks)
-    await coord.stop()
+    async with gated("redis://127.0.0.1:1/0", namespace, fleet_max_queue=1,
+                     max_queue=3) as (coord, gate):
+        assert not coord.redis_ok  # Redis is unreachable: start went on
+        async with coord.phase("services"):
+            sockets, tasks = knock(gate, 4)
+            await async_wait_until(lambda: sockets[3].status == 503, 5, what="the 4th rejected")
+            assert len(coord.queue) == 3  # the local cap, not the fleet cap of 1
+            assert coord.rejected["queue_full"] == 1
+            assert coord.record()["fleet_cap_mode"] == "local"
+        await admitted_then_leave(sockets[:3], tasks[:3])
 
 
 async def test_clean_stop_removes_the_leases_of_connections_still_held(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
-    coord = make_coord(redis_server.url, namespace, fleet_max_queue=5)
-    gate = ConnectionGate(echo_app, coord)
-    await coord.start()
-    startup = asyncio.create_task(run_phase_forever(coord, "services"))
-    await async_wait_until(lambda: coord.current_phase == "services", 5)
-    sockets = [FakeSocket() for _ in range(2)]
-    tasks = [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
-    await async_wait_until(lambda: len(coord.leases.held) == 2, 5, what="two leases")
-    await coord.stop()
-    startup.cancel()
-    assert await members(client, namespace) == set()  # gone by the time stop() returns
-    await asyncio.gather(*tasks)
-    assert [s.status for s in sockets] == [503, 503]
-    assert coord.rejected["draining"] == 2
+    async with gated(redis_server.url, namespace, fleet_max_queue=5) as (coord, gate):
+        startup = asyncio.create_task(run_phase_forever(coord, "services"))
+        await async_wait_until(lambda: coord.current_phase == "services", 5)
+        sockets, tasks = knock(gate, 2)
+        await async_wait_until(lambda: len(coord.leases.held) == 2, 5, what="two leases")
+        await coord.stop()
+        assert await members(client, namespace) == set()  # gone by the time stop() returns
+        startup.cancel()
+        await asyncio.gather(*tasks)
+        assert [s.status for s in sockets] == [503, 503]
+        assert coord.rejected["draining"] == 2
 
 
 async def run_phase_forever(coord: Coordinator, name: str) -> None:
