@@ -137,6 +137,8 @@ class Backend:
             "phases_total": coord.plan.total,
             "redis": "ok" if coord.redis_ok else "down",
             "queue": coord.queue.status(),
+            "fleet_cap": {"cap": coord.leases.cap, "mode": coord.leases.mode,
+                          "held_leases": len(coord.leases.held)},
             "admitted": dict(coord.admitted),
             "rejected": dict(coord.rejected),
             "dropped_messages": dict(coord.drops.counts),

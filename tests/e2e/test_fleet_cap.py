@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import BackendProcess, RedisServer, async_wait_until
+from tests.support import BackendProcess, RedisServer, async_wait_until, free_port
 
 from .clients import (
     CHAT,
@@ -174,3 +174,21 @@ async def test_a_sigkilled_instances_leases_expire_and_its_capacity_is_used_by_o
 
 async def _eq(value: Any, expected: Any) -> bool:
     return await value == expected
+
+
+async def test_with_redis_down_the_local_cap_holds_and_the_status_says_so(
+        namespace: str, start_backend: Any) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    backend = start_backend(env(unreachable, namespace, f"{namespace}-alone",
+                                COORD_FLEET_MAX_QUEUE="1", COORD_MAX_QUEUE="3",
+                                BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3"))
+    await reach_services(backend)
+    outcomes = await asyncio.gather(*(chat(backend.ws_url, open_timeout=30) for _ in range(4)))
+    counts = tally(outcomes)
+    assert counts == {CHAT: 3, "http 503 queue_full": 1}, counts  # 3 held, not 1
+    body = (await get(backend, "/health/ready"))[1]
+    assert body["redis"] == "down"
+    assert body["fleet_cap"] == {"cap": 1, "mode": "local", "held_leases": 0}
+    metrics = await metric_values(backend)
+    assert metrics[("coordinator_fleet_cap_mode", "local")] == 1
+    assert metrics[("coordinator_fleet_lease_requests_total", "local")] == 3
