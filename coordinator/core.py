@@ -207,19 +207,25 @@ class Coordinator:
             raise
         duration = time.monotonic() - started
         self.phase_durations[name] = duration
-        if name == self.plan.ready_phase:
+        # Only a starting instance becomes ready: a drain (or stop) that began while the
+        # ready phase ran must not be undone by its completion.
+        becomes_ready = name == self.plan.ready_phase and self.state is State.STARTING
+        if becomes_ready:
             # Release before publishing: the held handshakes are woken first and go out
             # before the publisher's turn (bench/release_latency.py: 0.9 -> 0.3 ms).
             self.ready_at = time.time()
             self._set_status(Status(State.READY, name, index, self.status.phase_started_at,
                                     self.status.started_at))
         self._emit(Event.PHASE_COMPLETED, duration=round(duration, 4))
-        if name == self.plan.ready_phase:
+        if becomes_ready:
             self._emit(Event.READY)
         if index == self.plan.total and self.redis_ok:
             self._spawn(self._fold_stats(dict(self.phase_durations)), "fold-stats")
 
     def fail(self, why: str) -> None:
+        if self.state in (State.DRAINING, State.STOPPED):
+            log.warning("instance %s: %s (while %s; ignored)", self.id, why, self.state.value)
+            return
         log.error("instance %s failed: %s", self.id, why)
         self._set_status(Status(State.FAILED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
@@ -234,13 +240,24 @@ class Coordinator:
         if self.role == "owner":
             self._emit(Event.DRAINING)
 
-    async def close_connections(self, code: int = 1012, reason: str = "draining") -> int:
-        """Close every open gated connection (1012 by default: service restart)."""
+    async def close_connections(self, code: int = 1012, reason: str = "draining",
+                                timeout: float = 1.0) -> int:
+        """Close every open gated connection (1012 by default: service restart).
+
+        Bounded: a client that stopped reading can block its close frame for as long as
+        the server's keepalive allows, so whatever has not closed within ``timeout`` is
+        abandoned (the server's own shutdown drops it) and the drain goes on.
+        """
         closers = list(self.connections.values())
         self.connections.clear()
-        results = await asyncio.gather(*(c(code, reason) for c in closers),
-                                       return_exceptions=True)
-        return sum(1 for r in results if not isinstance(r, BaseException))
+        if not closers:
+            return 0
+        tasks = [asyncio.ensure_future(c(code, reason)) for c in closers]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return sum(1 for t in done if not t.cancelled() and t.exception() is None)
 
     async def drain(self, grace: float | None = None) -> None:
         """SIGTERM: publish draining, keep rejecting for the grace, close, leave."""
@@ -296,8 +313,15 @@ class Coordinator:
             for waiter in self._ready_waiters:
                 if not waiter.done():
                     waiter.set_result(status.state)
+        self._tell("state")
+
+    def _tell(self, what: str) -> None:
+        """Notify listeners (metrics, dashboards); one that raises is logged, not fatal."""
         for listener in self.listeners:
-            listener("state", self)
+            try:
+                listener(what, self)
+            except Exception:
+                log.exception("coordinator listener %r failed on %s", listener, what)
 
     def _follow(self, incoming: Status | None) -> None:
         if incoming is None:
@@ -437,6 +461,7 @@ class Coordinator:
     async def _on_link_up(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
             self.phase_stats = await registry.read_phase_stats(self.redis, self.keys)
+        published = self.status
         if self.role == "owner":
             # Re-publish the whole state: the record, and the event that carries it.
             await self._publish(self._message(self._state_event()), link_up=True)
@@ -445,9 +470,12 @@ class Coordinator:
         if not self.redis_ok:
             log.info("redis link up (%s)", self.settings.redis_url_redacted)
         self.redis_ok = True
+        if self.role == "owner" and self.status != published:
+            # A transition during the round trip above was dropped by the publisher (the
+            # link was not up yet): publish where the instance is now.
+            self._emit(self._state_event())
         self._link_attempted.set()
-        for listener in self.listeners:
-            listener("redis", self)
+        self._tell("redis")
 
     def _state_event(self) -> Event:
         return {State.READY: Event.READY, State.FAILED: Event.FAILED,
@@ -463,8 +491,7 @@ class Coordinator:
             log.warning("redis link lost (%s): %s; gating on local state until it returns",
                         self.settings.redis_url_redacted, type(exc).__name__)
             self.redis_ok = False
-            for listener in self.listeners:
-                listener("redis", self)
+            self._tell("redis")
 
     def _on_message(self, channel: str, data: Any) -> None:
         try:
@@ -473,8 +500,7 @@ class Coordinator:
                                   expected_instance=self.id)
         except InvalidMessage as exc:
             self.drops.drop(exc, channel)
-            for listener in self.listeners:
-                listener("drop", self)
+            self._tell("drop")
             return
         if self.role == "follower":
             self._follow(status_from_message(msg, self.plan))
@@ -499,7 +525,10 @@ class Coordinator:
         if not messages.record_signature_ok(raw, self.settings.signing_key):
             self.drops.drop(InvalidMessage("bad_record_signature"), self.keys.instance(self.id))
             return
-        self._follow(status_from_record(registry.decode_record(raw)))
+        record = registry.decode_record(raw)
+        if not registry.is_live(record, time.time()):
+            return  # left by an instance that died: its successor has not written yet
+        self._follow(status_from_record(record))
 
     # -- tasks ------------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""Drain and failure at awkward moments: a drain that begins while the ready phase runs,
+a phase that fails during a drain, a client that stops reading, an app that keeps
+sending after the drain closed its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from coordinator.phases import State
+
+from .test_gate import Client, connect, in_phase, make, run_phases
+
+DEADLINE = 5.0
+
+
+async def test_ready_phase_completing_during_a_drain_does_not_reopen_admission():
+    gate, coord, _app = make()
+    async with in_phase(coord, "services"):
+        coord.begin_drain()
+    assert coord.state is State.DRAINING
+    assert coord.ready_at is None
+    events = [coord._outbox.get_nowait().event for _ in range(coord._outbox.qsize())]
+    assert "ready" not in events and events[-2:] == ["draining", "phase_completed"]
+    client = Client()
+    await asyncio.wait_for(connect(gate, client), DEADLINE)
+    code, reason = client.close_reason()  # rejected as draining, not admitted
+    assert (code, reason["reason"]) == (1012, "draining")
+
+
+async def test_a_phase_failing_during_a_drain_leaves_the_instance_draining():
+    _gate, coord, _app = make()
+    await run_phases(coord, "init")
+    coord.begin_drain()
+    coord.fail("database raised")
+    assert coord.state is State.DRAINING
+
+
+async def test_closing_connections_is_bounded_when_a_client_stops_reading():
+    _gate, coord, _app = make()
+    stuck = asyncio.Event()
+
+    async def never_closes(code: int, reason: str) -> None:
+        await stuck.wait()  # a send blocked by a client that stopped reading
+
+    closed: list[int] = []
+
+    async def closes(code: int, reason: str) -> None:
+        closed.append(code)
+
+    coord.connections.update({1: never_closes, 2: closes})
+    started = time.monotonic()
+    assert await coord.close_connections(timeout=0.2) == 1
+    assert time.monotonic() - started < DEADLINE
+    assert closed == [1012] and coord.connections == {}
+
+
+class ChattyApp:
+    """Accepts, then keeps sending until told the client is gone."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+        self.running = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        self.running.set()
+        try:
+            for n in range(1000):
+                await send({"type": "websocket.send", "text": str(n)})
+                await asyncio.sleep(0.001)
+            await send({"type": "websocket.close", "code": 1000})
+        except BaseException as exc:  # what the server would log as an ASGI error
+            self.errors.append(exc)
+            raise
+
+
+class StrictClient(Client):
+    """Raises like uvicorn does on a send after the close."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if any(m["type"] == "websocket.close" for m in self.sent):
+            raise RuntimeError(f"Unexpected ASGI message {message['type']!r} after close")
+        await super().send(message)
+
+
+async def test_the_drain_close_silences_the_apps_later_sends():
+    gate, coord, _ = make()
+    app = ChattyApp()
+    gate.app = app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    client = StrictClient()
+    task = connect(gate, client)
+    await asyncio.wait_for(app.running.wait(), DEADLINE)
+    assert await coord.close_connections() == 1
+    await asyncio.wait_for(task, DEADLINE)
+    assert app.errors == []
+    closes = [m for m in client.sent if m["type"] == "websocket.close"]
+    assert closes == [{"type": "websocket.close", "code": 1012, "reason": "draining"}]
