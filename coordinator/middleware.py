@@ -81,13 +81,13 @@ class ConnectionGate:
         if entry is None:  # the queue filled between the decision and now
             await self._reject(scope, receive, send, self._rejection("queue_full"))
             return
-        if coord.leases.enabled and not await self._lease(entry, hold_for):
-            await self._reject(scope, receive, send, self._rejection("fleet_cap"))
-            return
-        coord.waiting_changed()
-        self._notify("held", None, 0.0)
         pending: asyncio.Future[Message] | None = None
-        try:
+        try:  # from here on, however this ends, the slot and the lease are given back
+            if coord.leases.enabled and not await self._lease(entry, hold_for):
+                await self._reject(scope, receive, send, self._rejection("fleet_cap"))
+                return
+            coord.waiting_changed()
+            self._notify("held", None, 0.0)
             # The server's first message is websocket.connect; the next one, before we
             # accept, can only be websocket.disconnect: the client gave up.
             connect = await receive()
@@ -100,7 +100,6 @@ class ConnectionGate:
             waited = time.monotonic() - entry.enqueued_at
             coord.leases.release(entry.conn)  # the hold is over, whatever happens next
             if outcome == GAVE_UP:  # the client went away while held
-                coord.queue.forget(entry)
                 coord.rejected[GAVE_UP] += 1
                 self._notify(GAVE_UP, None, waited)
                 return
@@ -108,7 +107,7 @@ class ConnectionGate:
                 coord.admitted["after_hold"] += 1
                 self._notify("released", None, waited)
                 replay = _Replay(connect, pending, receive)
-                pending = None  # type: ignore[assignment]  # now the app's to read
+                pending = None  # now the app's to read
                 await self._run(scope, replay, send)
                 return
             reason = outcome if outcome != ADMIT else _reason_for(coord.state)
@@ -123,31 +122,23 @@ class ConnectionGate:
                 pending.cancel()
 
     async def _lease(self, entry: Hold, hold_for: float) -> bool:
-        """With a fleet cap a held connection needs a lease too; False (slot freed) if refused.
+        """With a fleet cap a held connection needs a lease too: False if refused.
 
         Redis unavailable means the local cap alone decides (the lease outcome is LOCAL).
-        An instance that became ready while the lease was asked for admits regardless.
+        A hold that ended while the lease was asked for (released, failed, drained) is
+        answered by its own outcome, not as ``fleet_cap``.
         """
-        coord = self.coord
-        try:
-            outcome = await coord.leases.acquire(entry.conn, hold_for)
-        except BaseException:  # cancelled: the slot must not outlive the handshake
-            coord.queue.forget(entry)
-            raise
-        admitted_meanwhile = (entry.future.done() and not entry.future.cancelled()
-                              and entry.future.result() == ADMIT)
-        if outcome == REFUSED and not admitted_meanwhile:
-            coord.queue.forget(entry)
-            return False
-        return True
+        outcome = await self.coord.leases.acquire(entry.conn, hold_for)
+        return outcome != REFUSED or entry.future.done()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it."""
         coord = self.coord
         conn = next(self._conn_ids)
-        coord.connections[conn] = _closer(send)
+        guarded = _GuardedSend(send)
+        coord.connections[conn] = guarded.close
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, guarded)
         finally:
             coord.connections.pop(conn, None)
 
@@ -254,11 +245,31 @@ handshake_noise = _HandshakeNoiseFilter()
 logging.getLogger("uvicorn.error").addFilter(handshake_noise)
 
 
-def _closer(send: Send) -> Callable[[int, str], Awaitable[None]]:
-    async def close(code: int, reason: str) -> None:
+class _GuardedSend:
+    """send() for the app, through which a drain can close the connection.
+
+    Once the gate has sent its 1012 close, the app's own later sends and close are
+    dropped: the client is gone, and uvicorn would raise on a send after a close.
+    """
+
+    __slots__ = ("_send", "closed")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.closed = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.closed and message["type"] in ("websocket.accept", "websocket.send",
+                                                "websocket.close"):
+            return
+        await self._send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
         with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code, "reason": reason})
-    return close
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class _Replay:
