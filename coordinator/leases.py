@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as redis
@@ -73,6 +75,7 @@ class FleetLeases:
                  timeout: float = ACQUIRE_TIMEOUT, margin: float = LEASE_MARGIN) -> None:
         self.key = key
         self.instance_id = instance_id
+        self._process = f"{os.getpid():x}{secrets.token_hex(2)}"
         self.cap = cap
         self.timeout = timeout
         self.margin = margin
@@ -103,7 +106,10 @@ class FleetLeases:
         return "local" if self._fell_back or not self._link_up() else "fleet"
 
     def member(self, conn: int) -> str:
-        return f"{self.instance_id}:{conn}"
+        # Processes gating for one instance id (an owner and its followers, uvicorn
+        # workers) number their holds independently: the process token keeps their
+        # members apart, so one's renewal or release never touches another's lease.
+        return f"{self.instance_id}:{self._process}.{conn}"
 
     async def acquire(self, conn: int, hold_for: float) -> str:
         """Ask the fleet for a lease lasting ``hold_for`` plus the margin.

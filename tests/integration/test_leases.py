@@ -32,8 +32,13 @@ def leases_for(client: redis.Redis, namespace: str, instance: str, cap: int | No
     return FleetLeases(client, Keys(namespace).leases, instance, cap, **kw)
 
 
+def short(members: set[str]) -> set[str]:
+    """``<id>:<process>.<conn>`` as ``<id>:<conn>``: each test's leases come from one process."""
+    return {f"{m.split(':', 1)[0]}:{m.rsplit('.', 1)[1]}" for m in members}
+
+
 async def members(client: redis.Redis, namespace: str) -> set[str]:
-    return {m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)}
+    return short({m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)})
 
 
 # -- the scripts ----------------------------------------------------------------------
@@ -44,7 +49,7 @@ async def test_acquire_grants_up_to_the_cap_and_release_frees_a_slot(
     leases = leases_for(client, namespace, "a", cap=2)
     assert [await leases.acquire(n, 5) for n in (1, 2, 3)] == [LEASED, LEASED, REFUSED]
     assert await members(client, namespace) == {"a:1", "a:2"}
-    assert leases.held == {"a:1", "a:2"}
+    assert short(leases.held) == {"a:1", "a:2"}
     leases.release(1)
     await async_wait_until(
         lambda: _eq(members(client, namespace), {"a:2"}), 5, what="a:1 released")
@@ -61,7 +66,7 @@ async def test_the_cap_holds_across_instances_under_concurrent_acquires(
                                       for conn in range(1, 21)))
     assert outcomes.count(LEASED) == 7
     assert outcomes.count(REFUSED) == 53
-    held = set().union(*(lease.held for lease in fleet))
+    held = short(set().union(*(lease.held for lease in fleet)))
     assert await members(clients[0], namespace) == held
     for lease, c in zip(fleet, clients, strict=True):
         await lease.close()
@@ -76,7 +81,7 @@ async def test_expiry_comes_from_the_redis_server_clock_not_the_instance_clock(
     assert await leases.acquire(1, 10) == LEASED
     seconds, micros = await client.time()
     server_now = seconds + micros / 1e6
-    score = await client.zscore(Keys(namespace).leases, "skewed:1")
+    score = await client.zscore(Keys(namespace).leases, leases.member(1))
     assert score is not None
     assert server_now + 11 <= score <= server_now + 12  # 10 s hold + 2 s margin
     await leases.close()
@@ -132,7 +137,7 @@ async def test_a_cancelled_acquire_leaves_no_lease_behind(
     except asyncio.CancelledError:
         outcome = "cancelled"
     if outcome == LEASED:  # it finished first: then it is held, locally and remotely
-        assert leases.held == {"a:1"}
+        assert short(leases.held) == {"a:1"}
         assert await members(client, namespace) == {"a:1"}
     else:  # cancelled at an await point: whatever the script did is undone
         assert leases.held == set()
@@ -332,3 +337,21 @@ async def run_phase_forever(coord: Coordinator, name: str) -> None:
 
 async def _eq(value: Any, expected: Any) -> bool:
     return await value == expected
+
+
+async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
+        client: redis.Redis, namespace: str) -> None:
+    # An owner and a follower (or two uvicorn workers) gate for one instance id and
+    # number their holds from 1 each: their leases must still count and free apart.
+    owner = leases_for(client, namespace, "shared", cap=2)
+    follower = leases_for(client, namespace, "shared", cap=2)
+    assert await owner.acquire(1, 5) == LEASED
+    assert await follower.acquire(1, 5) == LEASED
+    assert await leases_for(client, namespace, "other", cap=2).acquire(1, 5) == REFUSED
+    owner.release(1)
+    await async_wait_until(lambda: _eq(client.zcard(Keys(namespace).leases), 1), 5,
+                           what="the owner's lease to be released")
+    raw = {m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)}
+    assert raw == follower.held  # the follower's lease survived the owner's release
+    await owner.close()
+    await follower.close()
