@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator.connections import make_redis
 from coordinator.core import Coordinator
 from coordinator.messages import MAX_MESSAGE_BYTES, Message, encode
 from coordinator.settings import DEFAULT_PHASES, Settings
@@ -234,3 +235,27 @@ async def test_the_follower_resubscribes_after_a_redis_restart(
                                 ready_message()) == 1
     released = await follower.expect("released")
     assert released["state"] == "ready"
+
+
+async def test_a_stale_ready_hash_left_by_a_dead_owner_releases_no_one(
+        redis_server: RedisServer, namespace: str) -> None:
+    # A fixed COORD_INSTANCE_ID restarted after a crash: the old life's hash still says
+    # ready (its key has not expired yet) but its heartbeat is older than its ttl.
+    dead = {**starting_record(), "state": "ready", "heartbeat_at": str(time.time() - 60)}
+    writer = make_redis(redis_server.url)
+    await writer.hset(f"{namespace}:instance:{INSTANCE}", mapping=dead)
+    follower = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
+                                    instance_id=INSTANCE, environment="test"),
+                           role="follower")
+    await follower.start()
+    try:
+        assert follower.redis_ok
+        assert not await follower.wait_ready(0.5)  # link-up read and polls both ignore it
+        assert follower.state.value == "starting"
+        # The new owner's first live write is followed at once.
+        await writer.hset(f"{namespace}:instance:{INSTANCE}",
+                          mapping={**dead, "heartbeat_at": str(time.time())})
+        assert await follower.wait_ready(5)
+    finally:
+        await follower.stop()
+        await writer.aclose()
