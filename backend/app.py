@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
-from coordinator import ConnectionGate, Coordinator
+from coordinator import ConnectionGate, Coordinator, State
 from coordinator.connections import REDIS_ERRORS
 from coordinator.dashboard import mount_dashboard
 from coordinator.metrics import CONTENT_TYPE, Metrics
@@ -102,8 +102,12 @@ class Backend:
                     await websocket.send_json(services.reply(text))
 
         @api.get("/health/live")
-        async def live() -> dict[str, Any]:
-            return {"status": "live", "instance": coord.id}
+        async def live() -> JSONResponse:
+            # A failed instance can never serve chat again: let the platform replace it
+            # (Cloud Run's liveness probe, a Kubernetes livenessProbe, compose's restart).
+            failed = coord.state is State.FAILED
+            return JSONResponse({"status": "failed" if failed else "live", "instance": coord.id},
+                                status_code=503 if failed else 200)
 
         @api.get("/health/startup")
         async def startup() -> JSONResponse:

@@ -38,6 +38,8 @@ async def test_failed_phase_rejects_held_clients_at_once(start_backend, redis_se
     assert status == 503 and body["state"] == "failed", body
     assert counters(body) == {"admitted": {}, "rejected": {"failed": HELD}, "held_total": HELD,
                               "released_total": 0, "depth": 0}
-    # A newcomer to the failed instance is turned away at once too, and it stays up.
+    # A newcomer to the failed instance is turned away at once too; the process stays
+    # up but tells the platform's liveness probe to replace it.
     assert_clean_rejection(await chat(backend.ws_url), reject, "failed")
-    assert backend.get("/health/live")[0] == 200
+    assert backend.get("/health/live") == (503, {"status": "failed",
+                                                 "instance": env["COORD_INSTANCE_ID"]})
