@@ -141,7 +141,7 @@ async def test_three_instances_through_their_phases_to_ready_with_held_clients(
                 10, what=f"the watch showing {name} holding {held[name]}")
             return list(await asyncio.gather(*clients))
 
-        outcomes = await asyncio.gather(*(hold_and_watch(b, n) for b, n in zip(backends, held)))
+        outcomes = await asyncio.gather(*(hold_and_watch(b, n) for b, n in zip(backends, held, strict=True)))
         for name, seen in zip(held, outcomes, strict=True):
             assert len(seen) == held[name]
             for outcome in seen:
@@ -203,7 +203,7 @@ async def test_redis_restart_mid_startup_the_fleet_view_recovers_and_held_client
     backends = await start_all(start_backend, [
         backend_env(own_redis.url, namespace, name, services=6) for name in names])
     watch = follow_cli("fleet", "--watch", "--interval", "0.3", env=env)
-    clients = [await hold(b, name, 2) for b, name in zip(backends, names)]
+    clients = [await hold(b, name, 2) for b, name in zip(backends, names, strict=True)]
     for name in names:
         await async_wait_until(lambda n=name: shows_held(backends[0], n, 2), 10,
                                what=f"{name} holding 2 in the fleet view")
