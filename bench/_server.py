@@ -8,7 +8,8 @@ WebSocket routes (every one ends in the same echo app):
   /poll   the seed's approach: each connection polls the instance's state in Redis at
           50 ms growing to 1 s, then accepts (release-latency baseline)
 HTTP control routes:
-  GET  /bench/status    state, phase, held, parked, polling, admitted, rejected, pid
+  GET  /bench/status    state, phase, held, parked, polling, admitted, rejected, pid,
+                        cpu (this process's CPU seconds)
   POST /bench/complete  (BENCH_START=hold) complete the ready phase; answers its time
   POST /bench/restart   (owner) a new incarnation, started up to the ready phase
 
@@ -177,7 +178,8 @@ class BenchApp:
                          "held": len(coord.queue), "parked": self.parked,
                          "polling": self.polling, "admitted": dict(coord.admitted),
                          "rejected": dict(coord.rejected), "pid": os.getpid(),
-                         "redis": coord.redis_ok, "ready_seen_at": self.life.ready_seen_at}
+                         "redis": coord.redis_ok, "ready_seen_at": self.life.ready_seen_at,
+                         "cpu": time.process_time()}
         elif path == "/bench/complete" and method == "POST":
             body = {"completed_at": await self.life.complete()}
         elif path == "/bench/restart" and method == "POST":

@@ -22,23 +22,41 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Self
 
 import redis.asyncio as redis
+import redis.utils as redis_utils
 
 from tests.support import ROOT, RedisServer, free_port, wait_until
 
 __all__ = [
-    "ROOT", "BenchServer", "CountingConnection", "Handshake", "RedisServer", "Report",
+    "ROOT", "BenchServer", "CountingConnection", "Handshake", "LineProcess", "RedisServer",
+    "Report",
     "command_calls", "commands_delta", "free_port", "http_json", "machine", "open_handshakes",
-    "parse_args", "pct", "rss_kib", "wait_until",
+    "parse_args", "pct", "reply_parser", "rss_kib", "run_benchmark", "wait_until",
 ]
 
 
 # -- arguments and the report --------------------------------------------------------
+
+def run_benchmark(name: str, doc: str,
+                  body: Callable[[Report, RedisServer], Awaitable[None]],
+                  argv: Sequence[str] | None = None) -> int:
+    """A benchmark's ``main``: its arguments, its report, its own redis-server around
+    ``body(report, redis_server)``."""
+    args = parse_args(doc.splitlines()[0], argv)
+    report = Report(name, args.smoke)
+    redis_server = RedisServer().start()
+    try:
+        asyncio.run(body(report, redis_server))
+    finally:
+        redis_server.kill()
+    return report.done()
+
 
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
@@ -56,8 +74,16 @@ def machine() -> str:
                 break
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
                                    text=True, check=True).stdout.split()[2].removeprefix("v=")
+    libraries = ", ".join(f"{name} {metadata.version(name)}"
+                          for name in ("uvicorn", "websockets", "redis"))
     return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, redis-server {redis_version}")
+            f"Python {platform.python_version()}, redis-server {redis_version}, "
+            f"{libraries} (reply parser: {reply_parser()})")
+
+
+def reply_parser() -> str:
+    """Which RESP parser redis-py uses: hiredis (C) when installed, else pure Python."""
+    return "hiredis" if redis_utils.HIREDIS_AVAILABLE else "pure Python, hiredis not installed"
 
 
 class Report:
@@ -203,6 +229,47 @@ class BenchServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LineProcess:
+    """``python -m <module>`` as a child spoken to in lines: commands on its stdin, one
+    answer a line on its stdout (an empty line or one starting "error" is a failure)."""
+
+    def __init__(self, module: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.module = module
+        self.argv = [sys.executable, "-m", module, *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Self:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, cwd=ROOT, env=self.env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        return self
+
+    def send(self, line: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    async def read(self, timeout: float = 60) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode().strip()
+        if not line or line.startswith("error"):
+            raise RuntimeError(f"{self.module} answered {line!r}")
+        return line
+
+    async def ask(self, command: str, timeout: float = 60) -> str:
+        self.send(command)
+        return await self.read(timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
 
 
 async def http_json(port: int, method: str, path: str, timeout: float = 10) -> Any:

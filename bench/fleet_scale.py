@@ -26,14 +26,13 @@ import sys
 import time
 
 import redis.asyncio as redis
-import redis.utils as redis_utils
 
 from coordinator import Coordinator, Settings, registry
 from coordinator.cli import fleet as cli_fleet
 from coordinator.keys import Keys
 
 from ._support import ROOT, CountingConnection, CountingProxy, RedisServer, Report, \
-    command_calls, commands_delta, parse_args
+    command_calls, commands_delta, reply_parser, run_benchmark
 
 NAMESPACE = "bench-fleet"
 TTL = 600.0  # the records must outlive the benchmark
@@ -73,9 +72,15 @@ def cli_process(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, len(done.stdout)
 
 
-def parser_name(client: redis.Redis) -> str:
-    """Which RESP parser redis-py picked: hiredis (C) when installed, else pure Python."""
-    return "hiredis" if redis_utils.HIREDIS_AVAILABLE else "pure Python (hiredis not installed)"
+async def raw_pages(client: redis.Redis, keys: Keys) -> None:
+    """The floor: the same reads as the snapshot (the index, then HGETALL per instance in
+    pages), with nothing decoded or built."""
+    ids = await client.zrange(keys.instances, 0, -1)
+    for start in range(0, len(ids), registry.PAGE_SIZE):
+        async with client.pipeline(transaction=False) as pipe:
+            for instance_id in ids[start:start + registry.PAGE_SIZE]:
+                pipe.hgetall(keys.instance(instance_id.decode()))
+            await pipe.execute()
 
 
 async def fleet_sizes(report: Report, url: str, sizes: list[int], runs: int) -> None:
@@ -95,6 +100,7 @@ async def fleet_sizes(report: Report, url: str, sizes: list[int], runs: int) -> 
                 raise RuntimeError(f"snapshot saw {snapshot['totals']['instances']} of {size}")
             repeat = max(3, min(runs, 5000 // size))
             snap_s, snap_rt = await timed(repeat, lambda: registry.fleet_snapshot(client, keys))
+            floor_s, _ = await timed(repeat, lambda: raw_pages(client, keys))
             out = io.StringIO()
             cli_s, cli_rt = await timed(repeat, lambda out=out: cli_fleet(client, keys, True, out))
             process_s, size_bytes = cli_process(url)
@@ -102,13 +108,16 @@ async def fleet_sizes(report: Report, url: str, sizes: list[int], runs: int) -> 
             per_page.append((snap_rt - 1) / pages)
             report.figure(f"{size:>5} instances",
                           f"fleet_snapshot {snap_s * 1000:7.2f} ms, {snap_rt:.0f} round trips "
-                          f"({pages} page(s) of {registry.PAGE_SIZE}); CLI fleet --json in "
+                          f"({pages} page(s) of {registry.PAGE_SIZE}); the same reads alone "
+                          f"{floor_s * 1000:.2f} ms; CLI fleet --json in "
                           f"process {cli_s * 1000:7.2f} ms, {cli_rt:.0f} round trips; "
                           f"as a process {process_s * 1000:.0f} ms, {size_bytes} bytes of JSON")
             if size == 1000:
                 report.ratio("snapshot_1000_ms", snap_s * 1000, "<=", 20.0,
                              f"fleet_snapshot of 1,000 instances, median of {repeat}; "
-                             f"reply parser {parser_name(client)}")
+                             f"reply parser {reply_parser()}")
+                report.ratio("snapshot_1000_vs_reads_alone", snap_s / floor_s, "<=", None,
+                             "fleet_snapshot / the same pipelined HGETALLs with nothing decoded")
                 report.ratio("cli_json_1000_ms", cli_s * 1000, "<=", 20.0,
                              "coordinator fleet --json of 1,000 instances, in process")
     finally:
@@ -153,21 +162,15 @@ async def heartbeat_cost(report: Report, redis_port: int, url: str, seconds: flo
                  1.0, "MULTI..EXEC transactions per interval (one round trip each)")
 
 
-async def amain(smoke: bool) -> int:
-    report = Report("fleet_scale", smoke)
-    sizes, runs, beat = ([10, 100], 2, 1.0) if smoke else ([10, 100, 1000, 5000], 9, 3.0)
-    redis_server = RedisServer().start()
-    try:
-        await fleet_sizes(report, redis_server.url, sizes, runs)
-        await heartbeat_cost(report, redis_server.port, redis_server.url, beat)
-    finally:
-        redis_server.kill()
-    return report.done()
+async def bench(report: Report, redis_server: RedisServer) -> None:
+    sizes, runs, beat = (([10, 100], 2, 1.0) if report.smoke
+                         else ([10, 100, 1000, 5000], 9, 3.0))
+    await fleet_sizes(report, redis_server.url, sizes, runs)
+    await heartbeat_cost(report, redis_server.port, redis_server.url, beat)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    return asyncio.run(amain(args.smoke))
+    return run_benchmark("fleet_scale", __doc__, bench, argv)
 
 
 if __name__ == "__main__":

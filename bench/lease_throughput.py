@@ -13,13 +13,15 @@ alternate; each mode's rate is its total over its rounds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
 
 import redis.asyncio as redis
 
-from ._support import ROOT, RedisServer, Report, command_calls, commands_delta, parse_args
+from ._support import LineProcess, RedisServer, Report, command_calls, commands_delta, \
+    run_benchmark
 
 KEY = "bench-leases:leases"
 PROCESSES = 4
@@ -27,71 +29,35 @@ CONCURRENCY = 8
 CAP_PER_LOOP = 10  # releases are flushed in batches, so a cap of one per loop would refuse
 
 
-class Worker:
-    def __init__(self, url: str, index: int, cap: int) -> None:
-        self.args = [url, KEY, f"bench-{index}", str(cap), str(CONCURRENCY)]
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench._lease_worker", *self.args, cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        await self._line("ready")
-
-    async def _line(self, expect: str | None = None) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        line = (await asyncio.wait_for(self.proc.stdout.readline(), 60)).decode().strip()
-        if not line or (expect is not None and line != expect):
-            raise RuntimeError(f"lease worker said {line!r}, expected {expect or 'a result'}")
-        return line
-
-    def go(self, mode: str, seconds: float) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{mode} {seconds}\n".encode())
-
-    async def result(self) -> dict[str, float]:
-        return json.loads(await self._line())
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 async def measure(report: Report, url: str, rounds: int, seconds: float) -> None:
     cap = CAP_PER_LOOP * PROCESSES * CONCURRENCY
-    workers = [Worker(url, i, cap) for i in range(PROCESSES)]
-    observer = redis.Redis.from_url(url)
+    workers = [LineProcess("bench._lease_worker", url, KEY, f"bench-{i}", str(cap),
+                           str(CONCURRENCY)) for i in range(PROCESSES)]
     totals: dict[str, Counter[str]] = {"leases": Counter(), "raw": Counter()}
     elapsed: dict[str, float] = {"leases": 0.0, "raw": 0.0}
     server: dict[str, dict[str, int]] = {}
+    observer = redis.Redis.from_url(url)
     try:
-        await asyncio.gather(*(w.start() for w in workers))
-        for i in range(rounds):
-            for mode in (("raw", "leases") if i % 2 == 0 else ("leases", "raw")):
-                before = await command_calls(observer)
-                for w in workers:
-                    w.go(mode, seconds)
-                results = await asyncio.gather(*(w.result() for w in workers))
-                delta = commands_delta(before, await command_calls(observer))
-                for name, n in delta.items():
-                    server.setdefault(mode, {})[name] = server.get(mode, {}).get(name, 0) + n
-                elapsed[mode] += max(r["seconds"] for r in results)
-                for r in results:
-                    totals[mode].update({k: int(v) for k, v in r.items()
-                                         if k not in ("mode", "seconds")})
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in workers:
+                await stack.enter_async_context(worker)
+            await asyncio.gather(*(w.read() for w in workers))  # each says "ready"
+            for i in range(rounds):
+                for mode in (("raw", "leases") if i % 2 == 0 else ("leases", "raw")):
+                    before = await command_calls(observer)
+                    for worker in workers:
+                        worker.send(f"{mode} {seconds}")
+                    results = [json.loads(line) for line in
+                               await asyncio.gather(*(w.read() for w in workers))]
+                    for name, n in commands_delta(before, await command_calls(observer)).items():
+                        server.setdefault(mode, {})[name] = server.get(mode, {}).get(name, 0) + n
+                    elapsed[mode] += max(r["seconds"] for r in results)
+                    for r in results:
+                        totals[mode].update({k: int(v) for k, v in r.items()
+                                             if k not in ("mode", "seconds")})
+        remaining = await observer.zcard(KEY)  # the workers have closed their leases
     finally:
-        await asyncio.gather(*(w.stop() for w in workers))
-        try:
-            remaining = await observer.zcard(KEY)
-        finally:
-            await observer.aclose()
+        await observer.aclose()
     raw_rate = totals["raw"]["calls"] / elapsed["raw"]
     leased = totals["leases"]["leased"]
     pair_rate = leased / elapsed["leases"]
@@ -105,20 +71,13 @@ async def measure(report: Report, url: str, rounds: int, seconds: float) -> None
                  f"{pair_rate:.0f} acquire/release pairs/s vs {raw_rate:.0f} raw EVALSHA/s")
 
 
-async def amain(smoke: bool) -> int:
-    report = Report("lease_throughput", smoke)
-    rounds, seconds = (2, 0.3) if smoke else (4, 2.0)
-    redis_server = RedisServer().start()
-    try:
-        await measure(report, redis_server.url, rounds, seconds)
-    finally:
-        redis_server.kill()
-    return report.done()
+async def bench(report: Report, redis_server: RedisServer) -> None:
+    rounds, seconds = (2, 0.3) if report.smoke else (4, 2.0)
+    await measure(report, redis_server.url, rounds, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    return asyncio.run(amain(args.smoke))
+    return run_benchmark("lease_throughput", __doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import asyncio
 import statistics
 import sys
 
-from ._support import BenchServer, RedisServer, Report, open_handshakes, parse_args
+from ._support import BenchServer, RedisServer, Report, open_handshakes, run_benchmark
 
 WARM_UP = 50
 SETTLE = 0.5  # seconds for the server to finish with the last handshake before RSS is read
@@ -48,18 +48,12 @@ async def one_round(redis_url: str, route: str, count: int) -> float:
     return (after - before) / count
 
 
-async def amain(smoke: bool) -> int:
-    report = Report("memory", smoke)
-    count, rounds = (50, 1) if smoke else (1000, 3)
-    redis_server = RedisServer().start()
+async def bench(report: Report, redis_server: RedisServer) -> None:
+    count, rounds = (50, 1) if report.smoke else (1000, 3)
     per: dict[str, list[float]] = {"/gated": [], "/park": []}
-    try:
-        for i in range(rounds):
-            order = ("/gated", "/park") if i % 2 == 0 else ("/park", "/gated")
-            for route in order:
-                per[route].append(await one_round(redis_server.url, route, count))
-    finally:
-        redis_server.kill()
+    for i in range(rounds):
+        for route in ("/gated", "/park") if i % 2 == 0 else ("/park", "/gated"):
+            per[route].append(await one_round(redis_server.url, route, count))
     gated, bare = statistics.median(per["/gated"]), statistics.median(per["/park"])
     report.figure("setup", f"{count} handshakes per round, {rounds} round(s) per side, fresh "
                            "server each round, RSS from /proc/<pid>/status")
@@ -71,12 +65,10 @@ async def amain(smoke: bool) -> int:
                  f"RSS per held handshake, gate {gated:.1f} KiB minus bare {bare:.1f} KiB")
     report.ratio("gated_vs_bare", gated / bare, "<=", None,
                  "RSS per connection, gated / bare")
-    return report.done()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    return asyncio.run(amain(args.smoke))
+    return run_benchmark("memory", __doc__, bench, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from coordinator.registry import decode_record, read_record
 from tests.e2e.clients import CHAT, CLOSE, Outcome, chat, counters, health, tally
 from tests.support import BackendProcess
 
-from ._support import RedisServer, Report, parse_args, wait_until
+from ._support import RedisServer, Report, run_benchmark, wait_until
 
 NAMESPACE = "bench-storm"
 INSTANCES = 3
@@ -138,11 +138,9 @@ def summarise(report: Report, plan: Plan, arrivals: list[Arrival], achieved: flo
                  f"1011s over {len(arrivals)} clients, counted by the clients")
 
 
-async def amain(smoke: bool) -> int:
-    report = Report("startup_storm", smoke)
-    plan = (Plan(clients=60, seconds=1.0, services=0.5, max_queue=10) if smoke
+async def bench(report: Report, redis_server: RedisServer) -> None:
+    plan = (Plan(clients=60, seconds=1.0, services=0.5, max_queue=10) if report.smoke
             else Plan(clients=2000, seconds=4.0, services=3.0, max_queue=200))
-    redis_server = RedisServer().start()
     logs = Path(tempfile.mkdtemp(prefix="bench-storm-"))
     backends = [BackendProcess({"COORD_REDIS_URL": redis_server.url,
                                 "COORD_NAMESPACE": NAMESPACE, "COORD_ENVIRONMENT": "test",
@@ -171,13 +169,10 @@ async def amain(smoke: bool) -> int:
         for backend in backends:
             if backend.proc is not None:
                 backend.terminate()
-        redis_server.kill()
-    return report.done()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    return asyncio.run(amain(args.smoke))
+    return run_benchmark("startup_storm", __doc__, bench, argv)
 
 
 if __name__ == "__main__":

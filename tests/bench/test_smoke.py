@@ -18,7 +18,7 @@ RATIO = re.compile(r"^ratio (?P<key>[\w.]+) = (?P<value>-?[\d.]+|inf|nan)  goal 
                    r"  (?:met|MISSED|no goal)  \(.+\)$", re.MULTILINE)
 
 EXPECTED = {
-    "fast_path": {"throughput", "redis_commands_per_connection"},
+    "fast_path": {"throughput", "server_cpu_bare_vs_gated", "redis_commands_per_connection"},
     "release_latency": {"pubsub.first_101_p99_ms", "same_process.first_101_p99_ms",
                         "pubsub.last_of_5_vs_fresh", "same_process.last_of_5_vs_fresh",
                         "pubsub.p99_speedup_vs_polling", "same_process.p99_speedup_vs_polling",
