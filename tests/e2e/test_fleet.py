@@ -260,8 +260,9 @@ async def test_started_with_redis_down_the_instance_gates_alone_then_joins_the_f
     client = redis.Redis.from_url(own_redis.url)
     try:
         row = await async_wait_until(
-            lambda: _row_when(backend, "lonely", lambda r: r["redis"] == "ok"), 15,
-            what="the instance in the fleet view, its link up")
+            lambda: _row_when(backend, "lonely",
+                              lambda r: r["redis"] == "ok" and r["phase_index"] == 7), 15,
+            what="the instance in the fleet view, its link up, its startup done")
         assert (row["state"], row["phase_index"], row["admitted"], row["queue_depth"]) == \
             ("ready", 7, 1, 0)
         await async_wait_until(lambda: _subscribed(
