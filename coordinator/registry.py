@@ -24,7 +24,7 @@ INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
-PAGE_SIZE = 500
+PAGE_SIZE = 200
 
 # KEYS[1] = N:instances
 # ARGV    = member, score pairs: each member judged gone, with the score it had when read
