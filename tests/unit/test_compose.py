@@ -184,3 +184,11 @@ def test_known_variables_are_what_the_backend_reads():
             "K_SERVICE"} <= names
     assert not names - {"HOST", "PORT", "K_SERVICE"} - {
         n for n in names if n.startswith(("COORD_", "BACKEND_"))}
+
+
+def test_the_dockerfile_builds_without_buildkit():
+    # Cloud Build's `gcloud builds submit --tag` runs the classic builder, which rejects
+    # BuildKit-only syntax such as RUN --mount or heredocs.
+    for word, rest in dockerfile():
+        assert not rest.startswith("--mount") and "<<" not in rest, (word, rest)
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in dockerfile()
