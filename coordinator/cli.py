@@ -55,7 +55,7 @@ def render_fleet_table(doc: Mapping[str, Any]) -> str:
     instances = doc.get("instances") or []
     lines = [f"fleet {doc.get('namespace')} at {clock}: {len(instances)} live instance(s)"]
     if instances:
-        rows = [COLUMNS] + [_row(r) for r in instances]
+        rows = [COLUMNS] + [tuple(map(printable, _row(r))) for r in instances]
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in rows]
@@ -123,7 +123,7 @@ def render_event(data: bytes | str, signing_key: str | None) -> str:
     try:
         msg = messages.decode(data, signing_key=signing_key)
     except InvalidMessage as exc:
-        return f"{_clock(time.time())}  -  dropped invalid message ({exc})"
+        return printable(f"{_clock(time.time())}  -  dropped invalid message ({exc})")
     total = msg.extra.get("phases_total")
     where = (f"{msg.phase or '-'} {msg.phase_index}/{total}"
              if msg.phase_index is not None and isinstance(total, int) else msg.phase or "-")
@@ -133,7 +133,16 @@ def render_event(data: bytes | str, signing_key: str | None) -> str:
     if msg.extra.get("error"):
         details.append(f"error: {msg.extra['error']}")
     line = f"{_clock(msg.ts)}  {msg.instance}  {msg.event:<15}  {where}"
-    return f"{line}  {'; '.join(details)}" if details else line
+    return printable(f"{line}  {'; '.join(details)}" if details else line)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def printable(text: str) -> str:
+    """Text from Redis with its control characters escaped: an instance id, host or
+    error message cannot move the cursor, clear the screen or retitle the terminal."""
+    return text.translate(_CONTROL)
 
 
 def _clock(ts: float) -> str:
@@ -370,6 +379,8 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         if args.command == "events":
             return await events(client, keys, args.json, args.count, settings.signing_key, out)
         return await check(client, keys, instance_id, settings.signing_key, out)
+    except BrokenPipeError:
+        raise  # the reader of our output left: not a Redis problem (main() handles it)
     except REDIS_ERRORS as exc:
         raise CliError(f"cannot reach Redis at {settings.redis_url_redacted}: "
                        f"{redis_problem(exc, settings.redis_url)}") from None

@@ -23,6 +23,7 @@ from .phases import Event
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 MAX_CLOCK_SKEW = 30.0
+MAX_TS = 1e11  # year 5138: a larger (or negative) ts is garbage that would break readers
 EVENTS = frozenset(e.value for e in Event)
 # The instance hash fields covered by its `sig` when a signing key is set.
 SIGNED_FIELDS = ("id", "state", "phase", "phase_index", "phases_total", "started_at", "updated_at")
@@ -88,7 +89,7 @@ def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | Non
         raise InvalidMessage("invalid_schema", "phase")
     if phase_index is not None and (type(phase_index) is not int or phase_index < 1):
         raise InvalidMessage("invalid_schema", "phase_index")
-    if type(ts) not in (int, float) or not math.isfinite(ts):
+    if type(ts) not in (int, float) or not 0 <= ts < MAX_TS:
         raise InvalidMessage("invalid_schema", "ts")
     if signing_key:
         sig = body.get("sig")

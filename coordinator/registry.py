@@ -320,4 +320,4 @@ def fleet_totals(instances: list[dict[str, Any]], leases: int,
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

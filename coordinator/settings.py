@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
 from .exceptions import ConfigError
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
@@ -186,6 +189,12 @@ def _check_redis_url(url: str) -> None:
                           "expected a redis://, rediss:// or unix:// URL")
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a host name")
+    try:  # what redis-py itself will make of it, query options included (no I/O)
+        ConnectionPool.from_url(url).make_connection()
+    except (ValueError, TypeError, RedisError) as exc:
+        problem = str(exc) if parts.password is None or parts.password not in str(exc) \
+            else "invalid URL"
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), problem) from None
     db = parts.path.lstrip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a database number")

@@ -121,6 +121,9 @@ class FleetFeed:
             doc = await fleet_snapshot(self.client, self.keys, fleet_cap=self.fleet_cap)
         except REDIS_ERRORS as exc:
             return sse_frame("status", {"redis": "down", "error": type(exc).__name__})
+        except Exception as exc:  # bad data in Redis must not end the snapshot loop
+            log.exception("dashboard snapshot failed")
+            return sse_frame("status", {"redis": "ok", "error": type(exc).__name__})
         return sse_frame("snapshot", doc)
 
     async def _snapshots(self) -> None:

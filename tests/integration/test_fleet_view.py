@@ -232,3 +232,13 @@ def test_the_table_of_an_empty_fleet_and_of_a_fleet_without_a_cap() -> None:
                      "fleet_cap": None, "admitted": 0, "rejected": 0}
     assert render_fleet_table(doc).splitlines()[1:] == [
         "totals: 0 instance(s) (none); ready 0%; held 0/0; no fleet cap; admitted 0; rejected 0"]
+
+
+async def test_an_index_member_that_is_not_utf8_does_not_break_the_view(
+        client: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    now = time.time()
+    await put(client, keys, record("web-1", now))
+    await client.zadd(keys.instances, {b"\xff\xfe": now})  # garbage written by hand
+    doc = await fleet_snapshot(client, keys, now=now)
+    assert [r["id"] for r in doc["instances"]] == ["web-1"]

@@ -192,3 +192,9 @@ def test_drop_counter_counts_by_reason_and_rate_limits_its_log(
     assert "dropped 4 invalid message(s)" in latest  # the three held back, plus this one
     assert "unknown_version" in latest
     assert drops.total == 5
+
+
+@pytest.mark.parametrize("ts", [1e20, -1, 1e11])
+def test_a_timestamp_no_clock_can_show_is_dropped(ts: float) -> None:
+    # Finite, but time.localtime() overflows on it: readers that print it would crash.
+    assert reason_of(raw(body(ts=ts))) == "invalid_schema"

@@ -259,3 +259,15 @@ def test_python_m_backend_refuses_a_bad_value_naming_the_variable(env: dict[str,
     assert variable in stderr, stderr
     assert PASSWORD not in stderr and PASSWORD not in proc.stdout.decode()
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:hunter2@host/0?socket_timeout=abc",
+    "redis://:hunter2@host/0?ssl_cert_reqs=bogus",
+    "rediss://:hunter2@host/0?ssl_cert_reqs=bogus",
+])
+def test_a_redis_url_option_redis_py_would_refuse_stops_start_up_by_name(url):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"COORD_REDIS_URL": url})
+    assert caught.value.variable == "COORD_REDIS_URL"
+    assert "hunter2" not in str(caught.value)
