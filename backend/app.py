@@ -51,7 +51,9 @@ class Backend:
         self.metrics = Metrics(self.coord, self.gate)
         self._startup: asyncio.Task[None] | None = None
         self._routes()
-        mount_dashboard(self.api, self.coord)  # /dashboard/
+        if config.ops_routes:  # BACKEND_OPS_ROUTES=off where clients reach the service
+            self._ops_routes()
+            mount_dashboard(self.api, self.coord)  # /dashboard/
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.gate(scope, receive, send)
@@ -117,6 +119,10 @@ class Backend:
         @api.get("/health/ready")
         async def ready() -> JSONResponse:
             return JSONResponse(self._health(), status_code=200 if coord.is_ready else 503)
+
+    def _ops_routes(self) -> None:
+        """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
+        api, coord = self.api, self.coord
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:

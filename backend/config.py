@@ -28,6 +28,7 @@ class BackendConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     ws: str = "auto"
+    ops_routes: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BackendConfig:
@@ -52,7 +53,11 @@ class BackendConfig:
             log.warning("BACKEND_WS=websockets drops handshakes held past 10 s: capping "
                         "COORD_MAX_QUEUE_TIME at %.0f s", LEGACY_WS_HOLD_CAP)
             coord = replace(coord, max_queue_time=LEGACY_WS_HOLD_CAP)
-        return cls(coord, durations, fail_phase, env.get("HOST", "0.0.0.0"), port, ws)
+        raw_ops = env.get("BACKEND_OPS_ROUTES", "on").strip().lower()
+        if raw_ops not in ("on", "off"):
+            raise ConfigError("BACKEND_OPS_ROUTES", raw_ops, "expected on or off")
+        return cls(coord, durations, fail_phase, env.get("HOST", "0.0.0.0"), port, ws,
+                   raw_ops == "on")
 
 
 def parse_durations(raw: str, phases: tuple[str, ...]) -> dict[str, float]:

@@ -271,3 +271,19 @@ def test_a_redis_url_option_redis_py_would_refuse_stops_start_up_by_name(url):
         Settings.from_env({"COORD_REDIS_URL": url})
     assert caught.value.variable == "COORD_REDIS_URL"
     assert "hunter2" not in str(caught.value)
+
+
+def test_ops_routes_can_be_switched_off_and_nothing_else_is_accepted():
+    from backend.app import create_app
+    from backend.config import BackendConfig
+
+    off = create_app(BackendConfig.from_env({"BACKEND_OPS_ROUTES": "off"}))
+    paths = {getattr(route, "path", None) for route in off.api.routes}
+    assert {"/health/live", "/health/startup", "/health/ready", "/ws"} <= paths
+    assert not paths & {"/fleet", "/metrics"}
+    assert not any(str(p).startswith("/dashboard") for p in paths)
+    on = create_app(BackendConfig.from_env({}))
+    assert {"/fleet", "/metrics"} <= {getattr(r, "path", None) for r in on.api.routes}
+    with pytest.raises(ConfigError) as caught:
+        BackendConfig.from_env({"BACKEND_OPS_ROUTES": "maybe"})
+    assert caught.value.variable == "BACKEND_OPS_ROUTES"
