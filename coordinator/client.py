@@ -190,6 +190,12 @@ class connect:  # noqa: N801 - used like websockets' own ``connect``
             except Exception as exc:
                 await websocket.close()
                 raise self._refused(attempts, exc, number, started) from exc
+            except BaseException:  # cancelled: do not leave the server a connection
+                try:
+                    await websocket.close()
+                finally:
+                    websocket.transport.abort()  # if the close was cut short; else a no-op
+                raise
         self._note(attempts, Attempt(number, CONNECTED, time.monotonic() - started))
         return Session(websocket, first)
 

@@ -2,8 +2,9 @@
 
 Each handshake is answered as the script says: the gate's own rejection (HTTP 503 +
 Retry-After, or accept-and-close 1013/1012 with the JSON reason, through the gate's own
-``reject``), a load balancer's bare 503, a close with a code, a hold, or (once the script
-is used up) a chat. Plain HTTP requests (a load balancer's health check) get 200.
+``reject``), a load balancer's bare 503, a close with a code, a hold, a silent
+connection, or (once the script is used up) a chat. Plain HTTP requests (a load
+balancer's health check) get 200.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Scripted:
         self.script = list(script)
         self.forever = forever
         self.arrivals: list[float] = []
+        self.disconnects = 0  # "silent" connections the client has closed
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -54,6 +56,13 @@ class Scripted:
         await send({"type": "websocket.accept"})
         if action == "close":
             await send({"type": "websocket.close", "code": args[0]})
+            return
+        if action == "silent":  # sends the given frames (none by default), never answers
+            for frame in args:
+                await send({"type": "websocket.send", "text": frame})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            self.disconnects += 1
             return
         await send({"type": "websocket.send", "text": json.dumps({"type": "welcome"})})
         while (await receive())["type"] != "websocket.disconnect":

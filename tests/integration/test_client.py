@@ -16,6 +16,7 @@ import time
 import pytest
 from tenacity import RetryCallState
 from websockets import ConnectionClosedError
+from websockets.asyncio.client import ClientConnection
 
 from coordinator.client import Attempt, GaveUp, RetryPolicy, _delay, _Refused, connect
 from tests.e2e.clients import health, wait_for_phase
@@ -155,3 +156,24 @@ async def test_against_the_real_gate_while_the_backend_starts(start_backend, red
     assert last.outcome == "connected"
     _, body = health(backend)
     assert body["rejected"].get("starting", 0) >= 1 and sum(body["admitted"].values()) == 1
+
+
+async def test_cancelled_while_waiting_for_the_first_frame_closes_the_connection():
+    app = Scripted(("silent",))
+    receiving = asyncio.Event()
+
+    class Watched(ClientConnection):
+        async def recv(self, *args, **kwargs):  # type: ignore[override]
+            receiving.set()
+            return await super().recv(*args, **kwargs)
+
+    async with serving(app) as url:
+        client = asyncio.ensure_future(connect(url, policy=RetryPolicy(**FAST),
+                                               create_connection=Watched))
+        async with asyncio.timeout(10):
+            await receiving.wait()
+        client.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await client
+        await async_wait_until(lambda: app.disconnects == 1, 10,
+                               what="the server to see the connection closed")
