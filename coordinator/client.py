@@ -56,7 +56,7 @@ class RetryPolicy:
     max_delay: float = 10.0  # the jitter window never grows past this
     # Longer than COORD_MAX_QUEUE_TIME (30 s), so a held handshake is not abandoned.
     open_timeout: float = 40.0
-    # How long to wait for the server's first frame; None: do not wait for one.
+    # How long to wait for the server's first frame (never past max_time); None: do not wait.
     first_message_timeout: float | None = 10.0
 
     def __post_init__(self) -> None:
@@ -185,7 +185,8 @@ class connect:  # noqa: N801 - used like websockets' own ``connect``
         first: str | bytes | None = None
         if policy.first_message_timeout is not None:
             try:
-                async with asyncio.timeout(policy.first_message_timeout):
+                remaining = max(0.001, deadline - time.monotonic())
+                async with asyncio.timeout(min(policy.first_message_timeout, remaining)):
                     first = await websocket.recv()
             except Exception as exc:
                 await websocket.close()

@@ -177,3 +177,15 @@ async def test_cancelled_while_waiting_for_the_first_frame_closes_the_connection
             await client
         await async_wait_until(lambda: app.disconnects == 1, 10,
                                what="the server to see the connection closed")
+
+
+async def test_a_silent_server_is_cut_at_max_time_not_the_first_message_timeout():
+    app = Scripted(("silent",))
+    policy = RetryPolicy(max_attempts=1, max_time=0.5, first_message_timeout=60, **FAST)
+    async with serving(app) as url:
+        started = time.monotonic()
+        with pytest.raises(GaveUp) as info:
+            await connect(url, policy=policy)
+        elapsed = time.monotonic() - started
+    assert [a.outcome for a in info.value.attempts] == ["timeout"]
+    assert elapsed < policy.first_message_timeout / 2, elapsed
