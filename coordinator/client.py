@@ -7,8 +7,9 @@ with 1013 (try again later) or 1012 (service restart) and a JSON reason carrying
 ``retry_after``. Each is retried no sooner than the server's hint, plus a random delay
 drawn from a window that doubles with every attempt ("full jitter"), so a fleet that
 restarts does not get all of its clients back in the same instant. Refused connections,
-dropped handshakes and open timeouts (an instance restarting, a load balancer with no
-server up) are retried the same way without a hint. Everything else, close code 1011
+dropped handshakes, open timeouts and other network errors (an instance restarting, a load
+balancer with no server up) are retried the same way without a hint; a host name that does
+not resolve and a certificate that does not verify are not. Everything else, close code 1011
 above all, is raised at once: retrying would hide a bug.
 
     async with connect("wss://chat.example.com/ws") as session:
@@ -24,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -240,9 +243,10 @@ def _classify(exc: BaseException, number: int, duration: float) -> tuple[Attempt
         reason, hint = _gate_reason(exc.rcvd.reason)
         return (Attempt(number, f"close {exc.rcvd.code}", duration, hint, reason),
                 exc.rcvd.code in RETRY_CLOSE_CODES)
-    for kinds, outcome in _RETRIED_ERRORS:
-        if isinstance(exc, kinds):
-            return Attempt(number, outcome, duration), True
+    if not isinstance(exc, _NOT_RETRIED):
+        for kinds, outcome in _RETRIED_ERRORS:
+            if isinstance(exc, kinds):
+                return Attempt(number, outcome, duration), True
     return Attempt(number, f"error {type(exc).__name__}", duration), False
 
 
@@ -251,7 +255,13 @@ _RETRIED_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ..
     (TimeoutError, "timeout"),
     (ConnectionRefusedError, "refused"),
     ((ConnectionResetError, ConnectionAbortedError, EOFError), "reset"),
+    # Any other network error, e.g. "Multiple exceptions: ..." when every address of a
+    # host with IPv4 and IPv6 ones refused the connection.
+    (OSError, "unreachable"),
 )
+# A host name that does not resolve, or a certificate that does not verify: retrying
+# would not help.
+_NOT_RETRIED = (socket.gaierror, ssl.SSLCertVerificationError)
 
 
 def _gate_reason(raw: bytes | str | None) -> tuple[str | None, float | None]:

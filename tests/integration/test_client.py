@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import time
 
@@ -189,3 +190,30 @@ async def test_a_silent_server_is_cut_at_max_time_not_the_first_message_timeout(
         elapsed = time.monotonic() - started
     assert [a.outcome for a in info.value.attempts] == ["timeout"]
     assert elapsed < policy.first_message_timeout / 2, elapsed
+
+
+async def test_every_address_of_a_dual_stack_host_refusing_is_retried(monkeypatch):
+    """asyncio reports one OSError("Multiple exceptions: ...") when all of a host's
+    addresses refuse; that is as retryable as a single refusal."""
+    port = free_port()
+    resolve = socket.getaddrinfo
+
+    def dual_stack(host, *args, **kwargs):
+        if host != "dual-stack.test":
+            return resolve(host, *args, **kwargs)
+        return [*resolve("::1", port, socket.AF_INET6, socket.SOCK_STREAM),
+                *resolve("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    with pytest.raises(GaveUp) as info:
+        await connect(f"ws://dual-stack.test:{port}/ws", policy=RetryPolicy(max_attempts=2, **FAST))
+    assert [a.outcome for a in info.value.attempts] == ["unreachable"] * 2
+    assert "Multiple exceptions" in str(info.value.last)
+
+
+async def test_a_host_name_that_does_not_resolve_is_not_retried():
+    seen: list[Attempt] = []
+    with pytest.raises(socket.gaierror):
+        await connect("ws://no-such-host.invalid/ws", policy=RetryPolicy(**FAST),
+                      on_attempt=seen.append)
+    assert [a.outcome for a in seen] == ["error gaierror"]
