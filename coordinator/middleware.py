@@ -13,7 +13,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import itertools
 import json
 import logging
 import time
@@ -43,7 +42,6 @@ class ConnectionGate:
     def __init__(self, app: ASGIApp, coordinator: Coordinator) -> None:
         self.app = app
         self.coord = coordinator
-        self._conn_ids = itertools.count(1)
         self.observers: list[Callable[[str, str | None, float], None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +132,7 @@ class ConnectionGate:
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it."""
         coord = self.coord
-        conn = next(self._conn_ids)
+        conn = coord.queue.next_conn_id()  # one id space for holds and open connections
         guarded = _GuardedSend(send)
         coord.connections[conn] = guarded.close
         try:
