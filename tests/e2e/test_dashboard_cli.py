@@ -34,24 +34,38 @@ def open_stream(port: int) -> tuple[http.client.HTTPConnection, http.client.HTTP
         return None
 
 
+def read_frame(resp: http.client.HTTPResponse) -> bytes:
+    """One server-sent event: lines up to and including the blank line that ends it."""
+    frame = b""
+    while not frame.endswith(b"\n\n"):
+        line = resp.readline()
+        assert line, f"the stream ended inside a frame: {frame!r}"
+        frame += line
+    return frame
+
+
 def test_sigterm_ends_open_streams_cleanly_and_exits(redis_server: RedisServer, namespace: str,
                                                      tmp_path: Path) -> None:
     port = free_port()
     proc = dashboard(redis_server.url, namespace, port, tmp_path / "dashboard.log")
+    conn = None
     try:
         conn, resp = wait_until(lambda: open_stream(port), 20, interval=0.1,
                                 what="the dashboard's event stream")
         assert resp.status == 200
         assert resp.getheader("content-type") == "text/event-stream; charset=utf-8"
-        assert resp.readline() == b"retry: 1000\n"
+        assert read_frame(resp) == b"retry: 1000\n\n"
+        assert read_frame(resp).startswith(b"event: snapshot\n")  # the stream is live
         proc.send_signal(signal.SIGTERM)
-        # The server ends the stream itself (a complete chunked body) instead of cutting
-        # the connection when its graceful-shutdown timeout runs out: read() would raise.
+        # The server ends the stream itself (a complete chunked body, whole frames only)
+        # instead of cutting the connection when its graceful-shutdown timeout runs out:
+        # read() would raise IncompleteRead.
         rest = resp.read()
-        assert b"event: snapshot" in rest and rest.endswith(b"\n\n")
-        conn.close()
+        assert rest == b"" or rest.endswith(b"\n\n"), rest
         assert proc.wait(10) in (0, -signal.SIGTERM)
     finally:
+        if conn is not None:
+            conn.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
