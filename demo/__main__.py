@@ -280,6 +280,16 @@ def _exit_on_signals() -> None:
         signal.signal(sig, stop)
 
 
+def _hurry_on_signals(children: Children) -> None:
+    """During the cleanup a further signal (an impatient second Ctrl-C or SIGTERM) kills
+    what is still running at once instead of interrupting the cleanup half way."""
+    def hurry(_signum: int, _frame: Any) -> None:
+        children.signal_all(signal.SIGKILL)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, hurry)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _exit_on_signals()
@@ -302,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0 if demo.staying_up else 130
     finally:
+        _hurry_on_signals(children)
         demo.say("stopping every process the demo started")
         children.stop()
         if redis_url is not None and not own_redis:

@@ -100,6 +100,12 @@ class Children:
                     child.proc.wait(max(0.0, deadline - time.monotonic()))
         self.kill_all()
 
+    def signal_all(self, sig: int) -> None:
+        """Signal every child still running; safe in a signal handler (no waiting)."""
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                child.proc.send_signal(sig)
+
     def kill_all(self) -> None:
         for child in self.children:
             if child.running:

@@ -168,16 +168,23 @@ def test_sigkill_of_the_demo_takes_its_children_down(runs, tmp_path):
     assert_nothing_left(run, temp_files=False)  # nothing can remove them after SIGKILL
 
 
-def test_sigterm_while_redis_starts_still_cleans_up(runs, tmp_path):
+def start_on_a_silent_redis(runs: list[DemoRun], tmp_path: Path, *shell: str) -> DemoRun:
+    """The demo, started with a ``redis-server`` on PATH that never answers (after running
+    ``shell``), once that Redis has started."""
     started = tmp_path / "redis-started"
-    fake = tmp_path / "bin" / "redis-server"  # a Redis that never answers
+    fake = tmp_path / "bin" / "redis-server"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 60\n")
+    fake.write_text("\n".join(["#!/bin/sh", *shell, f"touch {started}", "exec sleep 60", ""]))
     fake.chmod(0o755)
     run = start(runs, "--exit", *SMALL, log=tmp_path / "demo.log",
                 path=f"{fake.parent}:{CLEAN_ENV['PATH']}")
     wait_until(lambda: started.exists() or run.proc.poll() is not None, 60,
                what="the demo to start its Redis")
+    return run
+
+
+def test_sigterm_while_redis_starts_still_cleans_up(runs, tmp_path):
+    run = start_on_a_silent_redis(runs, tmp_path)
     os.kill(run.proc.pid, signal.SIGTERM)
     assert run.wait(30) == 128 + signal.SIGTERM, run.output()
     assert "stopping every process the demo started" in run.output()
@@ -216,3 +223,16 @@ async def test_a_storm_client_fails_cleanly_on_a_server_that_misbehaves(welcome,
         assert result.outcome.startswith(outcome), result
         await async_wait_until(lambda: app.disconnects == 1, 10,
                                what="the client to close its connection")
+
+
+def test_a_second_sigterm_during_the_cleanup_hurries_it_and_still_removes_everything(
+        runs, tmp_path):
+    # A Redis that ignores SIGTERM: the cleanup would wait 10 s for it before its SIGKILL.
+    run = start_on_a_silent_redis(runs, tmp_path, "trap '' TERM")
+    os.kill(run.proc.pid, signal.SIGTERM)
+    wait_until(lambda: "stopping every process" in run.output() or run.proc.poll() is not None,
+               30, what="the cleanup to start")
+    assert run.proc.poll() is None, run.output()  # still waiting for the stubborn Redis
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.wait(5) == 128 + signal.SIGTERM, run.output()  # well before the 10 s wait
+    assert not list(run.tmpdir.iterdir()), "the demo left its work directory behind"
