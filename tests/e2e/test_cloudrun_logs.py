@@ -32,7 +32,7 @@ async def test_every_stderr_line_is_a_json_object_with_severity_and_instance(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COORD_", "K_"))}
     env |= {"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": namespace,
             "COORD_INSTANCE_ID": instance, "COORD_GATE": "off", "COORD_DRAIN_GRACE": "0.2",
-            "BACKEND_PHASE_DURATIONS": "services=1.5", "HOST": "127.0.0.1", "PORT": str(port),
+            "BACKEND_PHASE_DURATIONS": "services=3", "HOST": "127.0.0.1", "PORT": str(port),
             "PYTHONUNBUFFERED": "1", **how}
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:

@@ -28,6 +28,7 @@ class Events:
     """Everything published on N:events, in order, from subscription on."""
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
         self.pubsub = client.pubsub(ignore_subscribe_messages=True)
         self.channel = f"{namespace}:events"
         self.seen: list[dict[str, Any]] = []
@@ -36,7 +37,12 @@ class Events:
     async def __aenter__(self) -> Self:
         await self.pubsub.subscribe(self.channel)
         self._task = asyncio.create_task(self._read())
+        await async_wait_until(self._subscribed, 5, what="the subscription")
         return self
+
+    async def _subscribed(self) -> bool:
+        counts = dict(await self.client.pubsub_numsub(self.channel))
+        return bool(counts.get(self.channel))
 
     async def _read(self) -> None:
         async for message in self.pubsub.listen():
@@ -105,11 +111,22 @@ async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
                       COORD_FLEET_MAX_QUEUE="10",  # so that leases exist and must go too
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=0.1")
     if reject == "close":
-        env["COORD_DRAIN_GRACE"] = "1.5"  # the default (5 s) is exercised by the http case
+        env["COORD_DRAIN_GRACE"] = "4"  # the default (5 s) is exercised by the http case
     backend = start_backend(env)
     backend.wait_ready()
     opened = [await open_chat(backend.ws_url) for _ in range(3)]
+    try:
+        await drain_during_traffic(backend, client, namespace, instance, reject, opened)
+    finally:
+        for ws, task in opened:
+            task.cancel()
+            await ws.close()
+    assert "Traceback" not in backend.log()
 
+
+async def drain_during_traffic(backend: BackendProcess, client: redis.Redis, namespace: str,
+                               instance: str, reject: str,
+                               opened: list[tuple[Any, asyncio.Task[int | None]]]) -> None:
     async with Events(client, namespace) as events:
         backend.signal(signal.SIGTERM)
         await async_wait_until(lambda: "draining" in events.events(instance), 5,
@@ -133,9 +150,6 @@ async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
         await async_wait_until(lambda: "stopped" in events.events(instance), 5)
         seen = events.events(instance)  # later phases may still complete while draining
         assert seen.index("draining") < seen.index("stopped") == len(seen) - 1, seen
-    for ws, _ in opened:
-        await ws.close()
-    assert "Traceback" not in backend.log()
 
 
 async def test_sigterm_while_starting_rejects_held_handshakes_and_frees_their_leases(

@@ -23,7 +23,7 @@ async def test_failed_phase_rejects_held_clients_at_once(start_backend, redis_se
                                                          namespace, ws, reject):
     env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_REJECT=reject,
                       COORD_MAX_QUEUE_TIME=str(MAX_QUEUE_TIME), BACKEND_FAIL_PHASE="services",
-                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=1.5")
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3")
     backend = start_backend(env, wait=True)
     wait_for_phase(backend, ("cache", "services"))
 

@@ -243,7 +243,7 @@ async def test_started_with_redis_down_the_instance_gates_alone_then_joins_the_f
     own_redis.kill()
     env = cli_env(own_redis.url, namespace)
     (backend,) = await start_all(start_backend, [
-        backend_env(own_redis.url, namespace, "lonely", services=2)])
+        backend_env(own_redis.url, namespace, "lonely", services=4)])
 
     unreachable = await asyncio.to_thread(run_cli, "fleet", env=env)
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr

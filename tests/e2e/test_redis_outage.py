@@ -49,7 +49,7 @@ def wait_republished(server: RedisServer, namespace: str, instance: str) -> dict
 async def test_redis_down_at_start(start_backend, namespace):
     later = RedisServer(port=free_port())  # nothing listens there yet
     env = backend_env(namespace, later.url,
-                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=2")
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=4")
     backend = start_backend(env, wait=True)
     try:
         wait_for_phase(backend, ("cache", "services"))
@@ -66,7 +66,7 @@ async def test_redis_down_at_start(start_backend, namespace):
 
 async def test_redis_killed_mid_startup(start_backend, own_redis, namespace):
     env = backend_env(namespace, own_redis.url,
-                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3")
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=5")
     backend = start_backend(env, wait=True)
     instance = env["COORD_INSTANCE_ID"]
     wait_for_phase(backend, ("services",))
