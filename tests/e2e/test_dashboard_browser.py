@@ -49,6 +49,12 @@ ROWS_JS = """Array.from(document.querySelectorAll('#instances tbody tr')).map(tr
 }))"""
 
 
+def _first_page(port: int) -> dict[str, Any] | None:
+    """The first page target DevTools lists, if it lists one yet."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+        return next((t for t in json.load(r) if t["type"] == "page"), None)
+
+
 class Chromium:
     """One headless Chromium page, over the DevTools protocol."""
 
@@ -74,8 +80,8 @@ class Chromium:
         lines = await async_wait_until(
             lambda: port_file.exists() and len(port_file.read_text().split()) >= 2 and
             port_file.read_text().split(), 30, interval=0.1, what="chromium's DevTools port")
-        with urllib.request.urlopen(f"http://127.0.0.1:{lines[0]}/json/list", timeout=5) as r:
-            page = next(t for t in json.load(r) if t["type"] == "page")
+        page = await async_wait_until(lambda: _first_page(int(lines[0])), 30, interval=0.1,
+                                      what="chromium's first page target")
         self.ws = await connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
         self._reader = asyncio.create_task(self._read(), name="chromium-reader")
         await self.call("Page.enable")
