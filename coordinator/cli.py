@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
 from .registry import decode_record, fleet_snapshot, is_live, read_record
-from .settings import Settings
+from .settings import Settings, default_id_prefix
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
@@ -256,13 +257,47 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
     return EXIT_OK
 
 
-async def check(client: redis.Redis, keys: Keys, instance_id: str, signing_key: str | None,
-                out: TextIO) -> int:
-    """Exit 0 when the instance's record says ready, is live and (if signed) verifies."""
+async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
+                signing_key: str | None, out: TextIO) -> int:
+    """Exit 0 when the instance's record says ready, is live and (if signed) verifies.
+
+    With no id, the instance is the one live instance of this host with a generated id
+    (``<host>-<pid>-<random>``): what a container's probe needs, with nothing to configure.
+    """
+    if instance_id is None:
+        host = socket.gethostname()
+        instance_id = await local_instance(client, keys, host)
+        if instance_id is None:
+            print(f"{printable(host)}: not ready: no live instance of this host in namespace "
+                  f"{keys.namespace!r}", file=out, flush=True)
+            return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
     code, reason = check_record(instance_id, keys.namespace, raw, signing_key, time.time())
     print(reason, file=out, flush=True)
     return code
+
+
+async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | None:
+    """The id of the one live instance of ``host`` whose id was generated, else None.
+
+    Reads the index and only the records whose ids start with the host's prefix, so a
+    probe stays cheap in a large fleet. Several such instances (processes sharing a host,
+    as in bin/demo) are an error: the probe cannot tell which one is meant.
+    """
+    prefix = default_id_prefix(host)
+    members = [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
+               for m in await client.zrange(keys.instances, 0, -1)]
+    ids = [m for m in members if m.startswith(prefix)]
+    now, found = time.time(), []
+    for instance_id in ids:
+        record = decode_record(await read_record(client, keys, instance_id))
+        if record.get("host") == host and is_live(record, now):
+            found.append(instance_id)
+    if len(found) > 1:
+        listed = ", ".join(printable(i) for i in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise CliError(f"{len(found)} live instances of host {printable(host)} "
+                       f"({listed}): pass --instance")
+    return found[0] if found else None
 
 
 def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
@@ -316,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser("check", parents=[common], help="exit 0 if ready, else 1",
                                     description="Exit 0 when the instance is ready, else 1.")
     check_cmd.add_argument("--instance", default=None,
-                           help="instance id (default: $COORD_INSTANCE_ID)")
+                           help="instance id (default: $COORD_INSTANCE_ID, else this host's one "
+                                "live instance with a generated id)")
 
     dash_cmd = commands.add_parser("dashboard", parents=[common], help="serve the live dashboard",
                                    description="Serve the fleet dashboard at "
@@ -365,11 +401,9 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, str],
               out: TextIO) -> int:
     keys = Keys(settings.namespace)
-    instance_id = ""
+    instance_id = None
     if args.command == "check":
-        instance_id = args.instance or env.get("COORD_INSTANCE_ID", "").strip()
-        if not instance_id:
-            raise CliError("no instance to check: pass --instance or set COORD_INSTANCE_ID")
+        instance_id = args.instance or env.get("COORD_INSTANCE_ID", "").strip() or None
     client = make_redis(settings.redis_url, max_connections=4)
     try:
         if args.command == "fleet" and args.watch:

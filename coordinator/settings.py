@@ -31,9 +31,14 @@ _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 T = TypeVar("T")
 
 
+def default_id_prefix(hostname: str | None = None) -> str:
+    """How a generated instance id starts on this host: ``<host>-`` (then pid, random)."""
+    host = socket.gethostname() if hostname is None else hostname
+    return (re.sub(r"[^A-Za-z0-9_.\-]", "-", host)[:40] or "host") + "-"
+
+
 def _default_instance_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{default_id_prefix()}{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)

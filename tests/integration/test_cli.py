@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ import redis.asyncio as redis
 from coordinator import messages
 from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot
+from coordinator.settings import default_id_prefix
 from tests.integration.test_fleet_view import put, record
 from tests.support import RedisServer, async_wait_until, cli_env, free_port, run_cli
 
@@ -129,8 +131,6 @@ def test_bad_options_and_settings_are_one_line_errors(env: dict[str, str]) -> No
                           "--namespace='no spaces'")
     assert_one_line_error(run_cli("fleet", env={**env, "COORD_REDIS_URL": "http://x"}),
                           "COORD_REDIS_URL", "redis://")
-    assert_one_line_error(run_cli("check", env=env),
-                          "pass --instance or set COORD_INSTANCE_ID")
     usage = run_cli("events", "--count", "0", env=env)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
     assert "--count: expected an integer >= 1" in usage.stderr
@@ -175,6 +175,35 @@ async def test_check_with_a_signing_key_refuses_an_unsigned_record(
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
+
+
+async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generated_id(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now, host = Keys(namespace), time.time(), socket.gethostname()
+    mine = f"{default_id_prefix(host)}4242-a1b2c3"
+    await put(client, keys, record("web-1", now, state="ready", host=host))  # an explicit id
+    await put(client, keys, record(f"{default_id_prefix('elsewhere')}1-ffffff", now,
+                                   state="ready", host="elsewhere"))
+    await put(client, keys, record(f"{default_id_prefix(host)}7-dead00", now, state="ready",
+                                   host=host, beat_age=7200))  # an earlier life, not live
+    alone = run_cli("check", env=env)
+    assert (alone.returncode, alone.stdout.strip(), alone.stderr) == (
+        1, f"{host}: not ready: no live instance of this host in namespace {namespace!r}", "")
+
+    await put(client, keys, record(mine, now, host=host))
+    starting = run_cli("check", env=env)
+    assert (starting.returncode, starting.stdout.strip()) == (
+        1, f"{mine}: not ready: starting (phase services 5/7)")
+    await put(client, keys, record(mine, now, state="ready", phase="websocket", index=6,
+                                   host=host))
+    ready = run_cli("check", env=env)
+    assert (ready.returncode, ready.stdout.strip()) == (0, f"{mine}: ready (phase websocket 6/7)")
+
+    twin = f"{default_id_prefix(host)}4243-d4e5f6"
+    await put(client, keys, record(twin, now, host=host))
+    line = assert_one_line_error(run_cli("check", env=env), "2 live instances of host",
+                                 mine, twin, "pass --instance")
+    assert line.startswith(f"coordinator: error: 2 live instances of host {host} (")
 
 
 # -- events -----------------------------------------------------------------------------
