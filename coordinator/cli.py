@@ -31,7 +31,7 @@ from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
 from .registry import decode_record, fleet_snapshot, is_live, read_record
-from .settings import Settings, default_id_prefix
+from .settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
@@ -280,14 +280,15 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
 async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | None:
     """The id of the one live instance of ``host`` whose id was generated, else None.
 
-    Reads the index and only the records whose ids start with the host's prefix, so a
-    probe stays cheap in a large fleet. Several such instances (processes sharing a host,
-    as in bin/demo) are an error: the probe cannot tell which one is meant.
+    Reads the index and only the records whose ids have the generated form for this
+    host, so a probe stays cheap in a large fleet; the record must name this host too
+    (two host names can sanitize to one prefix). Several such instances (processes
+    sharing a host, as in bin/demo, or a restarted container's previous life until its
+    record expires) are an error: the probe cannot tell which one is meant.
     """
-    prefix = default_id_prefix(host)
     members = [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
                for m in await client.zrange(keys.instances, 0, -1)]
-    ids = [m for m in members if m.startswith(prefix)]
+    ids = [m for m in members if generated_on(m, host)]
     now, found = time.time(), []
     for instance_id in ids:
         record = decode_record(await read_record(client, keys, instance_id))

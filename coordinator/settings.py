@@ -41,6 +41,12 @@ def _default_instance_id() -> str:
     return f"{default_id_prefix()}{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def generated_on(instance_id: str, hostname: str) -> bool:
+    """Whether ``instance_id`` has the form ``_default_instance_id`` gives on ``hostname``."""
+    return re.fullmatch(re.escape(default_id_prefix(hostname)) + r"[0-9]+-[0-9a-f]{6}",
+                        instance_id) is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has a password

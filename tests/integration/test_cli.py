@@ -181,7 +181,12 @@ async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generat
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now, host = Keys(namespace), time.time(), socket.gethostname()
     mine = f"{default_id_prefix(host)}4242-a1b2c3"
-    await put(client, keys, record("web-1", now, state="ready", host=host))  # an explicit id
+    # An explicit id that merely starts like a generated one; a generated-looking id whose
+    # record names another host (two host names can sanitize to one prefix).
+    await put(client, keys, record(f"{default_id_prefix(host)}admin", now, state="ready",
+                                   host=host))
+    await put(client, keys, record(f"{default_id_prefix(host)}9-abcdef", now, state="ready",
+                                   host=f"{host} "))
     await put(client, keys, record(f"{default_id_prefix('elsewhere')}1-ffffff", now,
                                    state="ready", host="elsewhere"))
     await put(client, keys, record(f"{default_id_prefix(host)}7-dead00", now, state="ready",

@@ -4,6 +4,7 @@ and the backend's own variables, down to `python -m backend` refusing a bad valu
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from backend.config import DEFAULT_DURATIONS, BackendConfig, parse_durations
 from coordinator.exceptions import ConfigError
-from coordinator.settings import DEFAULT_PHASES, Settings
+from coordinator.settings import DEFAULT_PHASES, Settings, default_id_prefix, generated_on
 from tests.support import ROOT
 
 PASSWORD = "hunter2-s3cr3t"
@@ -287,3 +288,11 @@ def test_ops_routes_can_be_switched_off_and_nothing_else_is_accepted():
     with pytest.raises(ConfigError) as caught:
         BackendConfig.from_env({"BACKEND_OPS_ROUTES": "maybe"})
     assert caught.value.variable == "BACKEND_OPS_ROUTES"
+
+
+def test_a_generated_instance_id_is_recognised_as_this_hosts_and_no_other_id_is() -> None:
+    host = socket.gethostname()
+    assert generated_on(Settings.from_env({}).instance_id, host)
+    assert not generated_on(f"{default_id_prefix(host)}admin", host)
+    assert not generated_on(Settings.from_env({}).instance_id, host + "x")
+    assert default_id_prefix("web 1/a") == "web-1-a-"
