@@ -78,7 +78,12 @@ def test_a_taken_port_is_one_clear_line_and_exit_status_2(redis_server: RedisSer
         taken.listen()
         log = tmp_path / "dashboard.log"
         proc = dashboard(redis_server.url, "t-taken", taken.getsockname()[1], log)
-        assert proc.wait(20) == 2
+        try:
+            assert proc.wait(20) == 2
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
     output = log.read_text()
     assert "address already in use" in output
     assert "Traceback" not in output

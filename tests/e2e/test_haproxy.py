@@ -79,9 +79,13 @@ class HAProxy:
         self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
                                       str(CONFIG)], env={**os.environ, **env},
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
-                   what="haproxy's stats socket")
-        assert self.proc.poll() is None, log.read_text()
+        try:
+            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
+                       what="haproxy's stats socket")
+            assert self.proc.poll() is None, log.read_text()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -102,10 +106,15 @@ class HAProxy:
         return self.stats()[f"instance-{index + 1}"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self._log.close()
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        finally:
+            self._log.close()
 
 
 class Population:
