@@ -470,6 +470,7 @@ class Coordinator:
         if not self.redis_ok:
             log.info("redis link up (%s)", self.settings.redis_url_redacted)
         self.redis_ok = True
+        self.leases.flush()  # releases queued while the link was down
         if self.role == "owner" and self.status != published:
             # A transition during the round trip above was dropped by the publisher (the
             # link was not up yet): publish where the instance is now.

@@ -184,24 +184,33 @@ class FleetLeases:
         self.outcomes[LOCAL] += 1
         return LOCAL
 
-    def _discard_remote(self, member: str) -> None:
-        self._to_release.add(member)
-        if self._closed:
-            return  # close() removes what is left, or the leases expire on their own
-        if self._flusher is None or self._flusher.done():
+    def flush(self) -> None:
+        """Send the queued releases now; the coordinator calls it when the link is back."""
+        if self._to_release and not self._closed and (
+                self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="coordinator-lease-release")
 
+    def _discard_remote(self, member: str) -> None:
+        self._to_release.add(member)  # close() removes what is left once closed
+        self.flush()
+
     async def _flush(self) -> None:
-        """Send queued releases until none are left; on failure leave them to expire."""
-        while self._to_release:
+        """Send queued releases until none are left.
+
+        With the link down, or on a Redis error, they stay queued until the next flush (a
+        release, or the link coming back), so that a blip does not leave the fleet cap
+        full until the leases expire. The queue stays small: no lease is acquired while
+        the link is down, so it holds at most the leases of the holds of that moment.
+        """
+        while self._to_release and self._link_up():
             batch = set(self._to_release)
             try:
-                if self._link_up():
-                    async with asyncio.timeout(self.timeout):
-                        await self._remove(batch)
+                async with asyncio.timeout(self.timeout):
+                    await self._remove(batch)
             except REDIS_ERRORS:
-                self.errors += 1  # the leases expire at their deadline plus the margin
+                self.errors += 1
+                return
             # Not on cancellation: close() then removes what is still queued.
             self._to_release -= batch
 

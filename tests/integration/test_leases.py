@@ -87,6 +87,26 @@ async def test_expiry_comes_from_the_redis_server_clock_not_the_instance_clock(
     await leases.close()
 
 
+async def test_releases_made_while_the_link_is_down_are_sent_when_it_is_back(
+        client: redis.Redis, namespace: str) -> None:
+    link = {"up": True}
+    leases = leases_for(client, namespace, "blip", cap=2, link_up=lambda: link["up"])
+    assert [await leases.acquire(i, 30) for i in (1, 2)] == [LEASED, LEASED]
+    link["up"] = False  # a blip: Redis keeps the leases, this instance cannot reach it
+    leases.release(1)
+    leases.release(2)
+    await async_wait_until(lambda: leases._flusher is None or leases._flusher.done(), 5)
+    assert await members(client, namespace) == {"blip:1", "blip:2"}  # nothing could be sent
+    link["up"] = True
+    leases.flush()  # what the coordinator does when its link comes back
+    await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+                           what="the queued releases to reach Redis")
+    other = leases_for(client, namespace, "other", cap=2)
+    assert await other.acquire(1, 5) == LEASED  # the fleet cap is free again, not in 32 s
+    await leases.close()
+    await other.close()
+
+
 async def test_an_expired_lease_frees_its_slot_on_the_next_acquire(
         client: redis.Redis, namespace: str) -> None:
     crashed = leases_for(client, namespace, "crashed", cap=1, margin=0.0)
