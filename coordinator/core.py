@@ -451,6 +451,9 @@ class Coordinator:
                         self._on_message(channel, msg.get("data"))
             except REDIS_ERRORS as exc:
                 self._link_lost(exc)
+            except Exception as exc:  # bad data in Redis must not end the link for good
+                log.exception("redis link: unexpected error; reconnecting")
+                self._link_lost(exc)
             finally:
                 self._link_attempted.set()
                 with contextlib.suppress(*REDIS_ERRORS):

@@ -128,8 +128,7 @@ _PARSERS: dict[str, Any] = {**{n: int for n in INT_FIELDS}, **{n: _finite for n 
 
 def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A hash as read from Redis, as text (what a signature covers)."""
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode(errors="replace")
-            if isinstance(v, bytes) else v) for k, v in raw.items()}
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
@@ -175,7 +174,7 @@ async def read_phase_stats(client: redis.Redis, keys: Keys) -> dict[str, float]:
         except ValueError:
             continue
         if math.isfinite(seconds) and seconds >= 0:
-            stats[name.decode() if isinstance(name, bytes) else name] = seconds
+            stats[_text(name)] = seconds
     return stats
 
 
@@ -279,7 +278,9 @@ async def _read_page(client: redis.Redis, keys: Keys, ids: list[str]) -> list[di
         async with client.pipeline(transaction=False) as pipe:
             for instance_id in ids:
                 pipe.hgetall(keys.instance(instance_id))
-            return [decode_record(raw) for raw in await pipe.execute()]
+            # A key of the wrong type reads as a missing record (pruned), not as an outage.
+            return [decode_record(raw) if isinstance(raw, dict) else {}
+                    for raw in await pipe.execute(raise_on_error=False)]
 
 
 def _view(instance_id: str, record: dict[str, Any], now: float,

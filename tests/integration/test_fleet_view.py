@@ -242,3 +242,14 @@ async def test_an_index_member_that_is_not_utf8_does_not_break_the_view(
     await client.zadd(keys.instances, {b"\xff\xfe": now})  # garbage written by hand
     doc = await fleet_snapshot(client, keys, now=now)
     assert [r["id"] for r in doc["instances"]] == ["web-1"]
+
+
+async def test_a_record_key_of_the_wrong_type_reads_as_gone_not_as_an_outage(
+        client: redis.Redis, namespace: str) -> None:
+    keys, now = Keys(namespace), time.time()
+    await put(client, keys, record("web-a", now, state="ready"))
+    await client.set(keys.instance("web-b"), "not a hash")
+    await client.zadd(keys.instances, {"web-b": now})
+    doc = await fleet_snapshot(client, keys, now=now)
+    assert [r["id"] for r in doc["instances"]] == ["web-a"]
+    assert await client.zscore(keys.instances, "web-b") is None  # pruned as gone

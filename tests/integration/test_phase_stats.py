@@ -103,3 +103,20 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
 
 async def _has_all(pending: Any) -> bool:
     return set(await pending) == set(PHASES)
+
+
+async def test_a_field_name_that_is_not_utf8_in_the_stats_does_not_keep_the_link_down(
+        redis_server: RedisServer, namespace: str) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await client.hset(f"{namespace}:phase_stats", mapping={b"\xfe": b"1", b"services": b"4"})
+        coord = coordinator(redis_server.url, namespace, "odd-stats")
+        await coord.start()
+        try:
+            await async_wait_until(lambda: coord.redis_ok, 10, what="the Redis link up")
+            assert coord.phase_stats == {"\ufffd": 1.0, "services": 4.0}
+            assert await client.zscore(f"{namespace}:instances", "odd-stats") is not None
+        finally:
+            await coord.stop()
+    finally:
+        await client.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.registry import decode_fields, decode_record
+from coordinator.registry import decode_fields, decode_record, raw_record
 
 RAW = {"state": "ready", "phase": "", "phase_index": "6", "queue_depth": "x",
        "heartbeat_at": "1795726098.481775", "ttl": "inf", "ready_at": "nan",
@@ -32,3 +32,8 @@ def test_decode_fields_of_the_flat_text_equals_decode_record() -> None:
 def test_decode_fields_refuses_a_field_without_a_value() -> None:
     with pytest.raises(ValueError):
         decode_fields(["state", "ready", "phase"])
+
+
+def test_raw_record_replaces_bytes_that_are_not_utf8_in_names_too() -> None:
+    assert raw_record({b"\xfe": b"ok", b"state": b"\xffready"}) == {
+        "\ufffd": "ok", "state": "\ufffdready"}
