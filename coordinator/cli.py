@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as redis
 
@@ -452,7 +452,7 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
           f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
     try:
         serve(settings.redis_url, settings.namespace, args.host, args.port,
-              fleet_cap=settings.fleet_max_queue, signing_key=settings.signing_key)
+              signing_key=settings.signing_key)
     except SystemExit as exc:  # uvicorn's start-up failure (e.g. the port is taken), logged
         return EXIT_ERROR if exc.code else EXIT_OK
     return EXIT_OK
@@ -462,9 +462,10 @@ def redis_problem(exc: BaseException, url: str) -> str:
     """The error on one line, never carrying the password (whatever redis-py put in it)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
+        parts = urlsplit(url)
+        for password in [parts.password, *parse_qs(parts.query).get("password", [])]:
+            if password:
+                text = text.replace(password, "***")
     return text[:200]
 
 

@@ -216,10 +216,15 @@ def redact_url(url: str) -> str:
 
     Works on the text, not on a parse, so that a password with an unescaped '/', '#' or
     '@' (which breaks the parse) is hidden too: all from the user's ':' to the last '@'.
+    A ``password=`` query option (redis-py accepts one) is hidden as well.
     """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     user, colon, _password = userinfo.partition(":")
     if not (sep and at and colon):
         return url
     return f"{scheme}://{user}:***@{host}"
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)

@@ -296,3 +296,8 @@ def test_a_generated_instance_id_is_recognised_as_this_hosts_and_no_other_id_is(
     assert not generated_on(f"{default_id_prefix(host)}admin", host)
     assert not generated_on(Settings.from_env({}).instance_id, host + "x")
     assert default_id_prefix("web 1/a") == "web-1-a-"
+
+
+def test_a_password_given_as_a_query_option_is_redacted_too() -> None:
+    s = Settings.from_env({"COORD_REDIS_URL": "redis://redis:6379/0?password=s3cret&db=1"})
+    assert s.redis_url_redacted == "redis://redis:6379/0?password=***&db=1"
