@@ -41,12 +41,11 @@ def sse_frame(kind: str, body: Any) -> bytes:
 
 
 class FleetFeed:
-    def __init__(self, client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
+    def __init__(self, client: redis.Redis, keys: Keys, *,
                  signing_key: str | None = None, interval: float = SNAPSHOT_INTERVAL,
                  queue_size: int = PAGE_QUEUE_SIZE) -> None:
         self.client = client
         self.keys = keys
-        self.fleet_cap = fleet_cap
         self.signing_key = signing_key
         self.interval = interval
         self.queue_size = queue_size
@@ -118,7 +117,7 @@ class FleetFeed:
 
     async def snapshot_frame(self) -> bytes:
         try:
-            doc = await fleet_snapshot(self.client, self.keys, fleet_cap=self.fleet_cap)
+            doc = await fleet_snapshot(self.client, self.keys)
         except REDIS_ERRORS as exc:
             return sse_frame("status", {"redis": "down", "error": type(exc).__name__})
         except Exception as exc:  # bad data in Redis must not end the snapshot loop

@@ -105,8 +105,7 @@ def dashboard_app(feed: FleetFeed) -> Starlette:
 def mount_dashboard(api: FastAPI, coord: Coordinator) -> FleetFeed:
     """Serve the dashboard from an instance at ``/dashboard``, reading Redis through its
     coordinator's client; its streams end when the instance starts draining."""
-    feed = FleetFeed(coord.redis, coord.keys, fleet_cap=coord.settings.fleet_max_queue,
-                     signing_key=coord.settings.signing_key)
+    feed = FleetFeed(coord.redis, coord.keys, signing_key=coord.settings.signing_key)
 
     def on_change(kind: str, changed: Coordinator) -> None:
         if kind == "state" and changed.state in (State.DRAINING, State.STOPPED):
@@ -117,12 +116,11 @@ def mount_dashboard(api: FastAPI, coord: Coordinator) -> FleetFeed:
     return feed
 
 
-def create_app(redis_url: str, namespace: str, *, fleet_cap: int | None = None,
-               signing_key: str | None = None,
+def create_app(redis_url: str, namespace: str, *, signing_key: str | None = None,
                interval: float = SNAPSHOT_INTERVAL) -> tuple[Starlette, FleetFeed]:
     """The standalone dashboard: ``/`` redirects to ``/dashboard/``."""
     client = make_redis(redis_url)
-    feed = FleetFeed(client, Keys(namespace), fleet_cap=fleet_cap, signing_key=signing_key,
+    feed = FleetFeed(client, Keys(namespace), signing_key=signing_key,
                      interval=interval)
 
     @contextlib.asynccontextmanager
@@ -154,11 +152,11 @@ class _DashboardServer(uvicorn.Server):
 
 
 def serve(redis_url: str, namespace: str, host: str = "127.0.0.1", port: int = 8080, *,
-          fleet_cap: int | None = None, signing_key: str | None = None,
+          signing_key: str | None = None,
           interval: float = SNAPSHOT_INTERVAL, log_level: str = "warning",
           **uvicorn_options: Any) -> None:
     """Run the standalone dashboard until SIGINT or SIGTERM."""
-    app, feed = create_app(redis_url, namespace, fleet_cap=fleet_cap, signing_key=signing_key,
+    app, feed = create_app(redis_url, namespace, signing_key=signing_key,
                            interval=interval)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=2, **uvicorn_options)
