@@ -162,7 +162,10 @@ class ConnectionGate:
 
     def _notify(self, what: str, reason: str | None, waited: float) -> None:
         for observer in self.observers:
-            observer(what, reason, waited)
+            try:
+                observer(what, reason, waited)
+            except Exception:  # an observer's bug must not turn a clean answer into a 500
+                log.exception("gate observer %r failed", observer)
 
 
 def _give_up(hold: asyncio.Future[str], _pending: object) -> None:
@@ -217,7 +220,10 @@ class _HandshakeNoiseFilter(logging.Filter):
     without a handshake is still logged.
     """
 
-    PREFIX = "ASGI callable returned without"
+    # Exactly the WebSocket protocols' lines: the HTTP ones ("... without starting
+    # response.") go to the same logger and are real app bugs.
+    MESSAGES = frozenset({"ASGI callable returned without completing handshake.",
+                          "ASGI callable returned without sending handshake."})
     WINDOW = 1.0
 
     def __init__(self) -> None:
@@ -228,7 +234,7 @@ class _HandshakeNoiseFilter(logging.Filter):
         self._expected.append(time.monotonic())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.PREFIX):
+        if record.msg not in self.MESSAGES:
             return True
         cutoff = time.monotonic() - self.WINDOW
         while self._expected and self._expected[0] < cutoff:

@@ -4,6 +4,7 @@ started (its Redis client fails on any use), phases driven by the test."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from coordinator.core import Coordinator
-from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate
+from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate, _HandshakeNoiseFilter
 from coordinator.phases import State
 from coordinator.settings import DEFAULT_PHASES, Settings
 
@@ -329,3 +330,17 @@ async def test_gate_off_passes_websockets_through() -> None:
     assert coord.state is State.STARTING
     assert_app_served(client)
     assert app.calls[0] == (client.scope, client.receive, client.send)
+
+
+def test_the_denial_noise_filter_drops_only_the_websocket_line_it_expects() -> None:
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, None, None)
+
+    noise = _HandshakeNoiseFilter()
+    noise.expect()
+    noise.expect()
+    # A real HTTP app bug right after a denial is still logged, and uses up no expectation.
+    assert noise.filter(record("ASGI callable returned without starting response."))
+    assert not noise.filter(record("ASGI callable returned without completing handshake."))
+    assert not noise.filter(record("ASGI callable returned without completing handshake."))
+    assert noise.filter(record("ASGI callable returned without completing handshake."))
