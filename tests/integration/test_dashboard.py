@@ -1,5 +1,6 @@
-"""The dashboard's server side on fakeredis: the feed's fan-out and its bounds, the event
-stream as pure ASGI (hand-written receive/send), the page's routes and headers."""
+"""The dashboard's server side on a real redis-server: the feed's shared subscription,
+fan-out and bounds, drop counting and signed-only events, the event stream as pure ASGI
+(hand-written receive/send), the page's routes and headers."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-import fakeredis
 import httpx
 import pytest
+import redis.asyncio as redis
 from fastapi import FastAPI
 
 from coordinator import messages
@@ -24,7 +25,9 @@ from coordinator.dashboard.web import EventStream
 from coordinator.keys import Keys
 from coordinator.registry import encode_record, write_record
 from coordinator.settings import Settings
-from tests.support import async_wait_until, free_port
+from tests.support import RedisServer, async_wait_until, free_port
+
+pytestmark = pytest.mark.redis
 
 DEADLINE = 5.0
 KEYS = Keys("dash")
@@ -56,10 +59,14 @@ async def next_frame(queue: asyncio.Queue[bytes | None], kind: str,
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    fake = fakeredis.FakeAsyncRedis()
-    yield fake
-    await fake.aclose()
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the session's redis-server, with the ``dash`` namespace emptied."""
+    real = redis.Redis.from_url(redis_server.url)
+    stale = [k async for k in real.scan_iter(match=f"{KEYS.namespace}:*")]
+    if stale:
+        await real.delete(*stale)
+    yield real
+    await real.aclose()
 
 
 async def add_instance(client: Any, instance_id: str, **fields: Any) -> None:
@@ -256,9 +263,10 @@ def test_the_page_never_parses_data_as_markup() -> None:
     assert "<script>" not in page and "http://" not in page and "https://" not in page
 
 
-async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draining() -> None:
+async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draining(
+        redis_server: RedisServer) -> None:
     coord = Coordinator(Settings(instance_id="i-1", namespace="dash"),
-                        client=fakeredis.FakeAsyncRedis())
+                        client=redis.Redis.from_url(redis_server.url))
     api = FastAPI()
     feed = mount_dashboard(api, coord)
     transport = httpx.ASGITransport(app=api)
