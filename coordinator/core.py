@@ -23,10 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as redis
-from tenacity import wait_exponential_jitter
 
 from . import messages, registry
-from .connections import REDIS_ERRORS, make_redis
+from .connections import REDIS_ERRORS, make_redis, reconnect_delay
 from .exceptions import InvalidMessage
 from .keys import Keys
 from .leases import FleetLeases
@@ -38,7 +37,6 @@ from .settings import Settings
 
 log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
-RECONNECT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5.0, exp_base=2, jitter=0.5)
 START_LINK_WAIT = 1.0
 STOP_CANCEL_ROUNDS = 10  # stop() cancels its tasks at most this many times, 0.5 s apart
 
@@ -459,7 +457,7 @@ class Coordinator:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await asyncio.shield(pubsub.aclose())
             attempt += 1
-            await asyncio.sleep(RECONNECT_WAIT(_RetryState(attempt)))
+            await asyncio.sleep(reconnect_delay(attempt))
 
     async def _on_link_up(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -546,10 +544,3 @@ class Coordinator:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("coordinator task %s died", task.get_name(), exc_info=task.exception())
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number

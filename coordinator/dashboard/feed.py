@@ -20,15 +20,15 @@ from typing import Any
 import redis.asyncio as redis
 
 from .. import messages
-from ..connections import REDIS_ERRORS
+from ..connections import REDIS_ERRORS, reconnect_delay
 from ..exceptions import InvalidMessage
 from ..keys import Keys
 from ..registry import fleet_snapshot
 
 SNAPSHOT_INTERVAL = 1.0
 EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
-PAGE_QUEUE_SIZE = 64
-RECONNECT_FIRST, RECONNECT_MAX = 0.1, 5.0
+PAGE_QUEUE_SIZE = 64  # frames
+PAGE_QUEUE_BYTES = 4 << 20  # and bytes: a snapshot of 1,000 instances is about 0.5 MB
 
 log = logging.getLogger("coordinator.dashboard")
 
@@ -38,6 +38,24 @@ Frame = bytes | None  # None ends a page's stream
 def sse_frame(kind: str, body: Any) -> bytes:
     """One Server-Sent Event. JSON escapes every newline, so ``data`` stays one line."""
     return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+
+
+class PageQueue(asyncio.Queue[Frame]):
+    """One page's frames, counting the bytes they hold (through the hooks asyncio.Queue
+    gives its subclasses)."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)  # type: ignore[misc]
+        self.bytes = 0
+
+    def _put(self, item: Frame) -> None:
+        super()._put(item)  # type: ignore[misc]
+        self.bytes += len(item or b"")
+
+    def _get(self) -> Frame:
+        item: Frame = super()._get()  # type: ignore[misc]
+        self.bytes -= len(item or b"")
+        return item
 
 
 class FleetFeed:
@@ -52,7 +70,7 @@ class FleetFeed:
         self.drops = messages.DropCounter()
         self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
         self.closed = False
-        self._pages: set[asyncio.Queue[Frame]] = set()
+        self._pages: set[PageQueue] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresh = asyncio.Event()
 
@@ -61,9 +79,9 @@ class FleetFeed:
         return len(self._pages)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Frame]]:
+    async def subscribe(self) -> AsyncIterator[PageQueue]:
         """A queue of frames for one page: a snapshot soon, then events and snapshots."""
-        queue: asyncio.Queue[Frame] = asyncio.Queue(self.queue_size)
+        queue = PageQueue(self.queue_size)
         if self.closed:
             queue.put_nowait(None)
         self._pages.add(queue)
@@ -109,9 +127,12 @@ class FleetFeed:
         for queue in self._pages:
             self._offer(queue, frame)
 
-    def _offer(self, queue: asyncio.Queue[Frame], frame: Frame) -> None:
-        if queue.full():
-            queue.get_nowait()  # the oldest: the next snapshot carries what it said
+    def _offer(self, queue: PageQueue, frame: Frame) -> None:
+        # A page that falls behind loses its oldest frames: the next snapshot carries what
+        # they said. Bounded in frames and in bytes (snapshots of a large fleet are big).
+        while not queue.empty() and (queue.full() or
+                                     queue.bytes + len(frame or b"") > PAGE_QUEUE_BYTES):
+            queue.get_nowait()
             self.lagged += 1
         queue.put_nowait(frame)
 
@@ -148,11 +169,14 @@ class FleetFeed:
                     if msg is not None:
                         self._on_event(msg.get("data"))
             except REDIS_ERRORS:
-                attempt += 1  # the snapshot ticker tells the pages that Redis is down
+                pass  # the snapshot ticker tells the pages that Redis is down
+            except Exception:  # a bug must not end the live events while pages are open
+                log.exception("dashboard event subscription failed; subscribing again")
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()
-            await asyncio.sleep(min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** min(attempt, 8)))
+            attempt += 1
+            await asyncio.sleep(reconnect_delay(attempt))
 
     def _on_event(self, data: Any) -> None:
         try:

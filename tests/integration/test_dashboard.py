@@ -21,6 +21,7 @@ from coordinator import messages
 from coordinator.connections import make_redis
 from coordinator.core import Coordinator
 from coordinator.dashboard import FleetFeed, create_app, mount_dashboard, sse_frame
+from coordinator.dashboard.feed import PAGE_QUEUE_BYTES
 from coordinator.dashboard.web import EventStream
 from coordinator.keys import Keys
 from coordinator.registry import encode_record, write_record
@@ -160,6 +161,19 @@ async def test_a_slow_page_loses_its_oldest_frames_never_the_newest(client: Any)
             feed.broadcast(sse_frame("event", {"n": n}))
         assert page.qsize() == 3 and feed.lagged == 2
         assert [parse_frames(page.get_nowait())[0][1]["n"] for _ in range(3)] == [2, 3, 4]
+
+
+async def test_a_slow_page_holds_a_bounded_number_of_bytes_too(client: Any) -> None:
+    feed = FleetFeed(client, KEYS, interval=60)
+    big = sse_frame("snapshot", {"pad": "x" * (1 << 20)})  # a fleet of ~2,000 instances
+    async with feed.subscribe() as page:
+        for _ in range(20):
+            feed.broadcast(big)
+        assert page.bytes <= PAGE_QUEUE_BYTES and page.qsize() == PAGE_QUEUE_BYTES // len(big)
+        assert feed.lagged == 20 - page.qsize()
+        while not page.empty():
+            page.get_nowait()
+        assert page.bytes == 0
 
 
 async def test_with_redis_down_pages_are_told_so(client: Any) -> None:
