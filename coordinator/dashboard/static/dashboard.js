@@ -286,6 +286,9 @@
 
   // -- the totals and the charts ---------------------------------------------------
 
+  // Counted here from the instances, not read from the snapshot's totals: events move
+  // instances between states between snapshots. The fleet cap is the smallest any
+  // instance enforces, as registry.fleet_totals computes it.
   function renderTotals() {
     const byState = Object.fromEntries(STATES.map((s) => [s, 0]));
     let held = 0, admitted = 0, rejected = 0, localCap = 0, recordCap = null;
@@ -297,7 +300,7 @@
       rejected += num(record.rejected) || 0;
       localCap += num(record.queue_max) || 0;
       const cap = num(record.fleet_cap);
-      if (cap !== null) recordCap = Math.max(recordCap || 0, cap);
+      if (cap !== null) recordCap = recordCap === null ? cap : Math.min(recordCap, cap);
     }
     setText($('namespace'), fleet.namespace);
     setText($('total-instances'), fleet.instances.size);
