@@ -389,16 +389,10 @@ class Coordinator:
                 self._link_lost(exc)
 
     async def _publish(self, msg: messages.Message, link_up: bool = False) -> None:
-        data = messages.encode(msg, self.settings.signing_key)
-        key = self.keys.instance(self.id)
         record = self.record(link_up)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.pexpire(key, int(self.settings.instance_ttl * 1000))
-            pipe.zadd(self.keys.instances, {self.id: float(record["heartbeat_at"])})
-            pipe.publish(self.keys.events, data)
-            pipe.publish(self.keys.instance_events(self.id), data)
-            await pipe.execute()
+        await registry.write_record(self.redis, self.keys, record, self.settings.instance_ttl,
+                                    float(record["heartbeat_at"]),
+                                    event=messages.encode(msg, self.settings.signing_key))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
@@ -423,13 +417,8 @@ class Coordinator:
             await registry.fold_phase_stats(self.redis, self.keys, durations)
 
     async def _leave_fleet(self) -> None:
-        data = messages.encode(self._message(Event.STOPPED), self.settings.signing_key)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.instance(self.id))
-            pipe.zrem(self.keys.instances, self.id)
-            pipe.publish(self.keys.events, data)
-            pipe.publish(self.keys.instance_events(self.id), data)
-            await pipe.execute()
+        await registry.remove_record(self.redis, self.keys, self.id, event=messages.encode(
+            self._message(Event.STOPPED), self.settings.signing_key))
 
     # -- the Redis link -------------------------------------------------------------
 

@@ -132,25 +132,37 @@ def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 
 async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
-                       ttl: float, heartbeat_at: float) -> None:
-    """Write the whole record, refresh its TTL and index entry in one atomic round trip.
+                       ttl: float, heartbeat_at: float, *, event: bytes | None = None) -> None:
+    """Write the whole record, refresh its TTL and index entry in one atomic round trip,
+    and publish ``event`` (an encoded message) on both channels in the same transaction.
 
     Writing every field every time makes the record self-healing: after a Redis restart
     or an expiry, the next heartbeat restores it whole.
     """
-    key = keys.instance(record["id"])
+    instance_id = record["id"]
+    key = keys.instance(instance_id)
     async with client.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=dict(record))
         pipe.pexpire(key, int(ttl * 1000))
-        pipe.zadd(keys.instances, {record["id"]: heartbeat_at})
+        pipe.zadd(keys.instances, {instance_id: heartbeat_at})
+        _publish(pipe, keys, instance_id, event)
         await pipe.execute()
 
 
-async def remove_record(client: redis.Redis, keys: Keys, instance_id: str) -> None:
+async def remove_record(client: redis.Redis, keys: Keys, instance_id: str, *,
+                        event: bytes | None = None) -> None:
+    """Remove the record and its index entry, publishing ``event`` in the same transaction."""
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(keys.instance(instance_id))
         pipe.zrem(keys.instances, instance_id)
+        _publish(pipe, keys, instance_id, event)
         await pipe.execute()
+
+
+def _publish(pipe: Any, keys: Keys, instance_id: str, event: bytes | None) -> None:
+    if event is not None:
+        pipe.publish(keys.events, event)
+        pipe.publish(keys.instance_events(instance_id), event)
 
 
 async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:
