@@ -350,7 +350,7 @@ class Coordinator:
             "queue_depth": len(self.queue),
             "queue_max": self.queue.max_size,
             "held_leases": len(self.leases.held),
-            "fleet_cap_mode": self.leases.mode,
+            "fleet_cap_mode": self.leases.mode_with(self.redis_ok or link_up),
             "fleet_cap": self.settings.fleet_max_queue,
             "admitted": sum(self.admitted.values()),
             "rejected": sum(self.rejected.values()),

@@ -101,9 +101,13 @@ class FleetLeases:
         ``local`` while the link is down, or after an acquire failed on a link that looked
         up, until the next acquire succeeds.
         """
+        return self.mode_with(self._link_up())
+
+    def mode_with(self, link_up: bool) -> str:
+        """``mode`` as it is with the link up or down."""
         if self.cap is None:
             return "off"
-        return "local" if self._fell_back or not self._link_up() else "fleet"
+        return "local" if self._fell_back or not link_up else "fleet"
 
     def member(self, conn: int) -> str:
         # Processes gating for one instance id (an owner and its followers, uvicorn

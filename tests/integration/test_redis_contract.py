@@ -54,7 +54,7 @@ async def make_owner(redis_server: RedisServer, namespace: str):
     async def make(**overrides: Any) -> Coordinator:
         settings = Settings(redis_url=redis_server.url, namespace=namespace,
                             instance_id=INSTANCE, environment="test",
-                            heartbeat_interval=HEARTBEAT, instance_ttl=TTL, **overrides)
+                            **{"heartbeat_interval": HEARTBEAT, "instance_ttl": TTL, **overrides})
         coord = Coordinator(settings)
         made.append(coord)
         await coord.start()
@@ -253,3 +253,11 @@ async def test_with_a_signing_key_events_and_the_hash_are_signed(
 
 async def _phase_is(client: redis.Redis, key: str, phase: str) -> bool:
     return await client.hget(key, "phase") == phase
+
+
+async def test_the_record_written_when_the_link_comes_up_agrees_with_itself(
+        make_owner, namespace: str, client: redis.Redis) -> None:
+    # No heartbeat within the test to correct what the link-up republish wrote.
+    await make_owner(fleet_max_queue=5, heartbeat_interval=60.0, instance_ttl=120.0)
+    record = await client.hgetall(f"{namespace}:instance:{INSTANCE}")
+    assert (record["redis"], record["fleet_cap_mode"], record["fleet_cap"]) == ("ok", "fleet", "5")
