@@ -30,7 +30,7 @@ from . import messages
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
-from .registry import decode_record, fleet_snapshot, is_live, read_record
+from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
 from .settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
@@ -286,8 +286,7 @@ async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | No
     sharing a host, as in bin/demo, or a restarted container's previous life until its
     record expires) are an error: the probe cannot tell which one is meant.
     """
-    members = [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
-               for m in await client.zrange(keys.instances, 0, -1)]
+    members = [as_text(m) for m in await client.zrange(keys.instances, 0, -1)]
     ids = [m for m in members if generated_on(m, host)]
     now, found = time.time(), []
     for instance_id in ids:

@@ -26,10 +26,6 @@ FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "ph
 PHASE_STATS_ALPHA = 0.3
 PAGE_SIZE = 200
 
-# KEYS[1] = N:instances
-# ARGV    = member, score pairs: each member judged gone, with the score it had when read
-# Removes each member whose score has not moved since (no heartbeat in between, so a
-# reader never drops an instance that came back); returns how many were removed.
 # KEYS[1] = N:instances, KEYS[2] = N:leases
 # ARGV    = none
 # Returns one JSON object: {"index": [id, score, ...], "leases": [member, expiry, ...],
@@ -53,6 +49,10 @@ end
 return cjson.encode(out)
 """
 
+# KEYS[1] = N:instances
+# ARGV    = member, score pairs: each member judged gone, with the score it had when read
+# Removes each member whose score has not moved since (no heartbeat in between, so a
+# reader never drops an instance that came back); returns how many were removed.
 PRUNE_INDEX = """
 local removed = 0
 for i = 1, #ARGV, 2 do
@@ -93,7 +93,7 @@ def encode_record(record: Mapping[str, Any]) -> dict[str, str]:
 
 def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A hash as read from Redis, with numbers parsed and empty strings as None."""
-    return decode_fields([_text(x) for kv in raw.items() for x in kv])
+    return decode_fields([as_text(x) for kv in raw.items() for x in kv])
 
 
 def decode_fields(flat: list[str]) -> dict[str, Any]:
@@ -128,7 +128,7 @@ _PARSERS: dict[str, Any] = {**{n: int for n in INT_FIELDS}, **{n: _finite for n 
 
 def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A hash as read from Redis, as text (what a signature covers)."""
-    return {_text(k): _text(v) for k, v in raw.items()}
+    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
@@ -186,7 +186,7 @@ async def read_phase_stats(client: redis.Redis, keys: Keys) -> dict[str, float]:
         except ValueError:
             continue
         if math.isfinite(seconds) and seconds >= 0:
-            stats[_text(name)] = seconds
+            stats[as_text(name)] = seconds
     return stats
 
 
@@ -218,9 +218,9 @@ async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | No
     leases_by_instance: Counter[str] = Counter()
     for member, expiry in lease_rows:
         if expiry > server_now:
-            leases_by_instance[_text(member).partition(":")[0]] += 1
+            leases_by_instance[as_text(member).partition(":")[0]] += 1
 
-    scores = {_text(member): score for member, score in index}
+    scores = {as_text(member): score for member, score in index}
     ids = list(scores)
     instances: list[dict[str, Any]] = []
     gone: list[str] = []
@@ -339,5 +339,6 @@ def fleet_totals(instances: list[dict[str, Any]], leases: int,
     }
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value read from Redis as text (bytes that are not UTF-8 replaced)."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
