@@ -31,123 +31,18 @@ from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
 from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
+from .render import CLEAR_SCREEN, duration, phase_progress, printable, render_event, \
+    render_fleet_table
 from .settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
 WATCH_SETTLE = 0.05  # after an event, wait this long for the rest of its burst
 WATCH_MAX_SETTLE = 0.5
-CLEAR_SCREEN = "\x1b[H\x1b[2J"
-BAR_WIDTH = 10
-COLUMNS = ("INSTANCE", "STATE", "PHASE", "IN PHASE", "QUEUE", "LEASES", "ADMITTED",
-           "REJECTED", "HEARTBEAT", "READY IN", "VERSION", "HOST")
 
 
 class CliError(CoordinatorError):
     """A failure the user can act on: printed as one line, exit status 2."""
-
-
-# -- rendering (pure: the demo and dashboards reuse these) ------------------------------
-
-def render_fleet_table(doc: Mapping[str, Any]) -> str:
-    """The fleet document as aligned columns and a totals line, readable at a glance."""
-    generated = doc.get("generated_at")
-    clock = time.strftime("%H:%M:%S", time.localtime(generated)) if generated else "-"
-    instances = doc.get("instances") or []
-    lines = [f"fleet {doc.get('namespace')} at {clock}: {len(instances)} live instance(s)"]
-    if instances:
-        rows = [COLUMNS] + [tuple(map(printable, _row(r))) for r in instances]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                  for row in rows]
-    lines.append(_totals_line(doc.get("totals") or {}))
-    return "\n".join(lines)
-
-
-def _row(r: Mapping[str, Any]) -> tuple[str, ...]:
-    cap = r.get("queue_max")
-    return (
-        str(r.get("id")),
-        str(r.get("state") or "-"),
-        phase_progress(r.get("phase"), r.get("phase_index"), r.get("phases_total")),
-        duration(r.get("time_in_phase")),
-        f"{r.get('queue_depth') or 0}/{cap if cap is not None else '-'}",
-        str(r.get("held_leases") or 0),
-        str(r.get("admitted") or 0),
-        str(r.get("rejected") or 0),
-        duration(r.get("heartbeat_age")) + " ago" if r.get("heartbeat_age") is not None else "-",
-        "~" + duration(r.get("expected_ready_in")) if r.get("expected_ready_in") is not None
-        else "-",
-        str(r.get("version") or "-"),
-        str(r.get("host") or "-"),
-    )
-
-
-def _totals_line(t: Mapping[str, Any]) -> str:
-    states = ", ".join(f"{n} {s}" for s, n in (t.get("by_state") or {}).items() if n)
-    cap = t.get("fleet_cap")
-    leases = f"leases {t.get('leases', 0)}/{cap} (fleet cap)" if cap is not None \
-        else "no fleet cap"
-    return (f"totals: {t.get('instances', 0)} instance(s) ({states or 'none'}); "
-            f"ready {round(100 * float(t.get('ready_ratio') or 0))}%; "
-            f"held {t.get('held', 0)}/{t.get('queue_max', 0)}; {leases}; "
-            f"admitted {t.get('admitted', 0)}; rejected {t.get('rejected', 0)}")
-
-
-def phase_progress(phase: Any, index: Any, total: Any, bar: bool = True) -> str:
-    """``services 5/7 [#####--]``: the phase, its position and (if ``bar``) a tiny bar."""
-    if not isinstance(index, int) or not isinstance(total, int) or total < 1:
-        return str(phase or "-")
-    position = f"{phase or '-'} {index}/{total}"
-    if not bar:
-        return position
-    width = min(total, BAR_WIDTH)
-    filled = max(0, min(width, round(width * index / total)))
-    return f"{position} [{'#' * filled}{'-' * (width - filled)}]"
-
-
-def duration(seconds: Any) -> str:
-    """``0.4s``, ``12s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-
-
-def render_event(data: bytes | str, signing_key: str | None) -> str:
-    """One channel message as one line: time, instance, event, phase k/n, details."""
-    try:
-        msg = messages.decode(data, signing_key=signing_key)
-    except InvalidMessage as exc:
-        return printable(f"{_clock(time.time())}  -  dropped invalid message ({exc})")
-    total = msg.extra.get("phases_total")
-    where = (f"{msg.phase or '-'} {msg.phase_index}/{total}"
-             if msg.phase_index is not None and isinstance(total, int) else msg.phase or "-")
-    details = []
-    if isinstance(msg.extra.get("duration"), (int, float)):
-        details.append(f"took {msg.extra['duration']:.3f}s")
-    if msg.extra.get("error"):
-        details.append(f"error: {msg.extra['error']}")
-    line = f"{_clock(msg.ts)}  {msg.instance}  {msg.event:<15}  {where}"
-    return printable(f"{line}  {'; '.join(details)}" if details else line)
-
-
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
-
-
-def printable(text: str) -> str:
-    """Text from Redis with its control characters escaped: an instance id, host or
-    error message cannot move the cursor, clear the screen or retitle the terminal."""
-    return text.translate(_CONTROL)
-
-
-def _clock(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
 # -- commands ---------------------------------------------------------------------------

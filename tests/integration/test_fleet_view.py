@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator.cli import render_fleet_table
+from coordinator.render import render_fleet_table
 from coordinator.keys import Keys
 from coordinator.registry import PRUNE_INDEX, encode_record, fleet_snapshot, write_record
 from tests.support import RedisServer
