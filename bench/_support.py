@@ -31,7 +31,7 @@ from typing import Any, Self
 import redis.asyncio as redis
 import redis.utils as redis_utils
 
-from tests.support import ROOT, RedisServer, free_port, wait_until
+from harness.processes import ROOT, RedisServer, free_port, wait_until
 
 __all__ = [
     "ROOT", "BenchServer", "CountingConnection", "Handshake", "LineProcess", "RedisServer",

@@ -24,8 +24,8 @@ import redis.asyncio as redis
 
 from coordinator.keys import Keys
 from coordinator.registry import decode_record, read_record
-from tests.e2e.clients import CHAT, CLOSE, Outcome, chat, counters, health, tally
-from tests.support import BackendProcess
+from harness.chat import CHAT, CLOSE, Outcome, chat, counters, health, tally
+from harness.processes import BackendProcess
 
 from ._support import RedisServer, Report, run_benchmark, wait_until
 

@@ -15,7 +15,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import redis
 
 from coordinator.settings import redact_url
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1
@@ -38,12 +38,6 @@ Say = Callable[[str], None]
 
 class SetupError(Exception):
     """The demo cannot start: printed as one line with what to do about it."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop_with_parent(parent: int) -> None:  # runs in the child, between fork and exec

@@ -18,7 +18,7 @@ from typing import Any
 from websockets import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.asyncio.client import connect
 
-from tests.support import BackendProcess, wait_until
+from harness.processes import BackendProcess, wait_until
 
 CHAT = "chat"  # welcome + echo
 HTTP = "http"  # handshake refused with an HTTP status (the gate: 503 + Retry-After)

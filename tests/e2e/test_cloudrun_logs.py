@@ -15,7 +15,7 @@ import pytest
 from websockets import ConnectionClosedError
 from websockets.asyncio.client import connect
 
-from tests.e2e.clients import wait_for_phase
+from tests.support import wait_for_phase
 from tests.support import ROOT, BackendProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

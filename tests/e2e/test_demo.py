@@ -23,7 +23,7 @@ from coordinator.client import RetryPolicy
 from demo.processes import Children, find_redis
 from demo.storm import Storm
 from tests.integration.scripted import Scripted, serving
-from tests.support import ROOT, _port_open, async_wait_until, wait_until
+from tests.support import ROOT, async_wait_until, port_open, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +107,7 @@ def assert_nothing_left(run: DemoRun, temp_files: bool = True) -> None:
     namespace, ports = run.started()
     wait_until(lambda: not leftovers(namespace, ports[0]), 15,
                what=f"{namespace}'s processes to end")
-    wait_until(lambda: not any(_port_open(p) for p in ports), 15, what="ports to close")
+    wait_until(lambda: not any(port_open(p) for p in ports), 15, what="ports to close")
     if temp_files:
         assert not list(run.tmpdir.iterdir()), "the demo left files in its TMPDIR"
 

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.support import BackendProcess, RedisServer, async_wait_until
 
-from .clients import CLOSE, HTTP, NEAR_READY_DURATIONS, Outcome, backend_env, chat, wait_for_phase
+from tests.support import CLOSE, HTTP, NEAR_READY_DURATIONS, Outcome, backend_env, chat, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

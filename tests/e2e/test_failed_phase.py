@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from .clients import NEAR_READY_DURATIONS, assert_clean_rejection, backend_env, chat, \
+from tests.support import NEAR_READY_DURATIONS, assert_clean_rejection, backend_env, chat, \
     counters, health, storm, tally, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from coordinator.keys import Keys
 from coordinator.settings import DEFAULT_PHASES
-from tests.e2e.clients import Outcome, assert_chatted, chat
+from tests.support import Outcome, assert_chatted, chat
 from tests.integration.test_cli import TIME_FIELDS
 from tests.support import (
     BackendProcess,

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import BackendProcess, RedisServer, async_wait_until, free_port
 
-from .clients import (
+from tests.support import (
     CHAT,
     NEAR_READY_DURATIONS,
     Outcome,

@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import BackendProcess, wait_until
 
-from .clients import assert_chatted, assert_clean_rejection, backend_env, chat, \
+from tests.support import assert_chatted, assert_clean_rejection, backend_env, chat, \
     counters, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

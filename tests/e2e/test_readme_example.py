@@ -44,7 +44,7 @@ async def test_the_readme_example_gates_and_becomes_ready(redis_server, namespac
         await async_wait_until(lambda: module.coord.is_ready, 10, what="its phases to run")
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
             assert await ws.recv() == "hello"
-        assert module.coord.admitted["immediate"] == 1
+        assert module.app.state.admitted["immediate"] == 1
         assert module.coord.redis_ok
     finally:
         server.should_exit = True

@@ -10,7 +10,7 @@ import redis
 
 from tests.support import RedisServer, free_port, wait_until
 
-from .clients import CHAT, NEAR_READY_DURATIONS, assert_chatted, backend_env, counters, \
+from tests.support import CHAT, NEAR_READY_DURATIONS, assert_chatted, backend_env, counters, \
     health, storm, tally, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

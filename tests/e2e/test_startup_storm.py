@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .clients import CHAT, IMPLEMENTATIONS, NEAR_READY_DURATIONS, assert_chatted, \
+from tests.support import CHAT, IMPLEMENTATIONS, NEAR_READY_DURATIONS, assert_chatted, \
     assert_clean_rejection, backend_env, chat, counters, health, storm, tally, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

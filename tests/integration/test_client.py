@@ -20,7 +20,7 @@ from websockets import ConnectionClosedError
 from websockets.asyncio.client import ClientConnection
 
 from coordinator.client import Attempt, GaveUp, RetryPolicy, _delay, _Refused, connect
-from tests.e2e.clients import health, wait_for_phase
+from tests.support import health, wait_for_phase
 from tests.integration.scripted import Scripted, serving
 from tests.support import async_wait_until, free_port
 

@@ -1,0 +1,171 @@
+"""Real parts for tests and benchmarks: redis-server and backend processes on free
+ports, and waits.
+
+Every wait has a deadline and polls a condition; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], Any | Awaitable[Any]], timeout: float,
+                           interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port; killable and restartable."""
+
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on PATH (.ci/run installs it)")
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), 10, what=f"redis-server on {self.port}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        wait_until(lambda: not port_open(self.port), 10, what="redis-server to stop")
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+class BackendProcess:
+    """``python -m backend`` as users run it, with its log kept for the test report."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1",
+                    "PORT": str(self.port), **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> BackendProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait_exit
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend"], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_until(lambda: self.get("/health/live")[0] == 200 or self._died(), 20,
+                       what=f"backend on {self.port} to listen")
+            if self._died():
+                raise RuntimeError(f"backend exited at start:\n{self.log()}")
+        return self
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+        import json
+        try:
+            with urllib.request.urlopen(self.http_url + path, timeout=timeout) as resp:
+                body = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        except OSError:
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(lambda: self.get("/health/ready")[0] == 200, timeout,
+                   what=f"backend on {self.port} to be ready")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def terminate(self) -> int:
+        return self.wait_exit(signal.SIGTERM)
+
+    def kill(self) -> int:
+        return self.wait_exit(signal.SIGKILL)
+
+    def wait_exit(self, sig: int | None = None, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(5)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
