@@ -138,7 +138,7 @@ class Backend:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def _health(self) -> dict[str, Any]:
-        coord = self.coord
+        coord, gate = self.coord, self.gate.state
         return {
             "instance": coord.id,
             "state": coord.state.value,
@@ -146,11 +146,11 @@ class Backend:
             "phase_index": coord.status.phase_index,
             "phases_total": coord.plan.total,
             "redis": "ok" if coord.redis_ok else "down",
-            "queue": coord.queue.status(),
-            "fleet_cap": {"cap": coord.leases.cap, "mode": coord.leases.mode,
-                          "held_leases": len(coord.leases.held)},
-            "admitted": dict(coord.admitted),
-            "rejected": dict(coord.rejected),
+            "queue": gate.queue.status(),
+            "fleet_cap": {"cap": gate.leases.cap, "mode": gate.leases.mode,
+                          "held_leases": len(gate.leases.held)},
+            "admitted": dict(gate.admitted),
+            "rejected": dict(gate.rejected),
             "dropped_messages": dict(coord.drops.counts),
         }
 

@@ -173,11 +173,11 @@ class BenchApp:
         path, method = scope["path"], scope["method"]
         assert self.life is not None
         if path == "/bench/status":
-            coord = self.life.coord
+            coord, gate = self.life.coord, self.life.gate.state
             body: Any = {"state": coord.state.value, "phase": coord.current_phase,
-                         "held": len(coord.queue), "parked": self.parked,
-                         "polling": self.polling, "admitted": dict(coord.admitted),
-                         "rejected": dict(coord.rejected), "pid": os.getpid(),
+                         "held": len(gate.queue), "parked": self.parked,
+                         "polling": self.polling, "admitted": dict(gate.admitted),
+                         "rejected": dict(gate.rejected), "pid": os.getpid(),
                          "redis": coord.redis_ok, "ready_seen_at": self.life.ready_seen_at,
                          "cpu": time.process_time()}
         elif path == "/bench/complete" and method == "POST":

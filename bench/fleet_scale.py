@@ -87,8 +87,10 @@ async def fleet_sizes(report: Report, url: str, sizes: list[int], runs: int) -> 
     pool = redis.ConnectionPool.from_url(url, connection_class=CountingConnection)
     client = redis.Redis(connection_pool=pool)
     keys = Keys(NAMESPACE)
-    template = Coordinator(Settings(redis_url=url, namespace=NAMESPACE, instance_ttl=TTL,
-                                    environment="test")).record()
+    owner = Coordinator(Settings(redis_url=url, namespace=NAMESPACE, instance_ttl=TTL,
+                                 environment="test")).owner
+    assert owner is not None
+    template = owner.record()
     per_page: list[float] = []
     written = 0
     try:

@@ -7,21 +7,39 @@ on its own.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
 from .phases import PhasePlan, State
 
-ACCEPT = "accept"
-HOLD = "hold"
-REJECT = "reject"
-REASONS = ("starting", "queue_full", "fleet_cap", "timeout", "draining", "failed")
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"
+    HOLD = "hold"
+    REJECT = "reject"
+
+
+class Reason(enum.StrEnum):
+    """Why a handshake was refused: the ``reason`` of the rejection JSON, and the label of
+    ``coordinator_rejected_total`` (``gave_up``: the client left while held, never sent)."""
+
+    STARTING = "starting"
+    QUEUE_FULL = "queue_full"
+    FLEET_CAP = "fleet_cap"
+    TIMEOUT = "timeout"
+    DRAINING = "draining"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+
+
+ACCEPT, HOLD, REJECT = Action.ACCEPT, Action.HOLD, Action.REJECT
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str
-    reason: str | None = None
+    action: Action
+    reason: Reason | None = None
     hold_for: float = 0.0  # seconds, for HOLD
     retry_after: int = 0  # seconds, for REJECT
 
@@ -48,19 +66,19 @@ def decide(*, state: State, phase: str | None, plan: PhasePlan, has_slot: bool,
     if state is State.READY:
         return Decision(ACCEPT)
     if state is State.DRAINING or state is State.STOPPED:
-        return Decision(REJECT, "draining", retry_after=retry_hint(drain_retry_after))
+        return Decision(REJECT, Reason.DRAINING, retry_after=retry_hint(drain_retry_after))
     if state is State.FAILED:
-        return Decision(REJECT, "failed", retry_after=retry_hint(failed_retry_after))
+        return Decision(REJECT, Reason.FAILED, retry_after=retry_hint(failed_retry_after))
     # starting
     near = phase is None or plan.index(phase) is None or plan.is_near_ready(phase)
     if near:
         hint = retry_hint(expected_ready_in, default=retry_hint(wait_budget))
         if not has_slot:
-            return Decision(REJECT, "queue_full", retry_after=hint)
+            return Decision(REJECT, Reason.QUEUE_FULL, retry_after=hint)
         return Decision(HOLD, hold_for=max_queue_time)
     if expected_ready_in is None or expected_ready_in > wait_budget:
-        return Decision(REJECT, "starting",
+        return Decision(REJECT, Reason.STARTING,
                         retry_after=retry_hint(expected_ready_in, default=retry_hint(wait_budget)))
     if not has_slot:
-        return Decision(REJECT, "queue_full", retry_after=retry_hint(expected_ready_in))
+        return Decision(REJECT, Reason.QUEUE_FULL, retry_after=retry_hint(expected_ready_in))
     return Decision(HOLD, hold_for=min(wait_budget, max_queue_time))

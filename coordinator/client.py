@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import ssl
 import time
@@ -43,6 +42,7 @@ from websockets import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from .backoff import Backoff
 from .exceptions import CoordinatorError
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # the gate's 503; a load balancer's 502/504
@@ -53,6 +53,17 @@ CONNECTED = "connected"
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How :class:`connect` retries: bounds, backoff, and how long a handshake may take.
+
+    ``max_attempts`` handshakes at most, none running past ``max_time`` seconds after the
+    first began; each retry waits the server's hint plus full jitter from a window of
+    ``base_delay`` doubling up to ``max_delay``. ``open_timeout`` is one handshake's limit
+    (longer than the gate's longest hold, so a held handshake is not abandoned), and
+    ``first_message_timeout`` how long to wait for the server's first frame (an
+    accept-then-1013 is a refusal, not a connection); None for servers that do not speak
+    first.
+    """
+
     max_attempts: int = 10
     max_time: float = 60.0  # seconds from the first attempt's start
     base_delay: float = 0.25  # the first retry's jitter window
@@ -73,7 +84,7 @@ class RetryPolicy:
 
     def jitter(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt - 1))]."""
-        return random.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        return Backoff(self.base_delay, self.max_delay).delay(attempt)
 
 
 @dataclass(frozen=True)

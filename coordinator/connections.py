@@ -13,27 +13,11 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from tenacity import wait_exponential_jitter
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 2.0
 MAX_CONNECTIONS = 32
-_RECONNECT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5.0, exp_base=2, jitter=0.5)
-
-
-def reconnect_delay(attempt: int) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...): 0.1 s doubling up
-    to 5 s, plus up to 0.5 s of jitter so that a fleet that lost Redis together does not
-    come back in step."""
-    return float(_RECONNECT_WAIT(_RetryState(attempt)))
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number
 
 
 def make_redis(url: str, *, max_connections: int = MAX_CONNECTIONS,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import secrets
@@ -23,12 +24,26 @@ from collections.abc import Callable, Iterable
 import redis.asyncio as redis
 
 from .connections import REDIS_ERRORS
+from .tasks import TaskSet
 
 log = logging.getLogger("coordinator.leases")
 
-LEASED = "leased"  # the fleet granted a lease
-REFUSED = "refused"  # the fleet cap is reached
-LOCAL = "local"  # Redis unavailable: the local cap alone decides
+
+class LeaseOutcome(enum.StrEnum):
+    LEASED = "leased"  # the fleet granted a lease
+    REFUSED = "refused"  # the fleet cap is reached
+    LOCAL = "local"  # Redis unavailable: the local cap alone decides
+
+
+class CapMode(enum.StrEnum):
+    """How the fleet cap is enforced now."""
+
+    FLEET = "fleet"  # by leases in Redis
+    LOCAL = "local"  # Redis unavailable: by the local cap alone
+    OFF = "off"  # no fleet cap is set
+
+
+LEASED, REFUSED, LOCAL = LeaseOutcome.LEASED, LeaseOutcome.REFUSED, LeaseOutcome.LOCAL
 ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the local cap
 LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
 RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
@@ -84,10 +99,11 @@ class FleetLeases:
         self._release = client.register_script(RELEASE)
         self.held: set[str] = set()
         self._to_release: set[str] = set()
+        self._tasks = TaskSet("coordinator-leases", log)
         self._flusher: asyncio.Task[None] | None = None
         self._fell_back = False
         self._closed = False
-        self.outcomes = {LEASED: 0, REFUSED: 0, LOCAL: 0}
+        self.outcomes = dict.fromkeys(LeaseOutcome, 0)
         self.errors = 0
 
     @property
@@ -95,7 +111,7 @@ class FleetLeases:
         return self.cap is not None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> CapMode:
         """``fleet`` while leases are enforced, ``local`` while falling back, or ``off``.
 
         ``local`` while the link is down, or after an acquire failed on a link that looked
@@ -103,11 +119,11 @@ class FleetLeases:
         """
         return self.mode_with(self._link_up())
 
-    def mode_with(self, link_up: bool) -> str:
+    def mode_with(self, link_up: bool) -> CapMode:
         """``mode`` as it is with the link up or down."""
         if self.cap is None:
-            return "off"
-        return "local" if self._fell_back or not link_up else "fleet"
+            return CapMode.OFF
+        return CapMode.LOCAL if self._fell_back or not link_up else CapMode.FLEET
 
     def member(self, conn: int) -> str:
         # Processes gating for one instance id (an owner and its followers, uvicorn
@@ -115,7 +131,7 @@ class FleetLeases:
         # members apart, so one's renewal or release never touches another's lease.
         return f"{self.instance_id}:{self._process}.{conn}"
 
-    async def acquire(self, conn: int, hold_for: float) -> str:
+    async def acquire(self, conn: int, hold_for: float) -> LeaseOutcome:
         """Ask the fleet for a lease lasting ``hold_for`` plus the margin.
 
         Returns LEASED, REFUSED (the fleet cap is reached) or LOCAL (Redis unavailable:
@@ -168,11 +184,8 @@ class FleetLeases:
     async def close(self, timeout: float = 1.0) -> None:
         """A clean stop: remove every lease this instance holds, then refuse new ones."""
         self._closed = True
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
-                await flusher
+        self._flusher = None
+        await self._tasks.cancel()
         members = self.held | self._to_release
         self.held.clear()
         self._to_release.clear()
@@ -183,7 +196,7 @@ class FleetLeases:
 
     # -- internals ------------------------------------------------------------------
 
-    def _fall_back(self) -> str:
+    def _fall_back(self) -> LeaseOutcome:
         self._fell_back = True
         self.outcomes[LOCAL] += 1
         return LOCAL
@@ -192,8 +205,7 @@ class FleetLeases:
         """Send the queued releases now; the coordinator calls it when the link is back."""
         if self._to_release and not self._closed and (
                 self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush(), name="coordinator-lease-release")
+            self._flusher = self._tasks.spawn(self._flush(), "release")
 
     def _discard_remote(self, member: str) -> None:
         self._to_release.add(member)  # close() removes what is left once closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sys
@@ -41,6 +42,58 @@ def configure(log_format: str, instance_id: str, level: int = logging.INFO) -> d
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_handshake_noise()
     return {"version": 1, "disable_existing_loggers": False,
             "loggers": {name: {"level": "INFO", "handlers": [], "propagate": True}
                         for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
+
+
+class HandshakeNoiseFilter(logging.Filter):
+    """Drops uvicorn's "ASGI callable returned without completing handshake" error for
+    handshakes the gate answered on purpose.
+
+    uvicorn 0.54 (websockets-sansio and wsproto) logs that ERROR after every WebSocket
+    denial response: one error line per clean rejection, which Cloud Logging counts as
+    an error. The gate records each denial the moment it sends it; the filter drops one
+    matching record per entry less than a second old, so a genuine app bug that returns
+    without a handshake is still logged.
+    """
+
+    # Exactly the WebSocket protocols' lines: the HTTP ones ("... without starting
+    # response.") go to the same logger and are real app bugs.
+    MESSAGES = frozenset({"ASGI callable returned without completing handshake.",
+                          "ASGI callable returned without sending handshake."})
+    WINDOW = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._expected: collections.deque[float] = collections.deque(maxlen=4096)
+
+    def expect(self) -> None:
+        self._expected.append(time.monotonic())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES:
+            return True
+        cutoff = time.monotonic() - self.WINDOW
+        while self._expected and self._expected[0] < cutoff:
+            self._expected.popleft()
+        if self._expected:
+            self._expected.popleft()
+            return False
+        return True
+
+
+handshake_noise = HandshakeNoiseFilter()
+UVICORN_ERROR_LOGGER = "uvicorn.error"
+
+
+def quiet_handshake_noise(logger: str = UVICORN_ERROR_LOGGER) -> None:
+    """Install the filter on uvicorn's error logger (idempotent).
+
+    :func:`configure` (which ``python -m backend`` calls) installs it; a service that
+    sets up its own logging and runs uvicorn itself calls it once at start.
+    """
+    target = logging.getLogger(logger)
+    if handshake_noise not in target.filters:
+        target.addFilter(handshake_noise)

@@ -14,7 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .core import Coordinator
-from .middleware import ConnectionGate
+from .leases import CapMode
+from .middleware import ConnectionGate, GateState
 from .phases import State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,26 +39,16 @@ def _one_hot(choices: Iterable[str], chosen: str) -> dict[str, float]:
 
 
 class _CoordinatorCollector(Collector):
-    def __init__(self, coord: Coordinator) -> None:
+    def __init__(self, coord: Coordinator, gate: ConnectionGate | None) -> None:
         self.coord = coord
+        self.gate = gate
 
     def collect(self) -> Iterator[Metric]:
         c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
-        leases = c.leases
         yield _family(gauge, "coordinator_state", "1 for the instance's current state", c.id,
-                      _one_hot((s.value for s in State), c.state.value), "state")
-        yield _family(gauge, "coordinator_held", "Handshakes held now", c.id, len(c.queue))
-        yield _family(gauge, "coordinator_queue_max", "Local cap on held handshakes", c.id,
-                      c.queue.max_size)
-        yield _family(gauge, "coordinator_oldest_hold_seconds",
-                      "Wait of the oldest held handshake", c.id, c.queue.oldest_wait())
-        yield _family(gauge, "coordinator_open_connections",
-                      "WebSocket connections handed to the app and still open", c.id,
-                      len(c.connections))
-        yield _family(counter, "coordinator_admitted", "Handshakes admitted", c.id,
-                      {"immediate": 0, "after_hold": 0, **c.admitted}, "how")
-        yield _family(counter, "coordinator_rejected", "Handshakes rejected", c.id,
-                      dict(c.rejected), "reason")
+                      _one_hot(State, c.state), "state")
+        if self.gate is not None:
+            yield from self._gate(self.gate.state)
         yield _family(gauge, "coordinator_phase_duration_seconds",
                       "Duration of each completed startup phase", c.id, c.phase_durations,
                       "phase")
@@ -67,11 +58,28 @@ class _CoordinatorCollector(Collector):
                           "Seconds until ready, estimated from N:phase_stats", c.id, expected)
         yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
                       1.0 if c.redis_ok else 0.0)
+        lease_errors = self.gate.state.leases.errors if self.gate is not None else 0
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
-                      c.id, {"link": c.redis_errors, "leases": leases.errors}, "source")
+                      c.id, {"link": c.redis_errors, "leases": lease_errors}, "source")
         yield _family(counter, "coordinator_dropped_messages",
                       "Invalid pub/sub messages (and instance hashes) dropped", c.id,
                       dict(c.drops.counts), "reason")
+
+    def _gate(self, state: GateState) -> Iterator[Metric]:
+        c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
+        queue, leases = state.queue, state.leases
+        yield _family(gauge, "coordinator_held", "Handshakes held now", c.id, len(queue))
+        yield _family(gauge, "coordinator_queue_max", "Local cap on held handshakes", c.id,
+                      queue.max_size)
+        yield _family(gauge, "coordinator_oldest_hold_seconds",
+                      "Wait of the oldest held handshake", c.id, queue.oldest_wait())
+        yield _family(gauge, "coordinator_open_connections",
+                      "WebSocket connections handed to the app and still open", c.id,
+                      len(state.connections))
+        yield _family(counter, "coordinator_admitted", "Handshakes admitted", c.id,
+                      {"immediate": 0, "after_hold": 0, **state.admitted}, "how")
+        yield _family(counter, "coordinator_rejected", "Handshakes rejected", c.id,
+                      dict(state.rejected), "reason")
         yield _family(gauge, "coordinator_fleet_leases_held",
                       "Fleet leases (N:leases) this instance holds now", c.id, len(leases.held))
         yield _family(counter, "coordinator_fleet_lease_requests",
@@ -80,7 +88,7 @@ class _CoordinatorCollector(Collector):
                       leases.outcomes, "outcome")
         yield _family(gauge, "coordinator_fleet_cap_mode",
                       "1 for how the fleet cap is enforced now: fleet, local or off", c.id,
-                      _one_hot(("fleet", "local", "off"), leases.mode), "mode")
+                      _one_hot(CapMode, leases.mode), "mode")
         if leases.cap is not None:
             yield _family(gauge, "coordinator_fleet_cap",
                           "Fleet-wide cap on held handshakes (COORD_FLEET_MAX_QUEUE)", c.id,
@@ -88,11 +96,12 @@ class _CoordinatorCollector(Collector):
 
 
 class Metrics:
-    """One registry per coordinator (tests run several in one process)."""
+    """The coordinator's (and its gate's) Prometheus metrics, in a registry of their own
+    (tests run several in one process): ``render()`` is the body of ``/metrics``."""
 
     def __init__(self, coord: Coordinator, gate: ConnectionGate | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_CoordinatorCollector(coord))
+        self.registry.register(_CoordinatorCollector(coord, gate))
         self.hold_seconds = Histogram(
             "coordinator_hold_seconds", "Time a handshake was held before its answer",
             ["outcome"], registry=self.registry,

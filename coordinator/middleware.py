@@ -10,47 +10,133 @@ retry hint. Close code 1011 is never its answer.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .admission import HOLD, REJECT, Decision, decide, retry_hint
-from .core import Coordinator
-from .leases import REFUSED
+from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint
+from .core import Coordinator, GateCounts
+from .leases import REFUSED, FleetLeases
+from .logs import handshake_noise
 from .phases import State
-from .queue import ADMIT, Hold
+from .queue import ADMIT, Hold, HoldEnd, HoldQueue
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Closer = Callable[[int, str], Awaitable[None]]
+Observer = Callable[[str, str | None, float], None]
 
 log = logging.getLogger("coordinator.gate")
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SERVICE_RESTART = 1012
 MAX_REASON_BYTES = 123
-GAVE_UP = "gave_up"
+GAVE_UP = Reason.GAVE_UP
+
+
+@dataclass
+class GateState:
+    """Everything one gate holds, in one place (uvicorn's ``ServerState`` habit).
+
+    ``queue``: the held handshakes. ``leases``: this process's fleet leases (with
+    ``COORD_FLEET_MAX_QUEUE``). ``admitted`` counts handshakes handed to the app by how
+    (``immediate``, ``after_hold``), ``rejected`` by :class:`Reason`. ``connections``: the
+    open connections a drain closes, by connection id.
+    """
+
+    queue: HoldQueue
+    leases: FleetLeases
+    admitted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[Reason] = field(default_factory=Counter)
+    connections: dict[int, Closer] = field(default_factory=dict)
 
 
 class ConnectionGate:
+    """Holds a WebSocket handshake until its instance is ready; rejects it cleanly when
+    holding cannot help.
+
+    ``app`` is the ASGI application behind the gate; ``coordinator`` says where the
+    instance's startup is. The gate attaches itself to the coordinator, which then tells
+    it of every state change before anyone else: held handshakes are released (or
+    rejected) before ``ready`` (or ``failed``, ``draining``) is published, so no client
+    learns of the change before its own handshake is answered. The race it closes: a
+    handshake that reaches a handler whose dependencies do not exist yet, and dies with
+    close code 1011.
+
+    ``observers`` are called as ``observer(what, reason, waited)`` for each handshake's
+    end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram.
+    """
+
     def __init__(self, app: ASGIApp, coordinator: Coordinator) -> None:
         self.app = app
         self.coord = coordinator
-        self.observers: list[Callable[[str, str | None, float], None]] = []
+        settings = coordinator.settings
+        self.state = GateState(
+            HoldQueue(settings.max_queue),
+            FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
+                        settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok))
+        self.observers: list[Observer] = []
+        coordinator.attach(self)
+
+    # -- what the coordinator asks of its gate --------------------------------------
+
+    def on_state(self, state: State) -> None:
+        queue = self.state.queue
+        if state is State.READY:
+            released = queue.release_all()
+            if released:
+                log.info("instance %s ready: releasing %d held connection(s)", self.coord.id,
+                         released)
+        elif state is not State.STARTING:
+            queue.reject_all(Reason.FAILED if state is State.FAILED else Reason.DRAINING)
+
+    def on_link_up(self) -> None:
+        self.state.leases.flush()  # releases queued while the link was down
+
+    def counts(self, link_up: bool) -> GateCounts:
+        state = self.state
+        return GateCounts(len(state.queue), state.queue.max_size, len(state.leases.held),
+                          state.leases.cap, state.leases.mode_with(link_up),
+                          sum(state.admitted.values()), sum(state.rejected.values()))
+
+    async def aclose(self) -> None:
+        await self.state.leases.close()
+
+    async def close_connections(self, code: int = CLOSE_SERVICE_RESTART,
+                                reason: str = "draining", timeout: float = 1.0) -> int:
+        """Close every open gated connection (1012 by default: service restart).
+
+        Bounded: a client that stopped reading can block its close frame for as long as
+        the server's keepalive allows, so whatever has not closed within ``timeout`` is
+        abandoned (the server's own shutdown drops it) and the drain goes on.
+        """
+        closers = list(self.state.connections.values())
+        self.state.connections.clear()
+        if not closers:
+            return 0
+        tasks = [asyncio.ensure_future(c(code, reason)) for c in closers]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return sum(1 for t in done if not t.cancelled() and t.exception() is None)
+
+    # -- ASGI -------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket" or not self.coord.settings.gate:
             await self.app(scope, receive, send)
             return
-        coord = self.coord
-        if coord.status.state is State.READY:  # the fast path: no I/O, no queue
-            coord.admitted["immediate"] += 1
+        if self.coord.status.state is State.READY:  # the fast path: no I/O, no queue
+            self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
@@ -59,63 +145,63 @@ class ConnectionGate:
         coord = self.coord
         decision = decide(
             state=coord.state, phase=coord.current_phase, plan=coord.plan,
-            has_slot=coord.queue.has_room,
+            has_slot=self.state.queue.has_room,
             expected_ready_in=coord.expected_ready_in(),
             wait_budget=coord.settings.wait_budget(coord.current_phase),
             max_queue_time=coord.settings.max_queue_time,
         )
-        if decision.action == REJECT:
+        if decision.action is REJECT:
             await self._reject(scope, receive, send, decision)
             return
-        if decision.action != HOLD:
-            coord.admitted["immediate"] += 1
+        if decision.action is not HOLD:
+            self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
             return
         await self._hold(scope, receive, send, decision.hold_for)
 
     async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float) -> None:
-        coord = self.coord
-        entry = coord.queue.hold(hold_for)
+        coord, state = self.coord, self.state
+        entry = state.queue.hold(hold_for)
         if entry is None:  # the queue filled between the decision and now
-            await self._reject(scope, receive, send, self._rejection("queue_full"))
+            await self._reject(scope, receive, send, self._rejection(Reason.QUEUE_FULL))
             return
         pending: asyncio.Future[Message] | None = None
         try:  # from here on, however this ends, the slot and the lease are given back
-            if coord.leases.enabled and not await self._lease(entry, hold_for):
-                await self._reject(scope, receive, send, self._rejection("fleet_cap"))
+            if state.leases.enabled and not await self._lease(entry, hold_for):
+                await self._reject(scope, receive, send, self._rejection(Reason.FLEET_CAP))
                 return
-            coord.waiting_changed()
-            self._notify("held", None, 0.0)
-            # The server's first message is websocket.connect; the next one, before we
-            # accept, can only be websocket.disconnect: the client gave up.
-            connect = await receive()
-            pending = asyncio.ensure_future(receive())
-            # One future ends the hold: the release, the hold's deadline, or (through this
-            # callback) the client leaving. Awaiting it alone costs ~1 KiB less per held
-            # handshake than asyncio.wait over both (bench/memory.py).
-            pending.add_done_callback(functools.partial(_give_up, entry.future))
-            outcome = await entry.future
+            with coord.waiting():
+                self._notify("held", None, 0.0)
+                # The server's first message is websocket.connect; the next one, before we
+                # accept, can only be websocket.disconnect: the client gave up.
+                connect = await receive()
+                pending = asyncio.ensure_future(receive())
+                # One future ends the hold: the release, the hold's deadline, or (through
+                # this callback) the client leaving. Awaiting it alone costs ~1 KiB less
+                # per held handshake than asyncio.wait over both (bench/memory.py).
+                pending.add_done_callback(functools.partial(_give_up, entry.future))
+                outcome: HoldEnd = await entry.future
             waited = time.monotonic() - entry.enqueued_at
-            coord.leases.release(entry.conn)  # the hold is over, whatever happens next
-            if outcome == GAVE_UP:  # the client went away while held
-                coord.rejected[GAVE_UP] += 1
+            state.leases.release(entry.conn)  # the hold is over, whatever happens next
+            if outcome is GAVE_UP:  # the client went away while held
+                state.rejected[GAVE_UP] += 1
                 self._notify(GAVE_UP, None, waited)
                 return
-            if outcome == ADMIT and coord.state is State.READY:  # re-checked before handing over
-                coord.admitted["after_hold"] += 1
+            if outcome is ADMIT and coord.state is State.READY:  # re-checked before handing over
+                state.admitted["after_hold"] += 1
                 self._notify("released", None, waited)
                 replay = _Replay(connect, pending, receive)
                 pending = None  # now the app's to read
                 await self._run(scope, replay, send)
                 return
-            reason = outcome if outcome != ADMIT else _reason_for(coord.state)
+            reason = outcome if outcome is not ADMIT else _reason_for(coord.state)
             self._notify("rejected", reason, waited)
             await self._reject(scope, _Replay(connect, None, receive), send,
                                self._rejection(reason), counted=False)
-            coord.rejected[reason] += 1
+            state.rejected[reason] += 1
         finally:
-            coord.queue.forget(entry)
-            coord.leases.release(entry.conn)
+            state.queue.forget(entry)
+            state.leases.release(entry.conn)
             if pending is not None and not pending.done():
                 pending.cancel()
 
@@ -126,25 +212,25 @@ class ConnectionGate:
         A hold that ended while the lease was asked for (released, failed, drained) is
         answered by its own outcome, not as ``fleet_cap``.
         """
-        outcome = await self.coord.leases.acquire(entry.conn, hold_for)
-        return outcome != REFUSED or entry.future.done()
+        outcome = await self.state.leases.acquire(entry.conn, hold_for)
+        return outcome is not REFUSED or entry.future.done()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it."""
-        coord = self.coord
-        conn = coord.queue.next_conn_id()  # one id space for holds and open connections
+        connections = self.state.connections
+        conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
         guarded = _GuardedSend(send)
-        coord.connections[conn] = guarded.close
+        connections[conn] = guarded.close
         try:
             await self.app(scope, receive, guarded)
         finally:
-            coord.connections.pop(conn, None)
+            connections.pop(conn, None)
 
-    def _rejection(self, reason: str) -> Decision:
+    def _rejection(self, reason: Reason) -> Decision:
         coord = self.coord
-        if reason in ("draining",):
+        if reason is Reason.DRAINING:
             hint = 1
-        elif reason == "failed":
+        elif reason is Reason.FAILED:
             hint = 5
         else:
             hint = retry_hint(coord.expected_ready_in(),
@@ -153,9 +239,9 @@ class ConnectionGate:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       counted: bool = True) -> None:
-        reason = decision.reason or "starting"
+        reason = decision.reason or Reason.STARTING
         if counted:
-            self.coord.rejected[reason] += 1
+            self.state.rejected[reason] += 1
             self._notify("rejected", reason, 0.0)
         await reject(scope, receive, send, reason, decision.retry_after,
                      mode=self.coord.settings.reject)
@@ -168,13 +254,14 @@ class ConnectionGate:
                 log.exception("gate observer %r failed", observer)
 
 
-def _give_up(hold: asyncio.Future[str], _pending: object) -> None:
+def _give_up(hold: asyncio.Future[HoldEnd], _pending: object) -> None:
     if not hold.done():
         hold.set_result(GAVE_UP)
 
 
-def _reason_for(state: State) -> str:
-    return {State.FAILED: "failed", State.STARTING: "timeout"}.get(state, "draining")
+def _reason_for(state: State) -> Reason:
+    return {State.FAILED: Reason.FAILED, State.STARTING: Reason.TIMEOUT}.get(
+        state, Reason.DRAINING)
 
 
 def reason_payload(reason: str, retry_after: int) -> str:
@@ -202,51 +289,11 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
             await send({"type": "websocket.http.response.body", "body": body})
             handshake_noise.expect()
             return
-        code = CLOSE_SERVICE_RESTART if reason == "draining" else CLOSE_TRY_AGAIN_LATER
+        code = CLOSE_SERVICE_RESTART if reason == Reason.DRAINING else CLOSE_TRY_AGAIN_LATER
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": code, "reason": payload})
     except OSError:  # the client is already gone; nothing left to tell it
         pass
-
-
-class _HandshakeNoiseFilter(logging.Filter):
-    """Drops uvicorn's "ASGI callable returned without completing handshake" error for
-    handshakes the gate answered on purpose.
-
-    uvicorn 0.54 (websockets-sansio and wsproto) logs that ERROR after every WebSocket
-    denial response: one error line per clean rejection, which Cloud Logging counts as
-    an error. The gate records each denial the moment it sends it; the filter drops one
-    matching record per entry less than a second old, so a genuine app bug that returns
-    without a handshake is still logged.
-    """
-
-    # Exactly the WebSocket protocols' lines: the HTTP ones ("... without starting
-    # response.") go to the same logger and are real app bugs.
-    MESSAGES = frozenset({"ASGI callable returned without completing handshake.",
-                          "ASGI callable returned without sending handshake."})
-    WINDOW = 1.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._expected: collections.deque[float] = collections.deque(maxlen=4096)
-
-    def expect(self) -> None:
-        self._expected.append(time.monotonic())
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg not in self.MESSAGES:
-            return True
-        cutoff = time.monotonic() - self.WINDOW
-        while self._expected and self._expected[0] < cutoff:
-            self._expected.popleft()
-        if self._expected:
-            self._expected.popleft()
-            return False
-        return True
-
-
-handshake_noise = _HandshakeNoiseFilter()
-logging.getLogger("uvicorn.error").addFilter(handshake_noise)
 
 
 class _GuardedSend:

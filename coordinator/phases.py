@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
@@ -14,7 +14,7 @@ class State(str, enum.Enum):
     STOPPED = "stopped"
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     PHASE_STARTED = "phase_started"
     PHASE_COMPLETED = "phase_completed"
     READY = "ready"

@@ -9,21 +9,36 @@ happens to arrive.
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
-ADMIT = "admit"
+from .admission import Reason
+
+
+class _Admit(enum.Enum):
+    ADMIT = "admit"
+
+
+ADMIT: Final = _Admit.ADMIT
+# How a hold ends: released (ADMIT), or refused for a reason (timeout, failed, draining,
+# or gave_up when the client left).
+HoldEnd = Literal[_Admit.ADMIT] | Reason
 
 
 @dataclass(eq=False)
 class Hold:
+    """One held handshake: its connection id, when it arrived, its deadline (on the
+    queue's clock), and the future that says how the hold ended."""
+
     conn: int
     enqueued_at: float
     deadline: float
-    future: asyncio.Future[str] = field(repr=False)
+    future: asyncio.Future[HoldEnd] = field(repr=False)
 
     @property
     def done(self) -> bool:
@@ -31,6 +46,13 @@ class Hold:
 
 
 class HoldQueue:
+    """The handshakes one process holds: at most ``max_size`` at once, each until its
+    deadline, released together in arrival order.
+
+    Every hold owns a future; nothing polls. One timer, armed for the earliest deadline,
+    rejects expired holds with ``timeout`` on time even when no other connection arrives.
+    """
+
     def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_size = max_size
         self.clock = clock
@@ -82,7 +104,7 @@ class HoldQueue:
         self._disarm()
         return len(holds)
 
-    def reject_all(self, reason: str) -> int:
+    def reject_all(self, reason: Reason) -> int:
         holds = list(self._holds.values())
         self._holds.clear()
         for entry in holds:
@@ -106,7 +128,7 @@ class HoldQueue:
 
     # -- expiry ---------------------------------------------------------------------
 
-    def _reject(self, entry: Hold, reason: str) -> None:
+    def _reject(self, entry: Hold, reason: Reason) -> None:
         if not entry.future.done():
             entry.future.set_result(reason)
 
@@ -139,5 +161,5 @@ class HoldQueue:
             _, conn = heapq.heappop(self._deadlines)
             entry = self._holds.pop(conn, None)
             if entry is not None:
-                self._reject(entry, "timeout")
+                self._reject(entry, Reason.TIMEOUT)
         self._arm(loop)

@@ -24,6 +24,9 @@ log = logging.getLogger("coordinator.server")
 
 
 class DrainingServer(uvicorn.Server):
+    """A ``uvicorn.Server`` whose first SIGTERM drains the coordinator before shutting
+    down: ``DrainingServer(uvicorn.Config(app, ...), coordinator).run()``."""
+
     def __init__(self, config: uvicorn.Config, coordinator: Coordinator) -> None:
         super().__init__(config)
         self.coordinator = coordinator

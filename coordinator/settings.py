@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from .exceptions import ConfigError
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
+ROLES = ("owner", "follower")
 ENVIRONMENTS = ("local", "test", "development", "staging", "production")
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
@@ -49,6 +50,16 @@ def generated_on(instance_id: str, hostname: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything the coordinator and the gate are told, validated once.
+
+    Build it with :meth:`from_env` (the ``COORD_*`` variables, README: Configuration) or
+    directly with keyword arguments, as the tests do. Every field is checked in
+    ``__post_init__``: a bad value raises :class:`ConfigError` naming the variable, so a
+    misconfigured process stops at start-up instead of misbehaving under load. Frozen,
+    and its ``repr`` leaves out the Redis URL (it may carry a password) and the signing
+    key.
+    """
+
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has a password
     namespace: str = "coord"
     instance_id: str = field(default_factory=_default_instance_id)
@@ -68,6 +79,7 @@ class Settings:
     gate: bool = True
     signing_key: str | None = field(default=None, repr=False)
     log_format: str = "text"
+    role: str = "owner"
 
     def __post_init__(self) -> None:
         _check("COORD_NAMESPACE", bool(_NAME.match(self.namespace)), self.namespace,
@@ -97,6 +109,7 @@ class Settings:
         _check("COORD_REJECT", self.reject in ("http", "close"), self.reject, "http or close")
         _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
                "text or json")
+        _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
         _check_redis_url(self.redis_url)
 
     # -- derived values -------------------------------------------------------------
@@ -142,6 +155,7 @@ class Settings:
         reader.put(kwargs, "signing_key", "COORD_SIGNING_KEY", str)
         if not reader.put(kwargs, "log_format", "COORD_LOG_FORMAT", str.lower):
             kwargs["log_format"] = "json" if cloud_run else "text"
+        reader.put(kwargs, "role", "COORD_ROLE", str.lower)
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import redis
 
-from coordinator.cli import CLEAR_SCREEN, render_fleet_table
+from coordinator.render import CLEAR_SCREEN, render_fleet_table
 from coordinator.connections import REDIS_ERRORS, make_redis
 from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot

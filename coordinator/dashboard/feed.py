@@ -14,16 +14,18 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as redis
 
 from .. import messages
-from ..connections import REDIS_ERRORS, reconnect_delay
+from ..connections import REDIS_ERRORS
 from ..exceptions import InvalidMessage
 from ..keys import Keys
+from ..link import Subscription
 from ..registry import fleet_snapshot
+from ..tasks import TaskSet
 
 SNAPSHOT_INTERVAL = 1.0
 EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
@@ -59,6 +61,15 @@ class PageQueue(asyncio.Queue[Frame]):
 
 
 class FleetFeed:
+    """The dashboard's source: fleet snapshots and live events, fanned out to every open
+    page through a bounded queue each.
+
+    ``client`` and ``keys`` say where the fleet is; with ``signing_key`` unsigned and
+    forged events are dropped (and counted in ``drops``) as everywhere else. A page that
+    reads too slowly loses its oldest frames (counted in ``lagged``) rather than growing
+    a buffer: the next snapshot supersedes them.
+    """
+
     def __init__(self, client: redis.Redis, keys: Keys, *,
                  signing_key: str | None = None, interval: float = SNAPSHOT_INTERVAL,
                  queue_size: int = PAGE_QUEUE_SIZE) -> None:
@@ -71,7 +82,7 @@ class FleetFeed:
         self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
         self.closed = False
         self._pages: set[PageQueue] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("dashboard", log)
         self._refresh = asyncio.Event()
 
     @property
@@ -86,8 +97,8 @@ class FleetFeed:
             queue.put_nowait(None)
         self._pages.add(queue)
         if not self._tasks and not self.closed:
-            self._spawn(self._snapshots(), "snapshots")
-            self._spawn(self._events(), "events")
+            self._tasks.spawn(self._snapshots(), "snapshots")
+            self._tasks.spawn(self._events().run(), "events")
         self._refresh.set()
         try:
             yield queue
@@ -95,30 +106,13 @@ class FleetFeed:
             # No await before the decision: a page arriving meanwhile starts fresh tasks.
             self._pages.discard(queue)
             if not self._pages:
-                await self._stop_tasks()
+                await self._tasks.cancel()
 
     def close(self) -> None:
         """End every page's stream (the server is going away); later pages get none."""
         self.closed = True
         for queue in self._pages:
             self._offer(queue, None)
-
-    async def _stop_tasks(self) -> None:
-        tasks = list(self._tasks)
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"dashboard-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("dashboard task %s died", task.get_name(), exc_info=task.exception())
 
     def broadcast(self, frame: bytes) -> None:
         """Send one frame to every open page."""
@@ -157,28 +151,12 @@ class FleetFeed:
                 continue
             await asyncio.sleep(EVENT_SETTLE)
 
-    async def _events(self) -> None:
-        attempt = 0
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.keys.events)
-                attempt = 0
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is not None:
-                        self._on_event(msg.get("data"))
-            except REDIS_ERRORS:
-                pass  # the snapshot ticker tells the pages that Redis is down
-            except Exception:  # a bug must not end the live events while pages are open
-                log.exception("dashboard event subscription failed; subscribing again")
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
-            attempt += 1
-            await asyncio.sleep(reconnect_delay(attempt))
+    def _events(self) -> Subscription:
+        # A Redis error needs no word here: the snapshot ticker tells the pages.
+        return Subscription(self.client, [self.keys.events], on_message=self._on_event,
+                            name="dashboard events")
 
-    def _on_event(self, data: Any) -> None:
+    def _on_event(self, _channel: str, data: Any) -> None:
         try:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
                                   signing_key=self.signing_key)

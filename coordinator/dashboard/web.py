@@ -14,7 +14,6 @@ from importlib import resources
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -23,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..connections import make_redis
-from ..core import Coordinator
+from ..core import Change, Coordinator
 from ..keys import Keys
 from ..phases import State
 from .feed import SNAPSHOT_INTERVAL, FleetFeed
@@ -102,13 +101,13 @@ def dashboard_app(feed: FleetFeed) -> Starlette:
     ])
 
 
-def mount_dashboard(api: FastAPI, coord: Coordinator) -> FleetFeed:
+def mount_dashboard(api: Starlette, coord: Coordinator) -> FleetFeed:
     """Serve the dashboard from an instance at ``/dashboard``, reading Redis through its
     coordinator's client; its streams end when the instance starts draining."""
     feed = FleetFeed(coord.redis, coord.keys, signing_key=coord.settings.signing_key)
 
-    def on_change(kind: str, changed: Coordinator) -> None:
-        if kind == "state" and changed.state in (State.DRAINING, State.STOPPED):
+    def on_change(change: Change, changed: Coordinator) -> None:
+        if change is Change.STATE and changed.state in (State.DRAINING, State.STOPPED):
             feed.close()
 
     coord.listeners.append(on_change)

@@ -22,7 +22,7 @@ from coordinator.settings import Settings
 
 
 def report(what: str, coord: Coordinator) -> None:
-    print(json.dumps({"what": what, "state": coord.state.value, "phase": coord.current_phase,
+    print(json.dumps({"what": str(what), "state": coord.state.value, "phase": coord.current_phase,
                       "redis_ok": coord.redis_ok, "redis_errors": coord.redis_errors,
                       "drops": dict(coord.drops.counts), "t": time.time()}), flush=True)
 
@@ -30,7 +30,7 @@ def report(what: str, coord: Coordinator) -> None:
 async def main() -> int:
     coord = Coordinator(Settings.from_env(), role="follower")
     if os.environ.get("FOLLOWER_POLL") == "off":
-        coord.waiting_changed = lambda: None  # type: ignore[method-assign]
+        coord._role.wanted = lambda: None  # type: ignore[method-assign]
     coord.listeners.append(report)
     async with coord:
         waiter = asyncio.create_task(coord.wait_ready(float(os.environ.get("FOLLOWER_WAIT",

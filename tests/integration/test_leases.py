@@ -278,16 +278,16 @@ async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_o
             (refused,) = [s for s, t in zip(sockets, tasks, strict=True) if t in done]
             assert refused.status == 503
             assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
-            assert coord.rejected["fleet_cap"] == 1
+            assert gate.state.rejected["fleet_cap"] == 1
             assert len(await members(client, namespace)) == 2
-            assert coord.record()["held_leases"] == "2"
-            assert coord.record()["fleet_cap_mode"] == "fleet"
+            assert coord.owner.record()["held_leases"] == "2"
+            assert coord.owner.record()["fleet_cap_mode"] == "fleet"
         # ready: both held connections admitted, their leases gone
         held = [(s, t) for s, t in zip(sockets, tasks, strict=True) if s is not refused]
         await admitted_then_leave([s for s, _ in held], [t for _, t in held])
         await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
                                what="the leases released")
-        assert coord.record()["held_leases"] == "0"
+        assert coord.owner.record()["held_leases"] == "0"
 
 
 async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_is_cancelled(
@@ -299,14 +299,14 @@ async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_i
                                5, what="two leases")
         quitter.leave()
         await t1
-        assert coord.rejected["gave_up"] == 1
+        assert gate.state.rejected["gave_up"] == 1
         t2.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t2
         await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
                                what="both leases released")
-        assert len(coord.queue) == 0
-        assert coord.leases.held == set()
+        assert len(gate.state.queue) == 0
+        assert gate.state.leases.held == set()
 
 
 async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
@@ -316,7 +316,7 @@ async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
         (s,), (task,) = knock(gate, 1)
         await task  # returns once the hold timed out
         assert s.status == 503
-        assert coord.rejected["timeout"] == 1
+        assert gate.state.rejected["timeout"] == 1
         await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
                                what="the lease released")
 
@@ -329,9 +329,9 @@ async def test_gate_with_redis_down_holds_under_the_local_cap_and_reports_local_
         async with coord.phase("services"):
             sockets, tasks = knock(gate, 4)
             await async_wait_until(lambda: sockets[3].status == 503, 5, what="the 4th rejected")
-            assert len(coord.queue) == 3  # the local cap, not the fleet cap of 1
-            assert coord.rejected["queue_full"] == 1
-            assert coord.record()["fleet_cap_mode"] == "local"
+            assert len(gate.state.queue) == 3  # the local cap, not the fleet cap of 1
+            assert gate.state.rejected["queue_full"] == 1
+            assert coord.owner.record()["fleet_cap_mode"] == "local"
         await admitted_then_leave(sockets[:3], tasks[:3])
 
 
@@ -341,13 +341,13 @@ async def test_clean_stop_removes_the_leases_of_connections_still_held(
         startup = asyncio.create_task(run_phase_forever(coord, "services"))
         await async_wait_until(lambda: coord.current_phase == "services", 5)
         sockets, tasks = knock(gate, 2)
-        await async_wait_until(lambda: len(coord.leases.held) == 2, 5, what="two leases")
+        await async_wait_until(lambda: len(gate.state.leases.held) == 2, 5, what="two leases")
         await coord.stop()
         assert await members(client, namespace) == set()  # gone by the time stop() returns
         startup.cancel()
         await asyncio.gather(*tasks)
         assert [s.status for s in sockets] == [503, 503]
-        assert coord.rejected["draining"] == 2
+        assert gate.state.rejected["draining"] == 2
 
 
 async def run_phase_forever(coord: Coordinator, name: str) -> None:

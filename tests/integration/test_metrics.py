@@ -46,7 +46,7 @@ async def test_metrics_count_holds_rejections_leases_phases_drops_and_redis_erro
     async with coord.phase("services"):
         held, refused = FakeSocket(), FakeSocket()
         held_task = asyncio.create_task(gate(held.scope, held.receive, held.send))
-        await async_wait_until(lambda: len(coord.leases.held) == 1, 5, what="a lease")
+        await async_wait_until(lambda: len(gate.state.leases.held) == 1, 5, what="a lease")
         await gate(refused.scope, refused.receive, refused.send)
         assert refused.status == 503
         during = samples(metrics)
@@ -54,7 +54,7 @@ async def test_metrics_count_holds_rejections_leases_phases_drops_and_redis_erro
         await publisher.publish(f"{namespace}:instance:metered:events", b"not json")
         await publisher.aclose()
         await async_wait_until(lambda: coord.drops.total == 1, 5, what="the drop")
-    await async_wait_until(lambda: coord.admitted["after_hold"] == 1, 5, what="released")
+    await async_wait_until(lambda: gate.state.admitted["after_hold"] == 1, 5, what="released")
 
     assert value(during, "coordinator_held") == 1
     assert value(during, "coordinator_fleet_leases_held") == 1

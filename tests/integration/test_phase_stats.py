@@ -55,7 +55,7 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
         await gate(early.scope, early.receive, early.send)
         assert early.status == 503
         assert json.loads(early.sent[1]["body"])["reason"] == "starting"
-        assert first.record()["expected_ready_at"] == ""
+        assert first.owner.record()["expected_ready_at"] == ""
     await run_startup(first)
     await async_wait_until(lambda: _has_all(stats(url, namespace)), 5,
                            what="the first startup folded into N:phase_stats")
@@ -67,15 +67,15 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     assert set(second.phase_stats) == set(PHASES)
     async with second.phase("init"):
         now = time.time()
-        expected_at = float(second.record()["expected_ready_at"])
+        expected_at = float(second.owner.record()["expected_ready_at"])
         assert now < expected_at < now + 1.0  # about sum(DURATIONS) away
         early = FakeSocket()
         held = asyncio.create_task(gate(early.scope, early.receive, early.send))
-        await async_wait_until(lambda: len(second.queue) == 1, 5, what="the early one held")
+        await async_wait_until(lambda: len(gate.state.queue) == 1, 5, what="the early one held")
     startup = asyncio.create_task(run_startup(second))
     await async_wait_until(lambda: early.sent, 5, what="the answer")
     assert early.sent[0]["type"] == "websocket.accept"  # released when ready, not rejected
-    assert second.admitted["after_hold"] == 1
+    assert gate.state.admitted["after_hold"] == 1
     early.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await asyncio.gather(held, startup)
     await second.stop()
@@ -97,7 +97,7 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
         body = json.loads(early.sent[1]["body"])
         assert body["reason"] == "starting"
         assert body["retry_after"] == 8  # the estimate, rounded up: come back when ready
-        assert coord.rejected["starting"] == 1
+        assert gate.state.rejected["starting"] == 1
     await coord.stop()
 
 

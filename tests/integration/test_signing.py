@@ -24,7 +24,7 @@ import redis.asyncio as redis
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.connections import make_redis
 from coordinator.messages import MAX_MESSAGE_BYTES, Message, encode
-from tests.e2e.clients import CHAT, assert_chatted, chat
+from tests.support import CHAT, assert_chatted, chat
 from tests.integration.scripted import serving
 from tests.support import RedisServer, async_wait_until, free_port
 
@@ -59,6 +59,7 @@ class Pair:
 
     owner: Coordinator
     follower: Coordinator
+    gate: ConnectionGate
     url: str
     finish: asyncio.Event
 
@@ -82,8 +83,9 @@ async def owner_and_follower(redis_url: str, namespace: str,
         await follower.start()
         await async_wait_until(lambda: follower.current_phase == "services", 5,
                                what="the follower to see services")
-        async with serving(ConnectionGate(welcome_app, follower)) as url:  # type: ignore[arg-type]
-            yield Pair(owner, follower, url, finish)
+        gate = ConnectionGate(welcome_app, follower)  # type: ignore[arg-type]
+        async with serving(gate) as url:
+            yield Pair(owner, follower, gate, url, finish)
     finally:
         startup.cancel()
         await follower.stop()
@@ -107,7 +109,7 @@ async def attacker(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
 
 async def hold_two(pair: Pair) -> list[asyncio.Task[Any]]:
     clients = [asyncio.create_task(chat(pair.url, f"held {n}")) for n in range(2)]
-    await async_wait_until(lambda: len(pair.follower.queue) == 2, 10, what="two held")
+    await async_wait_until(lambda: len(pair.gate.state.queue) == 2, 10, what="two held")
     return clients
 
 
@@ -140,7 +142,7 @@ async def test_forged_events_and_a_forged_hash_never_release_held_connections(
             and drops["bad_record_signature"] >= 1, 10,
             what=f"every forgery counted (have {dict(drops)})")
         assert pair.follower.state.value == "starting"
-        assert len(pair.follower.queue) == 2
+        assert len(pair.gate.state.queue) == 2
         assert not any(c.done() for c in clients)
 
         pair.finish.set()  # the real ready, signed by the owner, releases them

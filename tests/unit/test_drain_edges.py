@@ -20,7 +20,7 @@ async def test_ready_phase_completing_during_a_drain_does_not_reopen_admission()
         coord.begin_drain()
     assert coord.state is State.DRAINING
     assert coord.ready_at is None
-    events = [coord._outbox.get_nowait().event for _ in range(coord._outbox.qsize())]
+    events = [coord.owner.outbox.get_nowait().event for _ in range(coord.owner.outbox.qsize())]
     assert "ready" not in events and events[-2:] == ["draining", "phase_completed"]
     client = Client()
     await asyncio.wait_for(connect(gate, client), DEADLINE)
@@ -37,7 +37,7 @@ async def test_a_phase_failing_during_a_drain_leaves_the_instance_draining():
 
 
 async def test_closing_connections_is_bounded_when_a_client_stops_reading():
-    _gate, coord, _app = make()
+    gate, coord, _app = make()
     stuck = asyncio.Event()
 
     async def never_closes(code: int, reason: str) -> None:
@@ -48,9 +48,9 @@ async def test_closing_connections_is_bounded_when_a_client_stops_reading():
     async def closes(code: int, reason: str) -> None:
         closed.append(code)
 
-    coord.connections.update({1: never_closes, 2: closes})
+    gate.state.connections.update({1: never_closes, 2: closes})
     assert await asyncio.wait_for(coord.close_connections(timeout=0.2), DEADLINE) == 1
-    assert closed == [1012] and coord.connections == {}
+    assert closed == [1012] and gate.state.connections == {}
 
 
 class ChattyApp:

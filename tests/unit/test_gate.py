@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from coordinator.core import Coordinator
-from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate, _HandshakeNoiseFilter
+from coordinator.logs import HandshakeNoiseFilter
+from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate
 from coordinator.phases import State
 from coordinator.settings import DEFAULT_PHASES, Settings
 
@@ -112,9 +113,9 @@ def connect(gate: ConnectionGate, client: Client) -> asyncio.Task[None]:
     return asyncio.create_task(gate(client.scope, client.receive, client.send))
 
 
-async def until_held(coord: Coordinator, depth: int) -> None:
+async def until_held(gate: ConnectionGate, depth: int) -> None:
     async def check() -> None:
-        while len(coord.queue) < depth:
+        while len(gate.state.queue) < depth:
             await asyncio.sleep(0.001)
     await asyncio.wait_for(check(), DEADLINE)
 
@@ -140,7 +141,7 @@ async def test_other_scopes_pass_through_untouched(scope_type: str) -> None:
     assert len(app.calls) == 1
     passed_scope, passed_receive, passed_send = app.calls[0]
     assert passed_scope is scope and passed_receive is receive and passed_send is send
-    assert len(coord.queue) == 0 and not coord.rejected and not coord.admitted
+    assert len(gate.state.queue) == 0 and not gate.state.rejected and not gate.state.admitted
 
 
 async def test_ready_fast_path_calls_the_app_without_redis() -> None:
@@ -152,8 +153,8 @@ async def test_ready_fast_path_calls_the_app_without_redis() -> None:
     assert_app_served(client)
     assert app.calls[0][0] is client.scope
     assert app.received[0] == {"type": "websocket.connect"}
-    assert coord.admitted == {"immediate": 1}
-    assert coord.connections == {}  # forgotten once the app returned
+    assert gate.state.admitted == {"immediate": 1}
+    assert gate.state.connections == {}  # forgotten once the app returned
 
 
 async def test_rejection_is_503_with_retry_after_where_the_server_offers_it() -> None:
@@ -170,7 +171,7 @@ async def test_rejection_is_503_with_retry_after_where_the_server_offers_it() ->
     assert retry_after.isdigit() and int(retry_after) >= 1
     assert json.loads(body["body"]) == {"reason": "starting", "retry_after": int(retry_after)}
     assert headers[b"content-length"] == str(len(body["body"])).encode()
-    assert coord.rejected == {"starting": 1}
+    assert gate.state.rejected == {"starting": 1}
 
 
 async def test_without_the_denial_extension_the_gate_accepts_and_closes_1013() -> None:
@@ -208,7 +209,7 @@ async def test_draining_rejects_with_1012_or_503(extensions: dict[str, Any],
         assert reason == {"reason": "draining", "retry_after": 1}
     else:
         assert client.sent[0]["status"] == 503
-    assert not app.calls and coord.rejected == {"draining": 1}
+    assert not app.calls and gate.state.rejected == {"draining": 1}
 
 
 async def test_failed_instance_rejects_new_handshakes() -> None:
@@ -230,23 +231,23 @@ async def test_held_connections_are_released_in_order_when_the_ready_phase_compl
         tasks = []
         for n, client in enumerate(clients, start=1):
             tasks.append(connect(gate, client))
-            await until_held(coord, n)
+            await until_held(gate, n)
         assert not app.calls and all(c.sent == [] for c in clients)  # held, not accepted
-        assert coord.queue.status()["depth"] == 3
+        assert gate.state.queue.status()["depth"] == 3
     await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
     for client in clients:
         assert_app_served(client)
     assert [call[0] for call in app.calls] == [c.scope for c in clients]  # first in, first out
     assert app.received[0] == {"type": "websocket.connect"}  # the buffered connect, replayed
-    assert coord.admitted == {"after_hold": 3}
-    assert len(coord.queue) == 0
+    assert gate.state.admitted == {"after_hold": 3}
+    assert len(gate.state.queue) == 0
 
 
 async def test_connection_before_any_phase_is_held_too() -> None:
     gate, coord, app = make()
     client = Client()
     task = connect(gate, client)
-    await until_held(coord, 1)  # phase unknown: held
+    await until_held(gate, 1)  # phase unknown: held
     await run_phases(coord, *DEFAULT_PHASES[:5])
     await asyncio.wait_for(task, DEADLINE)
     assert_app_served(client)
@@ -257,15 +258,15 @@ async def test_a_client_that_gives_up_while_held_frees_its_slot() -> None:
     async with in_phase(coord, "services"):
         quitter = Client()
         task = connect(gate, quitter)
-        await until_held(coord, 1)
-        assert not coord.queue.has_room
+        await until_held(gate, 1)
+        assert not gate.state.queue.has_room
         quitter.disconnect()
         await asyncio.wait_for(task, DEADLINE)
-        assert len(coord.queue) == 0 and coord.rejected == {"gave_up": 1}
+        assert len(gate.state.queue) == 0 and gate.state.rejected == {"gave_up": 1}
         assert quitter.sent == []  # nobody to answer
         stayer = Client()
         held = connect(gate, stayer)
-        await until_held(coord, 1)  # the freed slot is usable
+        await until_held(gate, 1)  # the freed slot is usable
     await asyncio.wait_for(held, DEADLINE)
     assert_app_served(stayer)
     assert [call[0] for call in app.calls] == [stayer.scope]
@@ -276,7 +277,7 @@ async def test_a_full_queue_rejects_with_queue_full() -> None:
     async with in_phase(coord, "services"):
         first = Client()
         held = connect(gate, first)
-        await until_held(coord, 1)
+        await until_held(gate, 1)
         second = Client()
         await asyncio.wait_for(gate(second.scope, second.receive, second.send), DEADLINE)
         code, reason = second.close_reason()
@@ -291,14 +292,14 @@ async def test_a_failed_phase_rejects_held_connections_at_once() -> None:
     with pytest.raises(RuntimeError):
         async with in_phase(coord, "services"):
             tasks = [connect(gate, c) for c in clients]
-            await until_held(coord, 2)
+            await until_held(gate, 2)
             raise RuntimeError("services exploded")
     await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
     code, reason = clients[0].close_reason()
     assert (code, reason["reason"]) == (1013, "failed")
     assert clients[1].sent[0]["status"] == 503
     assert json.loads(clients[1].sent[1]["body"])["reason"] == "failed"
-    assert not app.calls and coord.rejected == {"failed": 2}
+    assert not app.calls and gate.state.rejected == {"failed": 2}
 
 
 async def test_a_hold_that_runs_out_is_rejected_with_timeout() -> None:
@@ -308,7 +309,7 @@ async def test_a_hold_that_runs_out_is_rejected_with_timeout() -> None:
         await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
         code, reason = client.close_reason()
         assert (code, reason["reason"]) == (1013, "timeout")
-    assert not app.calls and coord.rejected == {"timeout": 1}
+    assert not app.calls and gate.state.rejected == {"timeout": 1}
 
 
 async def test_draining_rejects_held_connections_with_1012() -> None:
@@ -316,7 +317,7 @@ async def test_draining_rejects_held_connections_with_1012() -> None:
     async with in_phase(coord, "services"):
         client = Client()
         task = connect(gate, client)
-        await until_held(coord, 1)
+        await until_held(gate, 1)
         coord.begin_drain()
         await asyncio.wait_for(task, DEADLINE)
     code, reason = client.close_reason()
@@ -336,7 +337,7 @@ def test_the_denial_noise_filter_drops_only_the_websocket_line_it_expects() -> N
     def record(msg: str) -> logging.LogRecord:
         return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, None, None)
 
-    noise = _HandshakeNoiseFilter()
+    noise = HandshakeNoiseFilter()
     noise.expect()
     noise.expect()
     # A real HTTP app bug right after a denial is still logged, and uses up no expectation.

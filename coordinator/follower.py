@@ -1,0 +1,90 @@
+"""What only a follower does: learn the instance's status from Redis.
+
+A follower gates connections for an instance whose startup runs in another process (a
+sidecar, another uvicorn worker). It learns the status from three sources, fastest
+first: events on ``N:instance:<id>:events``, a read of the instance hash after every
+(re)subscribe, and re-reads of the hash at 50 ms, 100 ms, ... 1 s while anyone waits
+(pub/sub is at-most-once: a lost message delays a release by one interval at most).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from . import messages, registry
+from .connections import REDIS_ERRORS
+from .exceptions import InvalidMessage
+from .phases import Event, State
+from .readiness import Status, advance, progressive_intervals, status_from_message, \
+    status_from_record
+
+if TYPE_CHECKING:
+    from .core import Coordinator
+
+
+class Follower:
+    """The follower's side of a :class:`~coordinator.core.Coordinator`."""
+
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+        self._poll: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Nothing runs until someone waits (see :meth:`wanted`)."""
+
+    async def on_link_up(self) -> None:
+        coord = self.coord
+        self.follow_record(await registry.read_record(coord.redis, coord.keys, coord.id))
+
+    def after_link_up(self, published: Status) -> None:
+        """A follower publishes nothing."""
+
+    def on_message(self, msg: messages.Message) -> None:
+        self._follow(status_from_message(msg, self.coord.plan))
+
+    def emit(self, event: Event, **extra: object) -> None:
+        """A follower publishes nothing: the owner speaks for the instance."""
+
+    async def leave(self) -> None:
+        """The record is the owner's to remove."""
+
+    def wanted(self) -> None:
+        """Someone started waiting: make sure the safety-net poll runs."""
+        if self._poll is None or self._poll.done():
+            self._poll = self.coord.tasks.spawn(self._poll_loop(), "poll")
+
+    async def _poll_loop(self) -> None:
+        """Re-read the hash at 50 ms, 100 ms, ... 1 s while anyone waits."""
+        coord = self.coord
+        for interval in progressive_intervals():
+            await asyncio.sleep(interval)
+            if coord.state is not State.STARTING or not coord.anyone_waiting:
+                return
+            try:
+                raw = await registry.read_record(coord.redis, coord.keys, coord.id)
+            except REDIS_ERRORS as exc:
+                coord._link_lost(exc)
+                continue
+            self.follow_record(raw)
+
+    def follow_record(self, raw: dict[str, str]) -> None:
+        """Follow the instance hash, unless its ``sig`` fails: then count it and ignore it."""
+        if not raw:
+            return
+        coord = self.coord
+        if not messages.record_signature_ok(raw, coord.settings.signing_key):
+            coord.dropped(InvalidMessage("bad_record_signature"), coord.keys.instance(coord.id))
+            return
+        record = registry.decode_record(raw)
+        if not registry.is_live(record, time.time()):
+            return  # left by an instance that died: its successor has not written yet
+        self._follow(status_from_record(record))
+
+    def _follow(self, incoming: Status | None) -> None:
+        if incoming is None:
+            return
+        new = advance(self.coord.status, incoming)
+        if new != self.coord.status:
+            self.coord._set_status(new)

@@ -1,0 +1,96 @@
+"""The one pub/sub loop: subscribe, deliver, and on any failure subscribe again.
+
+Both readers of channels use it: the coordinator's Redis link (its instance channel) and
+the dashboard feed (``N:events``). Each delivered message goes to a synchronous
+callback; a callback that raises is logged (at most once per ``LOG_INTERVAL``) and the
+loop goes on, so no message, however malformed, can take the link down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio as redis
+
+from .backoff import RECONNECT, Backoff
+from .connections import REDIS_ERRORS
+
+log = logging.getLogger("coordinator.link")
+POLL = 1.0  # seconds get_message waits before the loop checks that it should go on
+LOG_INTERVAL = 10.0
+
+OnMessage = Callable[[str, Any], None]
+
+
+def _nothing(_exc: BaseException) -> None:
+    return None
+
+
+class Subscription:
+    """Follows ``channels`` until cancelled, reconnecting with :data:`RECONNECT` backoff.
+
+    ``on_up`` runs after every successful (re)subscribe, before any message is
+    delivered: the place to re-read state that messages may have been lost for.
+    ``on_error`` is told of every failure that ends a round (a Redis error, or an error
+    of ``on_up``). ``healthy`` is checked between messages: when it turns false (another
+    task saw the link fail) the round ends and the loop subscribes again.
+    """
+
+    def __init__(self, client: redis.Redis, channels: Sequence[str], *,
+                 on_message: OnMessage,
+                 on_up: Callable[[], Awaitable[None]] | None = None,
+                 on_error: Callable[[BaseException], None] = _nothing,
+                 healthy: Callable[[], bool] = lambda: True,
+                 backoff: Backoff = RECONNECT, name: str = "subscription") -> None:
+        self.client = client
+        self.channels = tuple(channels)
+        self.on_message = on_message
+        self.on_up = on_up
+        self.on_error = on_error
+        self.healthy = healthy
+        self.backoff = backoff
+        self.name = name
+        self.callback_errors = 0
+        self._last_log = -LOG_INTERVAL
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*self.channels)
+                if self.on_up is not None:
+                    await self.on_up()
+                attempt = 0
+                while self.healthy():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
+                    if msg is not None:
+                        self._deliver(msg)
+            except REDIS_ERRORS as exc:
+                self.on_error(exc)
+            except Exception as exc:  # bad data in Redis (or a bug) must not end the link
+                log.exception("%s: unexpected error; subscribing again", self.name)
+                self.on_error(exc)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await asyncio.shield(pubsub.aclose())
+            attempt += 1
+            await asyncio.sleep(self.backoff.delay(attempt))
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        channel = msg.get("channel")
+        try:
+            self.on_message(channel.decode(errors="replace") if isinstance(channel, bytes)
+                            else str(channel), msg.get("data"))
+        except Exception:
+            self.callback_errors += 1
+            now = time.monotonic()
+            if now - self._last_log >= LOG_INTERVAL:
+                self._last_log = now
+                log.exception("%s: a message handler failed (%d so far); the link goes on",
+                              self.name, self.callback_errors)
