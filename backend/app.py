@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
-from coordinator import ConnectionGate, Coordinator, State
+from coordinator import ConnectionGate, Coordinator
 from coordinator.connections import REDIS_ERRORS
 from coordinator.dashboard import mount_dashboard
+from coordinator.health import HealthApp
 from coordinator.metrics import CONTENT_TYPE, Metrics
 from coordinator.registry import fleet_snapshot
 
@@ -103,22 +104,7 @@ class Backend:
                     text = await websocket.receive_text()
                     await websocket.send_json(services.reply(text))
 
-        @api.get("/health/live")
-        async def live() -> JSONResponse:
-            # A failed instance can never serve chat again: let the platform replace it
-            # (Cloud Run's liveness probe, a Kubernetes livenessProbe, compose's restart).
-            failed = coord.state is State.FAILED
-            return JSONResponse({"status": "failed" if failed else "live", "instance": coord.id},
-                                status_code=503 if failed else 200)
-
-        @api.get("/health/startup")
-        async def startup() -> JSONResponse:
-            started = coord.ready_at is not None
-            return JSONResponse(self._health(), status_code=200 if started else 503)
-
-        @api.get("/health/ready")
-        async def ready() -> JSONResponse:
-            return JSONResponse(self._health(), status_code=200 if coord.is_ready else 503)
+        api.mount("/health", HealthApp(coord, self.gate))
 
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
@@ -136,24 +122,6 @@ class Backend:
         @api.get("/metrics")
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-
-    def _health(self) -> dict[str, Any]:
-        coord, gate = self.coord, self.gate.state
-        return {
-            "instance": coord.id,
-            "state": coord.state.value,
-            "phase": coord.current_phase,
-            "phase_index": coord.status.phase_index,
-            "phases_total": coord.plan.total,
-            "redis": "ok" if coord.redis_ok else "down",
-            "queue": gate.queue.status(),
-            "fleet_cap": {"cap": gate.leases.cap, "mode": gate.leases.mode,
-                          "held_leases": len(gate.leases.held)},
-            "admitted": dict(gate.admitted),
-            "rejected": dict(gate.rejected),
-            "dropped_messages": dict(coord.drops.counts),
-        }
-
 
 def create_app(config: BackendConfig | None = None) -> Backend:
     return Backend(config or BackendConfig.from_env())

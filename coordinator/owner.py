@@ -44,6 +44,7 @@ class Owner:
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
         self.phase_durations: dict[str, float] = {}
+        self._folded: set[str] = set()
         self.outbox: asyncio.Queue[messages.Message] = asyncio.Queue(OUTBOX_SIZE)
 
     def start(self) -> None:
@@ -90,8 +91,8 @@ class Owner:
         self.emit(Event.PHASE_COMPLETED, duration=round(duration, 4))
         if becomes_ready:
             self.emit(Event.READY)
-        if index == coord.plan.total and coord.redis_ok:
-            coord.tasks.spawn(self._fold_stats(dict(self.phase_durations)), "fold-stats")
+        if becomes_ready or index == coord.plan.total:
+            self._fold_new_stats()
 
     # -- the record and the events --------------------------------------------------
 
@@ -182,6 +183,14 @@ class Owner:
                                             float(record["heartbeat_at"]))
             except REDIS_ERRORS as exc:
                 coord._link_lost(exc)
+
+    def _fold_new_stats(self) -> None:
+        """Teach the fleet this startup's durations: at ready (what the estimate of when
+        an instance will be ready needs), then at the last phase (the rest), each once."""
+        fresh = {p: d for p, d in self.phase_durations.items() if p not in self._folded}
+        if fresh and self.coord.redis_ok:
+            self._folded.update(fresh)
+            self.coord.tasks.spawn(self._fold_stats(fresh), "fold-stats")
 
     async def _fold_stats(self, durations: dict[str, float]) -> None:
         with contextlib.suppress(*REDIS_ERRORS):

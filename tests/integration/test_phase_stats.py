@@ -120,3 +120,39 @@ async def test_a_field_name_that_is_not_utf8_in_the_stats_does_not_keep_the_link
             await coord.stop()
     finally:
         await client.aclose()
+
+
+async def test_the_fleet_learns_the_startup_when_the_ready_phase_completes_not_at_the_last(
+        redis_server: RedisServer, namespace: str) -> None:
+    """A service whose later phases take long (or never end) still teaches the fleet
+    what an estimate of "ready" needs; the later phases are folded when they complete."""
+    url = redis_server.url
+    coord = Coordinator(Settings(redis_url=url, namespace=namespace, instance_id="slow-tail",
+                                 phases=("init", "services", "warmup"), ready_phase="services",
+                                 environment="test"))
+    await coord.start()
+    finish = asyncio.Event()
+
+    async def startup() -> None:
+        for name in ("init", "services", "warmup"):
+            async with coord.phase(name):
+                if name == "warmup":
+                    await finish.wait()
+
+    task = asyncio.create_task(startup())
+    try:
+        await async_wait_until(lambda: _has(stats(url, namespace), {"init", "services"}), 5,
+                               what="init and services folded at ready")
+        assert coord.current_phase == "warmup"
+        assert "warmup" not in await stats(url, namespace)
+        finish.set()
+        await task
+        await async_wait_until(lambda: _has(stats(url, namespace), {"init", "services", "warmup"}),
+                               5, what="warmup folded at the last phase")
+    finally:
+        task.cancel()
+        await coord.stop()
+
+
+async def _has(pending: Any, phases: set[str]) -> bool:
+    return set(await pending) == phases

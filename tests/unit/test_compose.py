@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from backend.app import create_app
+from coordinator.health import PATHS as HEALTH_PATHS
+from coordinator.health import HealthApp
 from backend.config import BackendConfig
 from demo.processes import BACKEND_COMMAND, backend_env
 from tests.support import ROOT
@@ -55,7 +57,14 @@ def known_variables() -> set[str]:
 
 
 def backend_paths() -> set[str]:
-    return {route.path for route in create_app(BackendConfig.from_env({})).api.routes}
+    """Every path the backend answers: its routes, and what its mounted apps serve."""
+    paths = set()
+    for route in create_app(BackendConfig.from_env({})).api.routes:
+        if isinstance(getattr(route, "app", None), HealthApp):
+            paths.update(HEALTH_PATHS)
+        else:
+            paths.add(route.path)
+    return paths
 
 
 def dockerfile() -> list[tuple[str, str]]:
