@@ -25,7 +25,7 @@ from typing import Protocol
 
 import redis.asyncio as redis
 
-from . import messages, registry
+from . import logs, messages, registry
 from .connections import REDIS_ERRORS, make_redis
 from .keys import Keys
 from .link import Subscription
@@ -237,6 +237,7 @@ class Coordinator:
         if self._started:
             return
         self._started = True
+        logs.ensure_visible()
         link = Subscription(self.redis, [self.keys.instance_events(self.id)],
                             on_message=self._on_message, on_up=self._on_link_up,
                             on_error=self._link_lost, healthy=lambda: self.redis_ok,

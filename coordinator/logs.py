@@ -31,6 +31,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Shows the coordinator's records on stderr while nothing else would.
+
+    Installed by :func:`ensure_visible` when the host application has set up no logging
+    (plain ``uvicorn app:app`` configures only its own loggers, so Python would print
+    warnings and drop everything else). Once the root logger has a handler, records
+    reach it by propagation and this one stays silent: no line is printed twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+class _PaddedFormatter(logging.Formatter):
+    """``INFO:     coordinator: redis link up``: uvicorn's own line shape."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelprefix = f"{record.levelname}:".ljust(9)
+        return super().format(record)
+
+
+def ensure_visible(name: str = "coordinator") -> None:
+    """Make the coordinator's INFO records visible under a host that set up no logging.
+
+    Called by ``Coordinator.start()``. With the root logger configured (``logging.
+    basicConfig``, ``dictConfig``, :func:`configure`) it does nothing: the records go
+    where the application sends everything else, at the levels it chose.
+    """
+    logger = logging.getLogger(name)
+    if logging.getLogger().handlers or any(isinstance(h, _FallbackHandler)
+                                           for h in logger.handlers):
+        return
+    handler = _FallbackHandler(sys.stderr)
+    handler.setFormatter(_PaddedFormatter("%(levelprefix)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def configure(log_format: str, instance_id: str, level: int = logging.INFO) -> dict:
     """Set up the root logger; returns a uvicorn ``log_config`` that routes through it."""
     handler = logging.StreamHandler(sys.stderr)
