@@ -22,6 +22,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from backend.app import create_app
 from backend.config import BackendConfig
@@ -60,7 +61,9 @@ def known_variables() -> set[str]:
 
 
 def backend_paths() -> set[str]:
-    return {route.path for route in create_app(BackendConfig.from_env({})).api.routes}
+    routes = create_app(BackendConfig.from_env({})).api.routes
+    assert all(isinstance(route, Route | WebSocketRoute | Mount) for route in routes)
+    return {route.path for route in routes if isinstance(route, Route | WebSocketRoute | Mount)}
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -116,7 +119,7 @@ def dockerignored(path: str) -> bool:
 
 def lock_pins(name: str) -> dict[str, Requirement]:
     """A lock file's requirements by canonical name."""
-    pins = {}
+    pins: dict[str, Requirement] = {}
     for line in (ROOT / name).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
