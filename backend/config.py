@@ -77,6 +77,7 @@ def parse_durations(raw: str, phases: tuple[str, ...]) -> dict[str, float]:
         except ValueError:
             seconds = -1.0
         if not 0 <= seconds < 3600:
-            raise ConfigError("BACKEND_PHASE_DURATIONS", raw, f"{item!r}: expected 0 <= seconds < 3600")
+            raise ConfigError("BACKEND_PHASE_DURATIONS", raw,
+                              f"{item!r}: expected 0 <= seconds < 3600")
         out[name] = seconds
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 
@@ -71,7 +71,7 @@ class Life:
 
 async def serve() -> None:
     settings = Settings.from_env()
-    client = LossyRedis.from_url(settings.redis_url)
+    client = cast(LossyRedis, LossyRedis.from_url(settings.redis_url))  # typed as Redis
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

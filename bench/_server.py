@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import uvicorn
@@ -33,7 +34,7 @@ from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.connections import REDIS_ERRORS, make_redis
 from coordinator.readiness import progressive_intervals
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 LATER_PHASE_SECONDS = 0.05
 
 

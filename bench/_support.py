@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -44,7 +44,7 @@ __all__ = [
 # -- arguments and the report --------------------------------------------------------
 
 def run_benchmark(name: str, doc: str,
-                  body: Callable[[Report, RedisServer], Awaitable[None]],
+                  body: Callable[[Report, RedisServer], Coroutine[Any, Any, None]],
                   argv: Sequence[str] | None = None) -> int:
     """A benchmark's ``main``: its arguments, its report, its own redis-server around
     ``body(report, redis_server)``."""
@@ -165,13 +165,14 @@ class BenchServer:
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def start(self, status_path: str = "/bench/status") -> BenchServer:
+    def start(self, status_path: str = "/bench/status") -> Self:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT,
-                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.get(status_path)[0] == 200 or self.proc.poll() is not None,
+            proc = self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT,
+                                                env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT)
+        wait_until(lambda: self.get(status_path)[0] == 200 or proc.poll() is not None,
                    30, what=f"{self.module} on {self.port}")
-        if self.proc.poll() is not None:
+        if proc.poll() is not None:
             raise RuntimeError(f"{self.module} exited at start:\n{self.log()}")
         return self
 

@@ -31,8 +31,17 @@ from coordinator import Coordinator, Settings, registry
 from coordinator.cli import fleet as cli_fleet
 from coordinator.keys import Keys
 
-from ._support import ROOT, CountingConnection, CountingProxy, RedisServer, Report, \
-    command_calls, commands_delta, reply_parser, run_benchmark
+from ._support import (
+    ROOT,
+    CountingConnection,
+    CountingProxy,
+    RedisServer,
+    Report,
+    command_calls,
+    commands_delta,
+    reply_parser,
+    run_benchmark,
+)
 
 NAMESPACE = "bench-fleet"
 TTL = 600.0  # the records must outlive the benchmark
@@ -79,7 +88,7 @@ async def raw_pages(client: redis.Redis, keys: Keys) -> None:
     for start in range(0, len(ids), registry.PAGE_SIZE):
         async with client.pipeline(transaction=False) as pipe:
             for instance_id in ids[start:start + registry.PAGE_SIZE]:
-                pipe.hgetall(keys.instance(instance_id.decode()))
+                pipe.hgetall(keys.instance(registry.as_text(instance_id)))
             await pipe.execute()
 
 

@@ -20,8 +20,7 @@ from collections import Counter
 
 import redis.asyncio as redis
 
-from ._support import LineProcess, RedisServer, Report, command_calls, commands_delta, \
-    run_benchmark
+from ._support import LineProcess, RedisServer, Report, command_calls, commands_delta, run_benchmark
 
 KEY = "bench-leases:leases"
 PROCESSES = 4

@@ -37,8 +37,18 @@ import redis.asyncio as redis
 
 from coordinator.readiness import MAX_INTERVAL
 
-from ._support import BenchServer, Handshake, LineProcess, RedisServer, Report, http_json, \
-    ms, open_handshakes, pct, run_benchmark
+from ._support import (
+    BenchServer,
+    Handshake,
+    LineProcess,
+    RedisServer,
+    Report,
+    http_json,
+    ms,
+    open_handshakes,
+    pct,
+    run_benchmark,
+)
 
 INSTANCE = "bench-release"
 READY_PHASE = "services"

@@ -13,6 +13,7 @@ same client, the same number of clients per instance, all three at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import tempfile
 import time
@@ -138,6 +139,10 @@ def summarise(report: Report, plan: Plan, arrivals: list[Arrival], achieved: flo
                  f"1011s over {len(arrivals)} clients, counted by the clients")
 
 
+def listening(backend: BackendProcess) -> bool:
+    return backend.get("/health/live")[0] == 200
+
+
 async def bench(report: Report, redis_server: RedisServer) -> None:
     plan = (Plan(clients=60, seconds=1.0, services=0.5, max_queue=10) if report.smoke
             else Plan(clients=2000, seconds=4.0, services=3.0, max_queue=200))
@@ -154,8 +159,7 @@ async def bench(report: Report, redis_server: RedisServer) -> None:
         for backend in backends:
             backend.start(wait=False)
         for backend in backends:
-            wait_until(lambda b=backend: b.get("/health/live")[0] == 200, 30,
-                       what="a backend to listen")
+            wait_until(functools.partial(listening, backend), 30, what="a backend to listen")
         arrivals, achieved = await arrive([b.ws_url for b in backends], plan)
         for backend in backends:
             backend.wait_ready(30)

@@ -170,9 +170,9 @@ class Report:
             f"  connections tried          {self.clients} clients, {self.handshakes} handshakes",
             f"  admitted at once           {self.admitted_at_once}",
             f"  held, then admitted        {self.held_then_admitted}",
-            f"  rejected with retry hint   {self.rejections} handshakes (HTTP 503 Retry-After "
-            f"/ 1013 / 1012); {self.clients_rejected_then_served} of those clients "
-            "were served on a later try",
+            (f"  rejected with retry hint   {self.rejections} handshakes (HTTP 503 Retry-After "
+             f"/ 1013 / 1012); {self.clients_rejected_then_served} of those clients "
+             "were served on a later try"),
             f"  served in the end          {self.served} of {self.clients}",
             f"  closed with 1011           {self.closed_1011}",
             f"  gave up (retry bounds)     {self.gave_up}",

@@ -3,7 +3,9 @@
 The compose file must describe the fleet the process-based runs start: the same command
 (``python -m backend``), the same variable names as bin/demo's instances, values the
 backend accepts, health checks on paths the backend serves, and a HAProxy given every
-variable deploy/haproxy.cfg reads.
+variable deploy/haproxy.cfg reads. The image installs its dependencies from
+requirements.lock, which must pin everything pyproject.toml's core and ``backend`` extra
+ask for (bin/lock rewrites it), and runs the backend from its working directory.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import os
 import re
 import shlex
 import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from backend.app import create_app
+from backend.config import BackendConfig
 from coordinator.health import PATHS as HEALTH_PATHS
 from coordinator.health import HealthApp
-from backend.config import BackendConfig
 from demo.processes import BACKEND_COMMAND, backend_env
 from tests.support import ROOT
 
@@ -60,7 +66,8 @@ def backend_paths() -> set[str]:
     """Every path the backend answers: its routes, and what its mounted apps serve."""
     paths = set()
     for route in create_app(BackendConfig.from_env({})).api.routes:
-        if isinstance(getattr(route, "app", None), HealthApp):
+        assert isinstance(route, Route | WebSocketRoute | Mount)
+        if isinstance(route, Mount) and isinstance(route.app, HealthApp):
             paths.update(HEALTH_PATHS)
         else:
             paths.add(route.path)
@@ -76,6 +83,77 @@ def dockerfile() -> list[tuple[str, str]]:
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
             out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the image's last stage, the one that runs."""
+    instructions = dockerfile()
+    start = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[start + 1:]
+
+
+def pip_installs() -> list[list[str]]:
+    """The arguments after ``pip install`` of every such command the Dockerfile runs."""
+    out = []
+    for word, args in dockerfile():
+        if word == "RUN":
+            for command in args.split("&&"):
+                argv = shlex.split(command)
+                for i in range(len(argv) - 1):
+                    if argv[i].endswith("pip") and argv[i + 1] == "install":
+                        out.append(argv[i + 2:])
+    return out
+
+
+def dockerignored(path: str) -> bool:
+    """Whether Docker leaves ``path`` (relative to the root) out of the build context.
+
+    As Docker reads .dockerignore: a pattern matches a path or any folder above it, a
+    ``!`` pattern takes back what the patterns before it left out, the last match wins.
+    """
+    ignored = False
+    parts = path.split("/")
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated, pattern = line.startswith("!"), line.lstrip("!")
+        regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(regex, "/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            ignored = not negated
+    return ignored
+
+
+def lock_pins(name: str) -> dict[str, Requirement]:
+    """A lock file's requirements by canonical name."""
+    pins: dict[str, Requirement] = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[canonicalize_name(req.name)] = req
+    return pins
+
+
+def project_requirements(*extras: str) -> list[Requirement]:
+    """pyproject.toml's core requirements and those of ``extras``, the project's own
+    extras that they name (``ws-coordinator[metrics]``) followed."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    own = canonicalize_name(project["name"])
+    out, seen, todo = [], set(), [None, *extras]
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        lines = (project["dependencies"] if extra is None
+                 else project["optional-dependencies"][extra])
+        for req in map(Requirement, lines):
+            if canonicalize_name(req.name) == own:
+                todo.extend(req.extras)
+            else:
+                out.append(req)
     return out
 
 
@@ -179,12 +257,66 @@ def test_the_image_is_slim_non_root_and_honours_port():
 
 
 def test_dockerignore_keeps_the_build_context_small():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    assert {".git", ".venv", "tests"} <= ignored
-    copied = {shlex.split(args)[0].split("/")[0] for word, args in dockerfile()
-              if word == "COPY" and "--from" not in args}
-    assert not copied & ignored  # nothing the image needs is left out of the context
+    copied = {source.rstrip("/") for word, args in dockerfile()
+              if word == "COPY" and "--from" not in args for source in shlex.split(args)[:-1]}
+    for source in copied:  # nothing the image needs is left out of the context
+        assert not dockerignored(source), source
+        for path in (ROOT / source).rglob("*") if (ROOT / source).is_dir() else ():
+            if "__pycache__" not in path.parts:
+                assert not dockerignored(str(path.relative_to(ROOT))), path
+    # and nothing else goes in: not the repository's history, the virtualenv, the tests,
+    # the development lock, nor bytecode
+    context = {entry.name for entry in ROOT.iterdir() if not dockerignored(entry.name)}
+    assert context == copied, context ^ copied
+    for left_out in (".git", ".venv", "tests", "bench", "demo", "requirements-dev.lock",
+                     "coordinator/__pycache__/core.cpython-311.pyc"):
+        assert dockerignored(left_out), left_out
+
+
+def test_the_image_installs_from_the_lock():
+    installs = pip_installs()
+    assert installs, "the Dockerfile installs nothing"
+    # every dependency comes from the lock; the project itself adds none of its own
+    for args in installs:
+        assert args[-2:] == ["-r", "requirements.lock"] or "--no-deps" in args, args
+    locked = [i for i, args in enumerate(installs) if "requirements.lock" in args]
+    project = [i for i, args in enumerate(installs) if "--no-deps" in args and "." in args]
+    assert locked and project and locked[0] < project[0]
+    copies = [shlex.split(args) for word, args in dockerfile() if word == "COPY"]
+    assert ["requirements.lock", "./"] in copies
+
+
+def test_the_lock_pins_what_the_image_and_the_tests_need():
+    image, dev = lock_pins("requirements.lock"), lock_pins("requirements-dev.lock")
+    for pins in (image, dev):
+        for req in pins.values():  # exact pins only
+            assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", req
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for lock, extras in ((image, ["backend"]), (dev, list(project["optional-dependencies"]))):
+        for req in project_requirements(*extras):
+            pinned = lock.get(canonicalize_name(req.name))
+            assert pinned, f"{req} is not in the lock: run bin/lock"
+            version = next(iter(pinned.specifier)).version
+            assert req.specifier.contains(version, prereleases=True), \
+                f"{req} against the locked {version}: run bin/lock"
+    # the image runs the versions the tests ran
+    assert {name: str(req.specifier) for name, req in image.items()} == {
+        name: str(dev[name].specifier) for name in image}
+
+
+def test_the_image_runs_the_backend_from_its_working_directory():
+    stage = final_stage()
+    workdir = [args for word, args in stage if word == "WORKDIR"][-1]
+    copies = [shlex.split(args) for word, args in stage if word == "COPY"]
+    sources = {source.rstrip("/"): argv[-1] for argv in copies if "--from" not in argv[0]
+               for source in argv[:-1]}
+    target = sources["backend"]
+    assert os.path.normpath(os.path.join(workdir, target)) == os.path.join(workdir, "backend")
+    assert (ROOT / "backend" / "__main__.py").is_file()
+    # backend/ is not part of the wheel: the image's only copy is the one it runs
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    assert find["include"] == ["coordinator", "coordinator.*"]
 
 
 def test_known_variables_are_what_the_backend_reads():
