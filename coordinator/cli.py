@@ -31,8 +31,14 @@ from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
 from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
-from .render import CLEAR_SCREEN, duration, phase_progress, printable, render_event, \
-    render_fleet_table
+from .render import (
+    CLEAR_SCREEN,
+    duration,
+    phase_progress,
+    printable,
+    render_event,
+    render_fleet_table,
+)
 from .settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2

@@ -138,7 +138,7 @@ class Session:
         await self.close()
 
 
-class connect:  # noqa: N801 - used like websockets' own ``connect``
+class connect:
     """``await connect(url)`` or ``async with connect(url) as session``.
 
     ``on_attempt`` is called after every handshake with its :class:`Attempt`, the last
@@ -275,7 +275,7 @@ _RETRIED_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ..
 _NOT_RETRIED = (socket.gaierror, ssl.SSLCertVerificationError)
 
 
-def _gate_reason(raw: bytes | str | None) -> tuple[str | None, float | None]:
+def _gate_reason(raw: bytes | bytearray | str | None) -> tuple[str | None, float | None]:
     """``{"reason": ..., "retry_after": N}`` as the gate writes it; (None, None) if not."""
     if not raw:
         return None, None

@@ -27,6 +27,7 @@ import redis.asyncio as redis
 
 from . import logs, messages, registry
 from .connections import REDIS_ERRORS, make_redis
+from .exceptions import InvalidMessage
 from .keys import Keys
 from .link import Subscription
 from .phases import Event, PhasePlan, State
@@ -344,7 +345,7 @@ class Coordinator:
         try:
             with self.waiting():
                 return await asyncio.wait_for(future, timeout) is State.READY
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             self._ready_waiters.discard(future)
@@ -398,12 +399,12 @@ class Coordinator:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
                                   signing_key=self.settings.signing_key,
                                   expected_instance=self.id)
-        except messages.InvalidMessage as exc:
+        except InvalidMessage as exc:
             self.dropped(exc, channel)
             return
         self._role.on_message(msg)
 
-    def dropped(self, error: messages.InvalidMessage, where: str) -> None:
+    def dropped(self, error: InvalidMessage, where: str) -> None:
         """Count (and, rate-limited, log) invalid data read from ``where``."""
         self.drops.drop(error, where)
         self._tell(Change.DROP)

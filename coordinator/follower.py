@@ -17,8 +17,13 @@ from . import messages, registry
 from .connections import REDIS_ERRORS
 from .exceptions import InvalidMessage
 from .phases import Event, State
-from .readiness import Status, advance, progressive_intervals, status_from_message, \
-    status_from_record
+from .readiness import (
+    Status,
+    advance,
+    progressive_intervals,
+    status_from_message,
+    status_from_record,
+)
 
 if TYPE_CHECKING:
     from .core import Coordinator

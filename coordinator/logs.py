@@ -71,7 +71,7 @@ def ensure_visible(name: str = "coordinator") -> None:
         logger.setLevel(logging.INFO)
 
 
-def configure(log_format: str, instance_id: str, level: int = logging.INFO) -> dict:
+def configure(log_format: str, instance_id: str, level: int = logging.INFO) -> dict[str, object]:
     """Set up the root logger; returns a uvicorn ``log_config`` that routes through it."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":

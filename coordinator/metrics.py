@@ -8,6 +8,7 @@ the gate, once per held connection.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,15 +22,20 @@ from .phases import State
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _family(kind: type[Metric], name: str, doc: str, instance: str,
-            values: Mapping[str, float] | float, label: str | None = None) -> Metric:
-    """One metric family: a single value, or one value per ``label`` value."""
-    if label is None:
+Family = GaugeMetricFamily | CounterMetricFamily
+
+
+def _family(kind: type[Family], name: str, doc: str, instance: str,
+            values: Mapping[Any, float] | float, label: str | None = None) -> Family:
+    """One metric family: a single value, or one value per ``label`` value (keys may be
+    StrEnum members: a label value is their text)."""
+    if isinstance(values, int | float):
         family = kind(name, doc, labels=["instance"])
-        family.add_metric([instance], float(values))  # type: ignore[arg-type]
+        family.add_metric([instance], float(values))
         return family
+    assert label is not None
     family = kind(name, doc, labels=["instance", label])
-    for key, value in sorted(values.items()):  # type: ignore[union-attr]
+    for key, value in sorted((str(k), v) for k, v in values.items()):
         family.add_metric([instance, key], float(value))
     return family
 
@@ -79,7 +85,7 @@ class _CoordinatorCollector(Collector):
         yield _family(counter, "coordinator_admitted", "Handshakes admitted", c.id,
                       {"immediate": 0, "after_hold": 0, **state.admitted}, "how")
         yield _family(counter, "coordinator_rejected", "Handshakes rejected", c.id,
-                      dict(state.rejected), "reason")
+                      state.rejected, "reason")
         yield _family(gauge, "coordinator_fleet_leases_held",
                       "Fleet leases (N:leases) this instance holds now", c.id, len(leases.held))
         yield _family(counter, "coordinator_fleet_lease_requests",

@@ -123,7 +123,7 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-_PARSERS: dict[str, Any] = {**{n: int for n in INT_FIELDS}, **{n: _finite for n in FLOAT_FIELDS}}
+_PARSERS: dict[str, Any] = {**dict.fromkeys(INT_FIELDS, int), **dict.fromkeys(FLOAT_FIELDS, _finite)}
 
 
 def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:

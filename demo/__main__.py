@@ -28,11 +28,12 @@ from typing import Any, TextIO
 
 import redis
 
-from coordinator.render import CLEAR_SCREEN, render_fleet_table
 from coordinator.connections import REDIS_ERRORS, make_redis
 from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot
+from coordinator.render import CLEAR_SCREEN, render_fleet_table
 from coordinator.settings import redact_url
+from harness.processes import free_port
 
 from .processes import (
     Child,
@@ -40,7 +41,6 @@ from .processes import (
     SetupError,
     backend_env,
     find_redis,
-    free_port,
     start_backend,
 )
 from .storm import Report, Storm

@@ -130,7 +130,7 @@ def wait_for_phase(backend: BackendProcess, phases: Iterable[str], timeout: floa
     wanted = set(phases)
 
     def reached() -> bool:
-        status, body = backend.get("/health/ready")
+        _status, body = backend.get("/health/ready")
         if not isinstance(body, dict):
             return False
         assert body["state"] == "starting", f"instance left starting before {wanted}: {body}"
@@ -147,7 +147,7 @@ def counters(body: Mapping[str, Any]) -> dict[str, Any]:
             "depth": queue["depth"]}
 
 
-def _parse(raw: bytes | str | None) -> Any:
+def _parse(raw: bytes | bytearray | str | None) -> Any:
     if not raw:
         return None
     try:

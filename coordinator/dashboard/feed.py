@@ -47,15 +47,15 @@ class PageQueue(asyncio.Queue[Frame]):
     gives its subclasses)."""
 
     def _init(self, maxsize: int) -> None:
-        super()._init(maxsize)  # type: ignore[misc]
+        super()._init(maxsize)
         self.bytes = 0
 
     def _put(self, item: Frame) -> None:
-        super()._put(item)  # type: ignore[misc]
+        super()._put(item)
         self.bytes += len(item or b"")
 
     def _get(self) -> Frame:
-        item: Frame = super()._get()  # type: ignore[misc]
+        item: Frame = super()._get()
         self.bytes -= len(item or b"")
         return item
 
