@@ -346,7 +346,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
 
 
 def dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from .dashboard import serve  # only this command needs the web stack
+    try:
+        from .dashboard import serve  # only this command needs the web stack
+    except ImportError as exc:
+        raise CliError(f"the dashboard needs the `dashboard` extra ({exc.name} is missing): "
+                       "pip install 'ws-coordinator[dashboard]'") from None
 
     print(f"coordinator: dashboard of namespace {settings.namespace!r} on "
           f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)

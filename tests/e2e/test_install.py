@@ -1,0 +1,66 @@
+"""The lean install, as a user gets it: the project's wheel in a fresh virtualenv with
+redis-py alone. The gate, the coordinator, the health routes and the CLI import; the
+optional parts say which extra they need; no top-level ``backend`` package arrives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.e2e
+
+CORE_MODULES = ("coordinator", "coordinator.core", "coordinator.middleware",
+                "coordinator.health", "coordinator.cli", "coordinator.registry")
+
+
+def locked(name: str) -> str:
+    for line in (ROOT / "requirements-dev.lock").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == name:
+            return line.split()[0]
+    raise AssertionError(f"{name} is not in requirements-dev.lock")
+
+
+@pytest.fixture(scope="module")
+def lean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("lean") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    subprocess.run([*pip, locked("redis")], check=True, timeout=300)
+    subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=300)
+    return venv
+
+
+def run(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # From a directory that is not the repository: nothing there can be imported by accident.
+    return subprocess.run(args, cwd=venv, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin"}, check=False)
+
+
+def test_the_core_needs_redis_alone(lean: Path) -> None:
+    python = str(lean / "bin" / "python")
+    listed = run(lean, python, "-m", "pip", "list", "--format=freeze").stdout
+    assert {Requirement(line).name.lower() for line in listed.split()} <= {"redis", "pip",
+                                                                          "setuptools",
+                                                                          "ws-coordinator"}
+    imported = run(lean, python, "-c", "import " + ", ".join(CORE_MODULES))
+    assert imported.returncode == 0, imported.stderr
+    assert run(lean, str(lean / "bin" / "coordinator"), "--help").returncode == 0
+
+
+def test_the_optional_parts_name_their_extra_and_the_backend_is_not_installed(lean: Path):
+    dashboard = run(lean, str(lean / "bin" / "coordinator"), "dashboard")
+    assert dashboard.returncode == 2
+    assert "pip install 'ws-coordinator[dashboard]'" in dashboard.stderr
+    backend = run(lean, str(lean / "bin" / "python"), "-c", "import backend")
+    assert "No module named 'backend'" in backend.stderr
+    typed = run(lean, str(lean / "bin" / "python"), "-c",
+                "import coordinator, pathlib; "
+                "print((pathlib.Path(coordinator.__file__).parent / 'py.typed').is_file())")
+    assert typed.stdout.strip() == "True"
