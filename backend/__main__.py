@@ -8,7 +8,6 @@ import uvicorn
 
 from coordinator.exceptions import ConfigError
 from coordinator.logs import configure
-from coordinator.server import DrainingServer
 
 from .app import create_app
 from .config import BackendConfig
@@ -22,10 +21,11 @@ def main() -> int:
         return 2
     log_config = configure(config.coord.log_format, config.coord.instance_id)
     app = create_app(config)
-    server = DrainingServer(uvicorn.Config(
+    # A plain uvicorn.Server: the gate drains on SIGTERM by itself (coordinator/drain.py).
+    server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, ws=config.ws, log_config=log_config,
         lifespan="on", timeout_graceful_shutdown=5, access_log=False,
-    ), app.coord)
+    ))
     server.run()
     return 0
 

@@ -78,9 +78,9 @@ class Gate(Protocol):
     def counts(self, link_up: bool) -> GateCounts:
         """The gate's figures for the instance record."""
 
-    async def close_connections(self, code: int = 1012, reason: str = "draining",
-                                timeout: float = 1.0) -> int:
-        """Close every open connection; return how many closed cleanly."""
+    async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
+        """Close every open connection with 1012, ``spread`` over that many seconds;
+        return how many closed cleanly."""
 
     async def aclose(self) -> None:
         """The coordinator is stopping: give back what the gate holds in Redis."""
@@ -299,22 +299,6 @@ class Coordinator:
         self._set_status(Status(State.DRAINING, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
         self._role.emit(Event.DRAINING)
-
-    async def close_connections(self, code: int = 1012, reason: str = "draining",
-                                timeout: float = 1.0) -> int:
-        """Close every open connection of every attached gate (1012: service restart)."""
-        closed = await asyncio.gather(*(g.close_connections(code, reason, timeout)
-                                        for g in self.gates))
-        return sum(closed)
-
-    async def drain(self, grace: float | None = None) -> None:
-        """SIGTERM: publish draining, keep rejecting for the grace, close, leave."""
-        self.begin_drain()
-        grace = self.settings.drain_grace if grace is None else grace
-        if grace > 0:
-            await asyncio.sleep(grace)
-        await self.close_connections()
-        await self.stop()
 
     def _set_status(self, status: Status) -> None:
         previous = self.status.state

@@ -22,8 +22,9 @@ from typing import Any
 
 from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint
 from .core import Coordinator, GateCounts
+from .drain import DRAINS
 from .leases import REFUSED, FleetLeases
-from .logs import handshake_noise
+from .logs import handshake_noise, quiet_handshake_noise
 from .phases import State
 from .queue import ADMIT, Hold, HoldEnd, HoldQueue
 
@@ -110,19 +111,28 @@ class ConnectionGate:
     async def aclose(self) -> None:
         await self.state.leases.close()
 
-    async def close_connections(self, code: int = CLOSE_SERVICE_RESTART,
-                                reason: str = "draining", timeout: float = 1.0) -> int:
-        """Close every open gated connection (1012 by default: service restart).
+    async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
+        """Close every open gated connection with 1012 (service restart), the reason the
+        rejection JSON (``{"reason": "draining", "retry_after": N}``).
 
-        Bounded: a client that stopped reading can block its close frame for as long as
-        the server's keepalive allows, so whatever has not closed within ``timeout`` is
-        abandoned (the server's own shutdown drops it) and the drain goes on.
+        With ``spread`` the closes are paced evenly over that many seconds, oldest first,
+        so that the clients' reconnects reach the rest of the fleet as a ramp. Bounded: a
+        client that stopped reading can block its close frame for as long as the server's
+        keepalive allows, so whatever has not closed ``timeout`` seconds after the last
+        close began is abandoned (the server's own shutdown drops it).
         """
         closers = list(self.state.connections.values())
         self.state.connections.clear()
         if not closers:
             return 0
-        tasks = [asyncio.ensure_future(c(code, reason)) for c in closers]
+        interval = spread / len(closers)
+        tasks = []
+        for n, closer in enumerate(closers):
+            if n and interval > 0:
+                await asyncio.sleep(interval)
+            hint = self._rejection(Reason.DRAINING).retry_after
+            tasks.append(asyncio.ensure_future(
+                closer(CLOSE_SERVICE_RESTART, reason_payload(Reason.DRAINING, hint))))
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -133,13 +143,36 @@ class ConnectionGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket" or not self.coord.settings.gate:
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if self.coord.status.state is State.READY:  # the fast path: no I/O, no queue
             self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's lifespan, passed through; once it has started, SIGTERM drains this
+        instance before the server shuts down (drain.py), and the server's log line for
+        each denial is dropped (logs.quiet_handshake_noise); when it ends, the server's
+        own signal handling is back."""
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                quiet_handshake_noise()
+                DRAINS.attach(self.coord)
+            await send(message)
+
+        async def received() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                DRAINS.detach(self.coord)
+            return message
+
+        await self.app(scope, received, sent)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         coord = self.coord

@@ -75,6 +75,7 @@ class Settings:
     instance_ttl: float = 10.0
     timeout_multiplier: float = 1.0
     drain_grace: float = 5.0
+    drain_spread: float | None = None  # None: half of drain_grace
     reject: str = "http"
     gate: bool = True
     signing_key: str | None = field(default=None, repr=False)
@@ -106,6 +107,9 @@ class Settings:
         _check("COORD_TIMEOUT_MULTIPLIER", self.timeout_multiplier > 0, self.timeout_multiplier,
                "a number > 0")
         _check("COORD_DRAIN_GRACE", self.drain_grace >= 0, self.drain_grace, "a number >= 0")
+        _check("COORD_DRAIN_SPREAD", self.drain_spread is None
+               or 0 <= self.drain_spread <= self.drain_grace, self.drain_spread,
+               "a number of seconds from 0 to COORD_DRAIN_GRACE")
         _check("COORD_REJECT", self.reject in ("http", "close"), self.reject, "http or close")
         _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
                "text or json")
@@ -120,6 +124,11 @@ class Settings:
         if self.cloud_run and phase == self.ready_phase:
             budget = max(budget, CLOUD_RUN_READY_PHASE_BUDGET)
         return min(budget * self.timeout_multiplier, self.max_queue_time)
+
+    @property
+    def drain_spread_seconds(self) -> float:
+        """Over how many seconds at the end of the grace open connections are closed."""
+        return self.drain_grace / 2 if self.drain_spread is None else self.drain_spread
 
     @property
     def redis_url_redacted(self) -> str:
@@ -150,6 +159,7 @@ class Settings:
         reader.put(kwargs, "instance_ttl", "COORD_INSTANCE_TTL", _number)
         reader.put(kwargs, "timeout_multiplier", "COORD_TIMEOUT_MULTIPLIER", _number)
         reader.put(kwargs, "drain_grace", "COORD_DRAIN_GRACE", _number)
+        reader.put(kwargs, "drain_spread", "COORD_DRAIN_SPREAD", _number)
         reader.put(kwargs, "reject", "COORD_REJECT", str.lower)
         reader.put(kwargs, "gate", "COORD_GATE", _on_off)
         reader.put(kwargs, "signing_key", "COORD_SIGNING_KEY", str)
