@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import uvicorn
@@ -26,6 +27,9 @@ def main() -> int:
         app, host=config.host, port=config.port, ws=config.ws, log_config=log_config,
         lifespan="on", timeout_graceful_shutdown=5, access_log=False,
     ))
+    # uvicorn re-raises the SIGTERM it handled once its shutdown is complete, to the
+    # handler that was there before it; this one makes that a clean exit (status 0).
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     server.run()
     return 0
 

@@ -73,10 +73,17 @@ class ConnectionGate:
     close code 1011.
 
     ``observers`` are called as ``observer(what, reason, waited)`` for each handshake's
-    end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram.
+    end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram
+    (``Metrics.observe``).
+
+    Wrap an ASGI app (``app = ConnectionGate(api, coord)``) or add it to a Starlette or
+    FastAPI app as middleware (``api.add_middleware(ConnectionGate, coordinator=coord)``),
+    which keeps ``api`` a FastAPI app for ``fastapi run``. Either way it sees the app's
+    lifespan, and from its start SIGTERM drains the instance (drain.py).
     """
 
-    def __init__(self, app: ASGIApp, coordinator: Coordinator) -> None:
+    def __init__(self, app: ASGIApp, coordinator: Coordinator,
+                 observers: list[Observer] | None = None) -> None:
         self.app = app
         self.coord = coordinator
         settings = coordinator.settings
@@ -84,7 +91,7 @@ class ConnectionGate:
             HoldQueue(settings.max_queue),
             FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
                         settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok))
-        self.observers: list[Observer] = []
+        self.observers: list[Observer] = list(observers or ())
         coordinator.attach(self)
 
     # -- what the coordinator asks of its gate --------------------------------------
@@ -285,6 +292,11 @@ class ConnectionGate:
                 observer(what, reason, waited)
             except Exception:  # an observer's bug must not turn a clean answer into a 500
                 log.exception("gate observer %r failed", observer)
+
+
+def gate_of(coord: Coordinator) -> ConnectionGate | None:
+    """The gate attached to ``coord`` (added as middleware, it is built at the first call)."""
+    return next((g for g in coord.gates if isinstance(g, ConnectionGate)), None)
 
 
 def _give_up(hold: asyncio.Future[HoldEnd], _pending: object) -> None:

@@ -65,7 +65,7 @@ def known_variables() -> set[str]:
 def backend_paths() -> set[str]:
     """Every path the backend answers: its routes, and what its mounted apps serve."""
     paths = set()
-    for route in create_app(BackendConfig.from_env({})).api.routes:
+    for route in create_app(BackendConfig.from_env({})).routes:
         assert isinstance(route, Route | WebSocketRoute | Mount)
         if isinstance(route, Mount) and isinstance(route.app, HealthApp):
             paths.update(HEALTH_PATHS)

@@ -279,12 +279,12 @@ def test_ops_routes_can_be_switched_off_and_nothing_else_is_accepted():
     from backend.config import BackendConfig
 
     off = create_app(BackendConfig.from_env({"BACKEND_OPS_ROUTES": "off"}))
-    paths = {getattr(route, "path", None) for route in off.api.routes}
+    paths = {getattr(route, "path", None) for route in off.routes}
     assert {"/health", "/ws"} <= paths  # /health: the library's HealthApp, mounted
     assert not paths & {"/fleet", "/metrics"}
     assert not any(str(p).startswith("/dashboard") for p in paths)
     on = create_app(BackendConfig.from_env({}))
-    assert {"/fleet", "/metrics"} <= {getattr(r, "path", None) for r in on.api.routes}
+    assert {"/fleet", "/metrics"} <= {getattr(r, "path", None) for r in on.routes}
     with pytest.raises(ConfigError) as caught:
         BackendConfig.from_env({"BACKEND_OPS_ROUTES": "maybe"})
     assert caught.value.variable == "BACKEND_OPS_ROUTES"
