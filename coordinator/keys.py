@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# What an instance id and a namespace or phase name may be (settings.py checks the
+# configured ones; readers of Redis drop data that names anything else).
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True)

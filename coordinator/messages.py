@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -18,12 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import InvalidMessage
+from .keys import ID_PATTERN, NAME_PATTERN
 from .phases import Event
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 MAX_CLOCK_SKEW = 30.0
 MAX_TS = 1e11  # year 5138: a larger (or negative) ts is garbage that would break readers
+MAX_PHASES = 1000  # phase_index and phases_total beyond this are garbage
+MAX_DURATION = 86400.0  # a phase's duration, seconds
+_SIG = re.compile(r"[0-9a-f]{64}")
 EVENTS = frozenset(e.value for e in Event)
 # The instance hash fields covered by its `sig` when a signing key is set.
 SIGNED_FIELDS = ("id", "state", "phase", "phase_index", "phases_total", "started_at", "updated_at")
@@ -66,14 +71,19 @@ def encode(message: Message, signing_key: str | None = None) -> bytes:
 
 def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | None = None,
            expected_instance: str | None = None) -> Message:
-    """Validate one message off a channel; raise InvalidMessage(reason) to drop it."""
+    """Validate one message off a channel; raise InvalidMessage(reason) to drop it.
+
+    Whatever ``raw`` holds (any bytes, any JSON however nested, numbers of any size,
+    NaN, lone surrogates), this returns a valid :class:`Message` or raises
+    :class:`InvalidMessage`, and nothing else: readers count the drop and go on.
+    """
     if isinstance(raw, str):
-        raw = raw.encode()
+        raw = raw.encode(errors="surrogatepass")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage("oversized", f"{len(raw)} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, deep nesting
         raise InvalidMessage("invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidMessage("invalid_schema", "not a JSON object")
@@ -81,30 +91,68 @@ def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | Non
         raise InvalidMessage("unknown_version", repr(body.get("v"))[:20])
     instance, event, phase = body.get("instance"), body.get("event"), body.get("phase")
     phase_index, ts = body.get("phase_index"), body.get("ts")
-    if not isinstance(instance, str) or not instance:
+    if not isinstance(instance, str) or not ID_PATTERN.fullmatch(instance):
         raise InvalidMessage("invalid_schema", "instance")
-    if event not in EVENTS:
+    if not isinstance(event, str) or event not in EVENTS:
         raise InvalidMessage("invalid_schema", "event")
-    if phase is not None and not isinstance(phase, str):
+    if phase is not None and not (isinstance(phase, str) and NAME_PATTERN.fullmatch(phase)):
         raise InvalidMessage("invalid_schema", "phase")
-    if phase_index is not None and (type(phase_index) is not int or phase_index < 1):
+    if phase_index is not None and not _count(phase_index):
         raise InvalidMessage("invalid_schema", "phase_index")
-    if type(ts) not in (int, float) or not 0 <= ts < MAX_TS:
+    if not _number(ts, MAX_TS):
         raise InvalidMessage("invalid_schema", "ts")
+    extra = {k: v for k, v in body.items()
+             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+    for name, value in extra.items():
+        if not _EXTRA_OK.get(name, _scalar)(value):
+            raise InvalidMessage("invalid_schema", name[:32])
     if signing_key:
         sig = body.get("sig")
         if not isinstance(sig, str):
             raise InvalidMessage("unsigned")
-        if not hmac.compare_digest(sig, sign(body, signing_key)):
+        if not _hex_equal(sig, sign(body, signing_key)):
             raise InvalidMessage("bad_signature")
         now = time.time() if now is None else now
         if abs(now - ts) > MAX_CLOCK_SKEW:
             raise InvalidMessage("stale", f"{now - ts:.1f}s")
     if expected_instance is not None and instance != expected_instance:
-        raise InvalidMessage("wrong_instance", instance[:64])
-    extra = {k: v for k, v in body.items()
-             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+        raise InvalidMessage("wrong_instance", instance)
     return Message(instance, event, phase, phase_index, float(ts), extra)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _count(value: object) -> bool:
+    """An int (not a bool) from 1 to MAX_PHASES."""
+    return type(value) is int and 1 <= value <= MAX_PHASES
+
+
+def _number(value: object, limit: float) -> bool:
+    """An int or float (not a bool, not NaN) from 0 up to (not including) ``limit``."""
+    return type(value) in (int, float) and 0 <= value < limit  # type: ignore[operator]
+
+
+def _scalar(value: object) -> bool:
+    """Extra fields are flat: no object or array, whose depth could hurt a reader."""
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# The extra fields readers act on, and what each must be when present.
+_EXTRA_OK: dict[str, Any] = {
+    "started_at": lambda v: v is None or _number(v, MAX_TS),
+    "phases_total": lambda v: v is None or _count(v),
+    "duration": lambda v: _number(v, MAX_DURATION),
+    "state": lambda v: isinstance(v, str),
+    "error": lambda v: isinstance(v, str),
+}
+
+
+def _hex_equal(sig: str, expected: str) -> bool:
+    """``sig == expected`` in constant time; False for anything but 64 hex digits (a
+    non-ASCII str would make hmac.compare_digest raise)."""
+    return bool(_SIG.fullmatch(sig)) and hmac.compare_digest(sig, expected)
 
 
 def sign_record(record: Mapping[str, str], key: str) -> str:
@@ -117,7 +165,7 @@ def record_signature_ok(record: Mapping[str, str], key: str | None) -> bool:
     if not key:
         return True
     sig = record.get("sig")
-    return isinstance(sig, str) and hmac.compare_digest(sig, sign_record(record, key))
+    return isinstance(sig, str) and _hex_equal(sig, sign_record(record, key))
 
 
 class DropCounter:

@@ -10,6 +10,7 @@ duplicated message cannot undo a release.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,13 +62,15 @@ def status_from_message(msg: Message, plan: PhasePlan) -> Status | None:
 
 
 def status_from_record(record: Mapping[str, Any]) -> Status | None:
+    """The status a decoded instance hash (``registry.decode_record``) says, or None."""
     try:
-        state = State(record.get("state"))
+        state = State(str(record.get("state")))
     except ValueError:
         return None
-    phase = record.get("phase") or None
+    phase = record.get("phase")
     index = record.get("phase_index")
-    return Status(state, phase, index if isinstance(index, int) else None,
+    return Status(state, phase if isinstance(phase, str) and phase else None,
+                  index if type(index) is int else None,
                   _float(record.get("phase_started_at")), _float(record.get("started_at")))
 
 
@@ -90,7 +93,11 @@ def advance(current: Status, incoming: Status) -> Status:
 
 
 def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    """A finite float from a number or its text; None for anything else."""
+    if not isinstance(value, (int, float, str)) or isinstance(value, bool) or value == "":
         return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None

@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from .keys import Keys
+from .messages import MAX_TS
 from .phases import State
 
 INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max", "admitted",
@@ -24,6 +25,7 @@ INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
+MAX_INT = 2 ** 53  # larger counts are garbage (and would not survive a JSON reader)
 PAGE_SIZE = 200
 
 # KEYS[1] = N:instances, KEYS[2] = N:leases
@@ -118,12 +120,19 @@ def decode_fields(flat: list[str]) -> dict[str, Any]:
     return out
 
 
-def _finite(text: str) -> float | None:
+def _count(text: str) -> int | None:
+    """A non-negative integer that JSON and every reader can take (no 4,000 digits)."""
+    value = int(text) if len(text) <= 20 else -1
+    return value if 0 <= value <= MAX_INT else None
+
+
+def _time(text: str) -> float | None:
+    """A finite, non-negative number of seconds below MAX_TS (year 5138)."""
     value = float(text)
-    return value if math.isfinite(value) else None
+    return value if 0 <= value < MAX_TS else None
 
 
-_PARSERS: dict[str, Any] = {**{n: int for n in INT_FIELDS}, **{n: _finite for n in FLOAT_FIELDS}}
+_PARSERS: dict[str, Any] = {**{n: _count for n in INT_FIELDS}, **{n: _time for n in FLOAT_FIELDS}}
 
 
 def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:

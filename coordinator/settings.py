@@ -19,6 +19,7 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from .exceptions import ConfigError
+from .keys import ID_PATTERN, NAME_PATTERN
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 ROLES = ("owner", "follower")
@@ -26,8 +27,6 @@ ENVIRONMENTS = ("local", "test", "development", "staging", "production")
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
 CLOUD_RUN_READY_PHASE_BUDGET = 8.0
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 T = TypeVar("T")
 
@@ -82,14 +81,14 @@ class Settings:
     role: str = "owner"
 
     def __post_init__(self) -> None:
-        _check("COORD_NAMESPACE", bool(_NAME.match(self.namespace)), self.namespace,
+        _check("COORD_NAMESPACE", bool(NAME_PATTERN.fullmatch(self.namespace)), self.namespace,
                "1-64 characters of letters, digits, '_', '.', '-'")
-        _check("COORD_INSTANCE_ID", bool(_ID.match(self.instance_id)), self.instance_id,
+        _check("COORD_INSTANCE_ID", bool(ID_PATTERN.fullmatch(self.instance_id)), self.instance_id,
                "1-128 characters of letters, digits, '_', '.', '-'")
         _check("COORD_ENVIRONMENT", self.environment in ENVIRONMENTS, self.environment,
                "one of " + ", ".join(ENVIRONMENTS))
         _check("COORD_PHASES", len(self.phases) > 0 and len(set(self.phases)) == len(self.phases)
-               and all(_NAME.match(p) for p in self.phases), ",".join(self.phases),
+               and all(NAME_PATTERN.fullmatch(p) for p in self.phases), ",".join(self.phases),
                "a comma-separated list of distinct phase names")
         _check("COORD_READY_PHASE", self.ready_phase in self.phases, self.ready_phase,
                "one of the phases: " + ", ".join(self.phases))

@@ -20,8 +20,11 @@ def test_the_fleet_table_escapes_hostile_ids_and_hosts() -> None:
     assert table.count("x\\x1b]0;owned") == 2
 
 
-def test_an_event_line_escapes_its_instance_and_error() -> None:
-    data = json.dumps({"v": 1, "instance": HOSTILE, "event": "failed", "phase": "database",
+def test_an_event_line_escapes_its_error_and_drops_a_hostile_instance() -> None:
+    data = json.dumps({"v": 1, "instance": "web-1", "event": "failed", "phase": "database",
                        "phase_index": 3, "ts": 1.0, "error": HOSTILE})
     line = render_event(data, None)
     assert "\x1b" not in line and "\x07" not in line and "failed" in line
+    assert "x\\x1b]0;owned" in line
+    hostile_id = render_event(data.replace('"web-1"', json.dumps(HOSTILE)), None)
+    assert "\x1b" not in hostile_id and "dropped invalid message (invalid_schema" in hostile_id

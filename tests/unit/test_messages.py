@@ -105,8 +105,10 @@ def test_required_fields_must_be_present(field: str) -> None:
 
 
 def test_non_finite_ts_is_dropped() -> None:
+    # NaN and Infinity are not JSON (Python's parser accepts them unless told not to).
     assert reason_of(b'{"v":1,"instance":"a","event":"ready","phase":null,'
-                     b'"phase_index":null,"ts":NaN}') == "invalid_schema"
+                     b'"phase_index":null,"ts":NaN}') == "invalid_json"
+    assert reason_of(raw(body(ts=0)).replace(b'"ts": 0', b'"ts": 1e400')) == "invalid_schema"
 
 
 def test_message_for_another_instance_is_dropped() -> None:
@@ -198,3 +200,51 @@ def test_drop_counter_counts_by_reason_and_rate_limits_its_log(
 def test_a_timestamp_no_clock_can_show_is_dropped(ts: float) -> None:
     # Finite, but time.localtime() overflows on it: readers that print it would crash.
     assert reason_of(raw(body(ts=ts))) == "invalid_schema"
+
+
+# -- hostile input: every one of these once escaped as something other than a drop -----
+
+def test_deep_nesting_is_invalid_json_not_a_recursion_error() -> None:
+    assert reason_of(b"[" * 4000) == "invalid_json"
+    assert reason_of(b"[" * 1100 + b"]" * 1100) == "invalid_json"  # well-formed, too deep
+
+
+def test_a_signature_that_is_not_ascii_is_a_bad_signature_not_a_type_error() -> None:
+    obj = {**json.loads(encode(message(), KEY)), "sig": "\u00e9"}
+    assert reason_of(raw(obj), signing_key=KEY, now=NOW) == "bad_signature"
+    assert reason_of(raw({**obj, "sig": "ab" * 31 + "\u00e9\u00e9"}), signing_key=KEY,
+                     now=NOW) == "bad_signature"
+    record = {"id": "web-1", "state": "ready"}
+    assert not record_signature_ok({**record, "sig": "\u00e9"}, KEY)
+    assert not record_signature_ok({**record, "sig": "\ud800"}, KEY)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_anywhere_are_invalid_json(text: str) -> None:
+    data = raw(body(started_at=0)).replace(b'"started_at": 0', f'"started_at": {text}'.encode())
+    assert reason_of(data) == "invalid_json"
+
+
+@pytest.mark.parametrize("changes", [
+    {"started_at": 10 ** 400}, {"started_at": -1},
+    {"started_at": "yesterday"}, {"started_at": True},
+    {"phases_total": 10 ** 30}, {"phases_total": 0}, {"phases_total": 7.0},
+    {"duration": -1}, {"duration": 10 ** 30}, {"duration": "2s"},
+    {"state": 1}, {"error": ["boom"]},
+    {"anything": [1]}, {"anything": {"deep": {}}},
+    {"phase_index": 10 ** 30}, {"ts": 10 ** 400},
+    {"instance": "web 1"}, {"instance": "web-1\x1b[2J"}, {"instance": "\ud800"},
+    {"instance": "x" * 129}, {"phase": "services\n"}, {"phase": ""},
+])
+def test_wrong_types_and_sizes_are_invalid_schema(changes: dict[str, object]) -> None:
+    assert reason_of(raw(body(**changes))) == "invalid_schema"
+
+
+def test_a_number_too_large_for_a_float_is_invalid_schema() -> None:
+    started = raw(body(started_at=0)).replace(b'"started_at": 0', b'"started_at": 1e400')
+    assert reason_of(started) == "invalid_schema"  # Python parses it as inf
+
+
+def test_bad_utf8_and_lone_surrogates_are_dropped() -> None:
+    assert reason_of(raw(body()).replace(b"web-1", b"web-\xff")) == "invalid_json"
+    assert reason_of(raw(body()).decode().replace("web-1", "web-\ud800")) == "invalid_schema"
