@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as redis
 
-from . import messages
+from . import messages, wire
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
@@ -70,7 +70,7 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
         while True:
             try:
                 if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub = wire.pubsub(client)
                     await pubsub.subscribe(keys.events)
                 doc = await fleet_snapshot(client, keys)
                 frame = _json(doc) if as_json else render_fleet_table(doc)
@@ -123,7 +123,7 @@ async def _close(pubsub: Any) -> None:
 async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | None,
                  signing_key: str | None, out: TextIO) -> int:
     """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = wire.pubsub(client)
     try:
         await pubsub.subscribe(keys.events)
         print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)

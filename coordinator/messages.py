@@ -77,6 +77,8 @@ def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | Non
     NaN, lone surrogates), this returns a valid :class:`Message` or raises
     :class:`InvalidMessage`, and nothing else: readers count the drop and go on.
     """
+    if isinstance(raw, Oversized):
+        raise InvalidMessage("oversized", f"{raw.length} bytes, discarded unread")
     if isinstance(raw, str):
         raw = raw.encode(errors="surrogatepass")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -118,6 +120,18 @@ def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | Non
     if expected_instance is not None and instance != expected_instance:
         raise InvalidMessage("wrong_instance", instance)
     return Message(instance, event, phase, phase_index, float(ts), extra)
+
+
+class Oversized(bytes):
+    """What the subscription's reader hands over in place of a message larger than
+    :data:`MAX_MESSAGE_BYTES`, which it discarded without keeping it (wire.py)."""
+
+    length: int
+
+    def __new__(cls, length: int) -> Oversized:
+        self = super().__new__(cls)
+        self.length = length
+        return self
 
 
 def _no_constant(name: str) -> None:

@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -142,3 +144,31 @@ async def test_a_bad_sig_in_the_hash_does_not_kill_the_followers_poll(
         assert not waiter.done()
         inst.finish.set()  # the owner's real ready (and its real hash) release the waiter
         assert await asyncio.wait_for(waiter, 10)
+
+
+async def test_oversized_messages_are_discarded_unread_in_bounded_memory(
+        redis_server: RedisServer, namespace: str) -> None:
+    """Three 8 MB publishes on the channel an instance follows: each is one ``oversized``
+    drop, and the instance never holds more than a small buffer of any of them (redis-py's
+    own reader would hold each whole, and a copy: over 16 MB)."""
+    async with Coordinator(settings(redis_server.url, namespace)) as owner:
+        await async_wait_until(lambda: owner.redis_ok, 10, what="the link")
+        size, count = 8 << 20, 3
+        publisher = (  # in another process: its own copies are not this one's memory
+            "import redis, sys\n"
+            "r = redis.Redis.from_url(sys.argv[1]); p = b'x' * int(sys.argv[3])\n"
+            "for _ in range(int(sys.argv[4])): assert r.publish(sys.argv[2], p) == 1\n")
+        tracemalloc.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", publisher, redis_server.url,
+                f"{namespace}:instance:{INSTANCE}:events", str(size), str(count))
+            assert await proc.wait() == 0
+            await async_wait_until(lambda: owner.drops.counts["oversized"] == count, 20,
+                                   what=f"{count} oversized drops ({owner.drops.counts})")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 2 << 20, f"peak {peak / 2 ** 20:.1f} MiB while reading {count} x 8 MiB"
+        assert owner.redis_ok and owner.redis_errors == 0
+        assert owner.drops.total == count
