@@ -30,6 +30,7 @@ from . import messages, wire
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
+from .messages import Keyring
 from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
 from .render import CLEAR_SCREEN, duration, phase_progress, printable, render_event, \
     render_fleet_table
@@ -121,7 +122,7 @@ async def _close(pubsub: Any) -> None:
 
 
 async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | None,
-                 signing_key: str | None, out: TextIO) -> int:
+                 keyring: Keyring | None, out: TextIO) -> int:
     """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
     pubsub = wire.pubsub(client)
     try:
@@ -138,14 +139,14 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
                 continue
             if as_json:
                 try:
-                    messages.decode(data, signing_key=signing_key)
+                    messages.decode(data, keyring=keyring)
                 except InvalidMessage as exc:
                     print(f"coordinator: dropped invalid message ({exc})", file=sys.stderr,
                           flush=True)
                     continue
                 line = data.decode(errors="replace") if isinstance(data, bytes) else data
             else:
-                line = render_event(data, signing_key)
+                line = render_event(data, keyring)
             print(line, file=out, flush=True)
     finally:
         await _close(pubsub)
@@ -153,7 +154,7 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
 
 
 async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
-                signing_key: str | None, out: TextIO) -> int:
+                keyring: Keyring | None, out: TextIO) -> int:
     """Exit 0 when the instance's record says ready, is live and (if signed) verifies.
 
     With no id, the instance is the one live instance of this host with a generated id
@@ -167,7 +168,7 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
                   f"{keys.namespace!r}", file=out, flush=True)
             return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
-    code, reason = check_record(instance_id, keys.namespace, raw, signing_key, time.time())
+    code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
     print(reason, file=out, flush=True)
     return code
 
@@ -196,11 +197,13 @@ async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | No
 
 
 def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
-                 signing_key: str | None, now: float) -> tuple[int, str]:
+                 keyring: Keyring | None, now: float) -> tuple[int, str]:
     if not raw:
         return EXIT_NOT_READY, f"{instance_id}: not ready: no record in namespace {namespace!r}"
-    if not messages.record_signature_ok(raw, signing_key):
+    if not messages.record_signature_ok(raw, keyring):
         return EXIT_NOT_READY, f"{instance_id}: not ready: its record's signature does not verify"
+    if raw.get("id") != instance_id:  # a copy of another instance's (signed) record
+        return EXIT_NOT_READY, f"{instance_id}: not ready: its record is instance {raw.get('id')}'s"
     record = decode_record(raw)
     where = phase_progress(record.get("phase"), record.get("phase_index"),
                            record.get("phases_total"), bar=False)
@@ -306,8 +309,8 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         if args.command == "fleet":
             return await fleet(client, keys, args.json, out)
         if args.command == "events":
-            return await events(client, keys, args.json, args.count, settings.signing_key, out)
-        return await check(client, keys, instance_id, settings.signing_key, out)
+            return await events(client, keys, args.json, args.count, settings.keyring, out)
+        return await check(client, keys, instance_id, settings.keyring, out)
     except BrokenPipeError:
         raise  # the reader of our output left: not a Redis problem (main() handles it)
     except REDIS_ERRORS as exc:

@@ -63,6 +63,16 @@ class GateCounts:
     admitted: int = 0
     rejected: int = 0
 
+    @staticmethod
+    def total(parts: list[GateCounts]) -> GateCounts:
+        """Several gates' figures as one (the first gate's fleet cap and mode)."""
+        if len(parts) == 1:
+            return parts[0]
+        return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
+                          sum(p.held_leases for p in parts), parts[0].fleet_cap,
+                          parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
+                          sum(p.rejected for p in parts))
+
 
 class Gate(Protocol):
     """What the coordinator asks of a gate attached to it (``ConnectionGate`` is one)."""
@@ -130,6 +140,7 @@ class Coordinator:
         self.settings = settings
         self.id = settings.instance_id
         self.keys = Keys(settings.namespace)
+        self.keyring = settings.keyring
         self.plan = PhasePlan(settings.phases, settings.ready_phase, settings.near_ready_phases)
         self.redis = client if client is not None else make_redis(
             settings.redis_url, health_check_interval=settings.heartbeat_interval * 2)
@@ -205,18 +216,11 @@ class Coordinator:
 
     def gate_counts(self, link_up: bool = False) -> GateCounts:
         """The attached gates' figures, summed; without a gate, the configured caps."""
-        if len(self.gates) == 1:
-            return self.gates[0].counts(link_up)
-        parts = [g.counts(link_up) for g in self.gates]
-        if not parts:
-            cap = self.settings.fleet_max_queue
-            mode = "off" if cap is None else "fleet" if self.redis_ok or link_up else "local"
-            return GateCounts(queue_max=self.settings.max_queue, fleet_cap=cap,
-                              fleet_cap_mode=mode)
-        return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
-                          sum(p.held_leases for p in parts), parts[0].fleet_cap,
-                          parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
-                          sum(p.rejected for p in parts))
+        if self.gates:
+            return GateCounts.total([g.counts(link_up) for g in self.gates])
+        cap = self.settings.fleet_max_queue
+        mode = "off" if cap is None else "fleet" if self.redis_ok or link_up else "local"
+        return GateCounts(queue_max=self.settings.max_queue, fleet_cap=cap, fleet_cap_mode=mode)
 
     def _tell(self, change: Change) -> None:
         """Notify listeners (metrics, dashboards); one that raises is logged, not fatal."""
@@ -237,6 +241,8 @@ class Coordinator:
         if self._started:
             return
         self._started = True
+        if self.keyring is None:
+            log.warning(messages.UNSIGNED, self.settings.namespace)
         link = Subscription(self.redis, [self.keys.instance_events(self.id)],
                             on_message=self._on_message, on_up=self._on_link_up,
                             on_error=self._link_lost, healthy=lambda: self.redis_ok,
@@ -395,7 +401,7 @@ class Coordinator:
     def _on_message(self, channel: str, data: object) -> None:
         try:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
-                                  signing_key=self.settings.signing_key,
+                                  keyring=self.keyring,
                                   expected_instance=self.id)
         except messages.InvalidMessage as exc:
             self.dropped(exc, channel)

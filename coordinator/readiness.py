@@ -74,8 +74,21 @@ def status_from_record(record: Mapping[str, Any]) -> Status | None:
                   _float(record.get("phase_started_at")), _float(record.get("started_at")))
 
 
-def advance(current: Status, incoming: Status) -> Status:
-    """The view after ``incoming``: forward only, except for a new incarnation."""
+def advance(current: Status, incoming: Status, *, trusted: bool = True) -> Status:
+    """The view after ``incoming``: forward only, except for a new incarnation.
+
+    ``trusted=False``: the evidence may be a replay (a follower with a signing key is
+    shown something stamped before it started following). It may still move the view
+    within ``starting`` (a later phase, a newer life), never to another state: a
+    replayed ``ready`` of an earlier life must not release anyone.
+    """
+    new = _merge(current, incoming)
+    if not trusted and new.state is not current.state and new.state is not State.STARTING:
+        return current
+    return new
+
+
+def _merge(current: Status, incoming: Status) -> Status:
     if (incoming.started_at is not None and current.started_at is not None
             and incoming.started_at > current.started_at + SAME_LIFE):
         return incoming  # the instance restarted: its new life starts from scratch

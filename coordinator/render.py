@@ -90,10 +90,10 @@ def duration(seconds: Any) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def render_event(data: bytes | str, signing_key: str | None) -> str:
+def render_event(data: bytes | str, keyring: messages.Keyring | None) -> str:
     """One channel message as one line: time, instance, event, phase k/n, details."""
     try:
-        msg = messages.decode(data, signing_key=signing_key)
+        msg = messages.decode(data, keyring=keyring)
     except InvalidMessage as exc:
         return printable(f"{_clock(time.time())}  -  dropped invalid message ({exc})")
     total = msg.extra.get("phases_total")

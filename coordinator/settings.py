@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from .exceptions import ConfigError
 from .keys import ID_PATTERN, NAME_PATTERN
+from .messages import Keyring
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 ROLES = ("owner", "follower")
@@ -109,6 +110,9 @@ class Settings:
         _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
                "text or json")
         _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
+        _check("COORD_SIGNING_KEY", not self.signing_key
+               or all(k.strip() for k in self.signing_key.split(",")), "***",
+               "a key, or several separated by commas (the first signs), none empty")
         _check_redis_url(self.redis_url)
 
     # -- derived values -------------------------------------------------------------
@@ -119,6 +123,11 @@ class Settings:
         if self.cloud_run and phase == self.ready_phase:
             budget = max(budget, CLOUD_RUN_READY_PHASE_BUDGET)
         return min(budget * self.timeout_multiplier, self.max_queue_time)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The signing keys, bound to the namespace; None: running unsigned."""
+        return Keyring.of(self.signing_key, self.namespace)
 
     @property
     def redis_url_redacted(self) -> str:

@@ -75,7 +75,7 @@ class FleetFeed:
                  queue_size: int = PAGE_QUEUE_SIZE) -> None:
         self.client = client
         self.keys = keys
-        self.signing_key = signing_key
+        self.keyring = messages.Keyring.of(signing_key, keys.namespace)
         self.interval = interval
         self.queue_size = queue_size
         self.drops = messages.DropCounter()
@@ -159,7 +159,7 @@ class FleetFeed:
     def _on_event(self, _channel: str, data: Any) -> None:
         try:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
-                                  signing_key=self.signing_key)
+                                  keyring=self.keyring)
         except InvalidMessage as exc:
             self.drops.drop(exc, self.keys.events)
             return

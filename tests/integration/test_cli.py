@@ -33,6 +33,12 @@ async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
     await conn.aclose()
 
 
+def signed_by(key: str, namespace: str) -> messages.Keyring:
+    keyring = messages.Keyring.of(key, namespace)
+    assert keyring is not None
+    return keyring
+
+
 @pytest.fixture
 def env(redis_server: RedisServer, namespace: str) -> dict[str, str]:
     return cli_env(redis_server.url, namespace)
@@ -171,10 +177,38 @@ async def test_check_with_a_signing_key_refuses_an_unsigned_record(
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
+    await put(client, keys, {**forged, "sig": messages.sign_record(forged, signed_by("s3cret-key", namespace))})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
+
+
+async def test_check_with_a_signing_key_trusts_no_copied_id_and_no_refreshed_heartbeat(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    """Signed records bind their id and their liveness fields: a real, signed record copied
+    under an id that never existed, or a dead one with its heartbeat moved forward, is
+    not ready."""
+    keys, now, key = Keys(namespace), time.time(), "s3cret-key"
+    signed_env = {**env, "COORD_SIGNING_KEY": key}
+
+    def signed(fields: dict[str, str]) -> dict[str, str]:
+        return {**fields, "sig": messages.sign_record(fields, signed_by(key, namespace))}
+
+    up = signed(record("up", now, state="ready", phase="finalize", index=7))
+    await put(client, keys, up)
+    await client.hset(keys.instance("ghost"), mapping=up)
+    proc = run_cli("check", "--instance", "ghost", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "ghost: not ready: its record is instance up's")
+
+    dead = signed(record("dead", now, state="ready", phase="finalize", index=7, beat_age=300))
+    await put(client, keys, dead)
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert proc.returncode == 1 and "last heartbeat 5m00s ago" in proc.stdout
+    await client.hset(keys.instance("dead"), mapping={"heartbeat_at": f"{time.time():.6f}"})
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "dead: not ready: its record's signature does not verify")
 
 
 async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generated_id(
@@ -245,10 +279,10 @@ async def test_events_json_prints_each_valid_message_as_received(
     proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    signed = messages.encode(event("web-a", "ready", "services", 5), key)
+    signed = messages.encode(event("web-a", "ready", "services", 5), signed_by(key, namespace))
     await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
     await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5),
-                                                  "wrong-key"))
+                                                  signed_by("wrong-key", namespace)))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr

@@ -148,7 +148,7 @@ async def test_signed_fleets_show_only_signed_events(client: Any) -> None:
         await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
         await client.publish(KEYS.events, event("forged"))
         signed = messages.encode(messages.Message("real", "ready", "services", 5, time.time()),
-                                 "k")
+                                 messages.Keyring.of("k", KEYS.namespace))
         await client.publish(KEYS.events, signed)
         assert (await next_frame(page, "event"))["instance"] == "real"
     assert feed.drops.counts == {"unsigned": 1}

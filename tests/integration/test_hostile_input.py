@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.messages import Message, encode
+from coordinator.messages import Keyring, Message, encode
 from tests.support import RedisServer, async_wait_until
 
 pytestmark = pytest.mark.redis
@@ -104,7 +104,8 @@ async def test_malformed_messages_are_counted_drops_and_the_link_stays_up(
     async with starting_instance(redis_server.url, namespace, signing_key=KEY,
                                  fleet_max_queue=2) as inst:
         body = json.loads(encode(Message(INSTANCE, "ready", "services", 2, time.time(),
-                                         {"state": "ready", "started_at": 1.0}), KEY))
+                                         {"state": "ready", "started_at": 1.0}),
+                                 Keyring.of(KEY, namespace)))
         channel = f"{namespace}:instance:{INSTANCE}:events"
         kinds = hostile_messages(body)
         link_samples: list[bool] = []

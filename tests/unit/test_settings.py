@@ -301,3 +301,17 @@ def test_a_generated_instance_id_is_recognised_as_this_hosts_and_no_other_id_is(
 def test_a_password_given_as_a_query_option_is_redacted_too() -> None:
     s = Settings.from_env({"COORD_REDIS_URL": "redis://redis:6379/0?password=s3cret&db=1"})
     assert s.redis_url_redacted == "redis://redis:6379/0?password=***&db=1"
+
+
+def test_several_signing_keys_make_one_keyring_bound_to_the_namespace() -> None:
+    s = Settings.from_env({"COORD_SIGNING_KEY": "new-key, old-key", "COORD_NAMESPACE": "prod"})
+    assert s.keyring is not None
+    assert (s.keyring.keys, s.keyring.namespace) == ((b"new-key", b"old-key"), "prod")
+    assert Settings().keyring is None
+
+
+@pytest.mark.parametrize("raw", ["new-key,,old-key", "new-key, ", ",old-key"])
+def test_an_empty_signing_key_in_the_list_is_an_error_that_shows_no_key(raw: str) -> None:
+    error = error_for({"COORD_SIGNING_KEY": raw})
+    assert error.variable == "COORD_SIGNING_KEY"
+    assert "new-key" not in str(error) and "old-key" not in str(error)
