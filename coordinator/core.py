@@ -374,7 +374,8 @@ class Coordinator:
 
     async def _on_link_up(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            self.phase_stats = await registry.read_phase_stats(self.redis, self.keys)
+            self.phase_stats = await registry.read_phase_stats(self.redis, self.keys,
+                                                               self.plan.phases)
         published = self.status
         await self._role.on_link_up()
         if not self.redis_ok:

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -25,6 +25,7 @@ INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
+MAX_PHASE_SECONDS = 3600.0  # a phase's average is clamped to this when read
 MAX_INT = 2 ** 53  # larger counts are garbage (and would not survive a JSON reader)
 PAGE_SIZE = 200
 
@@ -187,15 +188,26 @@ async def fold_phase_stats(client: redis.Redis, keys: Keys,
     await script(keys=[keys.phase_stats], args=args)
 
 
-async def read_phase_stats(client: redis.Redis, keys: Keys) -> dict[str, float]:
+async def read_phase_stats(client: redis.Redis, keys: Keys,
+                           phases: Sequence[str]) -> dict[str, float]:
+    """The fleet's average duration of each of ``phases`` (one HMGET: however many fields
+    a writer added to the hash, only these are read)."""
+    if not phases:
+        return {}
+    return parse_phase_stats(phases, await client.hmget(keys.phase_stats, list(phases)))
+
+
+def parse_phase_stats(phases: Sequence[str], values: Sequence[Any]) -> dict[str, float]:
+    """``phases`` with their values as read: each a number of seconds clamped to
+    [0, MAX_PHASE_SECONDS]; missing, unparsable, negative or non-finite ones left out."""
     stats: dict[str, float] = {}
-    for name, value in (await client.hgetall(keys.phase_stats)).items():
+    for phase, value in zip(phases, values, strict=False):
         try:
-            seconds = float(value)
+            seconds = float(as_text(value)) if value is not None else math.nan
         except ValueError:
             continue
         if math.isfinite(seconds) and seconds >= 0:
-            stats[as_text(name)] = seconds
+            stats[phase] = min(seconds, MAX_PHASE_SECONDS)
     return stats
 
 

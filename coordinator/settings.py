@@ -80,6 +80,7 @@ class Settings:
     signing_key: str | None = field(default=None, repr=False)
     log_format: str = "text"
     role: str = "owner"
+    max_retry_after: int = 30
 
     def __post_init__(self) -> None:
         _check("COORD_NAMESPACE", bool(NAME_PATTERN.fullmatch(self.namespace)), self.namespace,
@@ -110,6 +111,8 @@ class Settings:
         _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
                "text or json")
         _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
+        _check("COORD_MAX_RETRY_AFTER", 1 <= self.max_retry_after <= 86400,
+               self.max_retry_after, "an integer from 1 to 86400")
         _check("COORD_SIGNING_KEY", not self.signing_key
                or all(k.strip() for k in self.signing_key.split(",")), "***",
                "a key, or several separated by commas (the first signs), none empty")
@@ -164,6 +167,7 @@ class Settings:
         if not reader.put(kwargs, "log_format", "COORD_LOG_FORMAT", str.lower):
             kwargs["log_format"] = "json" if cloud_run else "text"
         reader.put(kwargs, "role", "COORD_ROLE", str.lower)
+        reader.put(kwargs, "max_retry_after", "COORD_MAX_RETRY_AFTER", int)
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 

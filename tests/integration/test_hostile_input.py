@@ -20,7 +20,11 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.messages import Keyring, Message, encode
-from tests.support import RedisServer, async_wait_until
+from coordinator.middleware import reason_payload
+from coordinator.registry import MAX_PHASE_SECONDS
+from coordinator.settings import DEFAULT_PHASES
+from tests.integration.scripted import serving
+from tests.support import CLOSE, HTTP, RedisServer, async_wait_until, chat
 
 pytestmark = pytest.mark.redis
 
@@ -173,3 +177,37 @@ async def test_oversized_messages_are_discarded_unread_in_bounded_memory(
         assert peak < 2 << 20, f"peak {peak / 2 ** 20:.1f} MiB while reading {count} x 8 MiB"
         assert owner.redis_ok and owner.redis_errors == 0
         assert owner.drops.total == count
+
+
+@pytest.mark.parametrize("reject", ["http", "close"])
+async def test_absurd_phase_statistics_give_a_bounded_hint_and_a_valid_close_reason(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis, reject: str) -> None:
+    """``N:phase_stats`` of 1e300 once gave a 301-digit Retry-After and a close reason cut
+    mid-JSON. Statistics are clamped when read, hints to COORD_MAX_RETRY_AFTER."""
+    junk = {f"junk-{n}": "1" for n in range(2000)}  # fields no phase has: never read
+    await attacker.hset(f"{namespace}:phase_stats", mapping={
+        **junk, **dict.fromkeys(DEFAULT_PHASES, "1e300"), "websocket": "inf",
+        "finalize": "nan"})
+    owner = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
+                                 instance_id=INSTANCE, environment="test", reject=reject,
+                                 max_retry_after=7))
+    gate = ConnectionGate(nothing, owner)  # type: ignore[arg-type]
+    async with owner, serving(gate) as url:  # type: ignore[arg-type]
+        assert set(owner.phase_stats) == set(DEFAULT_PHASES) - {"websocket", "finalize"}
+        assert max(owner.phase_stats.values()) == MAX_PHASE_SECONDS
+        async with owner.phase("init"):  # far from ready: rejected with a hint
+            outcome = await chat(url)
+    if reject == "http":
+        assert (outcome.kind, outcome.status, outcome.retry_after) == (HTTP, 503, "7")
+    else:
+        assert (outcome.kind, outcome.code) == (CLOSE, 1013)
+    assert outcome.reason == {"reason": "starting", "retry_after": 7}
+
+
+def test_a_close_reason_is_valid_json_within_123_bytes_whatever_it_is_given() -> None:
+    for reason, hint in [("starting", 10 ** 300), ("x" * 500, 5), ("\u00e9" * 200, 1e300),
+                         ("queue_full", float("nan")), ("draining", -5)]:
+        text = reason_payload(reason, hint)  # type: ignore[arg-type]
+        assert len(text.encode()) <= 123
+        body = json.loads(text)
+        assert 1 <= body["retry_after"] <= 86400 and reason.startswith(body["reason"])

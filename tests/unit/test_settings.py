@@ -315,3 +315,10 @@ def test_an_empty_signing_key_in_the_list_is_an_error_that_shows_no_key(raw: str
     error = error_for({"COORD_SIGNING_KEY": raw})
     assert error.variable == "COORD_SIGNING_KEY"
     assert "new-key" not in str(error) and "old-key" not in str(error)
+
+
+def test_max_retry_after_is_an_integer_from_1_to_a_day() -> None:
+    assert Settings().max_retry_after == 30
+    assert Settings.from_env({"COORD_MAX_RETRY_AFTER": "7"}).max_retry_after == 7
+    for raw in ("0", "86401", "1.5", "x"):
+        assert error_for({"COORD_MAX_RETRY_AFTER": raw}).variable == "COORD_MAX_RETRY_AFTER"
