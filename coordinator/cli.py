@@ -144,7 +144,9 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
                     print(f"coordinator: dropped invalid message ({exc})", file=sys.stderr,
                           flush=True)
                     continue
-                line = data.decode(errors="replace") if isinstance(data, bytes) else data
+                # One line, ASCII: JSON escapes every control character (a message may
+                # legally spread over lines, or carry an ESC sequence in a string).
+                line = json.dumps(json.loads(data), separators=(",", ":"))
             else:
                 line = render_event(data, keyring)
             print(line, file=out, flush=True)
@@ -169,7 +171,7 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
             return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
     code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
-    print(reason, file=out, flush=True)
+    print(printable(reason), file=out, flush=True)
     return code
 
 

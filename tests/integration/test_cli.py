@@ -337,3 +337,15 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
         assert "totals: 1 instance(s) (1 ready); ready 100%" in frames[1]
     else:
         assert all(json.loads(line)["namespace"] == namespace for line in proc.lines)
+
+
+async def test_fleet_and_check_print_no_terminal_escape_from_redis(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now = Keys(namespace), time.time()
+    hostile = "ready\x1b]0;owned\x07\x1b[2J"
+    await put(client, keys, record("web-a", now, state=hostile, phase="cache\x1b[31m"))
+    for args in (("fleet",), ("check", "--instance", "web-a")):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode in (0, 1), proc.stderr
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout, args
+        assert "ready\\x1b]0;owned" in proc.stdout, args
