@@ -21,7 +21,7 @@ from coordinator import ConnectionGate, Coordinator, State
 from coordinator.connections import REDIS_ERRORS
 from coordinator.dashboard import mount_dashboard
 from coordinator.metrics import CONTENT_TYPE, Metrics
-from coordinator.registry import fleet_snapshot
+from coordinator.registry import FleetReader, SharedSnapshot
 
 from .config import BackendConfig
 
@@ -123,11 +123,12 @@ class Backend:
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
+        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys))  # 1 read/s at most
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:
             try:
-                doc = await fleet_snapshot(coord.redis, coord.keys)
+                doc = await shared.get()
             except REDIS_ERRORS as exc:
                 return JSONResponse({"error": f"redis unavailable: {type(exc).__name__}"},
                                     status_code=503)

@@ -6,11 +6,12 @@ live here, so the public contract of DESIGN.md has one implementation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -366,6 +367,36 @@ class FleetReader:
             except NoPermissionError:
                 self.prune = False
                 return
+
+
+class SharedSnapshot:
+    """One fleet snapshot for every concurrent reader: at most one Redis read per
+    ``max_age`` seconds however many ask (single flight, then a cache), so that readers
+    of ``/fleet`` cannot put the fleet's whole read on the gate's event loop once each.
+    A failed read is shared and kept for ``max_age`` too."""
+
+    def __init__(self, reader: FleetReader, max_age: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.reader = reader
+        self.max_age = max_age
+        self.clock = clock
+        self.reads = 0
+        self._flight: asyncio.Future[dict[str, Any]] | None = None
+        self._started = -math.inf
+
+    async def get(self) -> dict[str, Any]:
+        now = self.clock()
+        if self._flight is None or (self._flight.done() and now - self._started >= self.max_age):
+            self._started, self.reads = now, self.reads + 1
+            self._flight = asyncio.ensure_future(self.reader.snapshot())
+            self._flight.add_done_callback(_retrieved)
+        # A reader that leaves (a client gone) must not cancel the others' read.
+        return await asyncio.shield(self._flight)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # seen: no "exception was never retrieved" when all left
 
 
 def decode_page(raw: bytes | str, expected: int) -> list[dict[str, Any]]:

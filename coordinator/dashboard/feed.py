@@ -31,6 +31,7 @@ SNAPSHOT_INTERVAL = 1.0
 EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
 PAGE_QUEUE_SIZE = 64  # frames
 PAGE_QUEUE_BYTES = 4 << 20  # and bytes: a snapshot of 1,000 instances is about 0.5 MB
+MAX_PAGES = 16  # open streams at once; more are turned away (503 + Retry-After)
 
 log = logging.getLogger("coordinator.dashboard")
 
@@ -72,12 +73,14 @@ class FleetFeed:
 
     def __init__(self, client: redis.Redis, keys: Keys, *,
                  signing_key: str | None = None, interval: float = SNAPSHOT_INTERVAL,
-                 queue_size: int = PAGE_QUEUE_SIZE) -> None:
+                 queue_size: int = PAGE_QUEUE_SIZE, max_pages: int = MAX_PAGES) -> None:
         self.client = client
         self.keys = keys
         self.keyring = messages.Keyring.of(signing_key, keys.namespace)
         self.interval = interval
         self.queue_size = queue_size
+        self.max_pages = max_pages  # each open page may hold PAGE_QUEUE_BYTES
+        self.turned_away = 0
         self.drops = messages.DropCounter()
         self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
         self.closed = False
@@ -88,6 +91,10 @@ class FleetFeed:
     @property
     def pages(self) -> int:
         return len(self._pages)
+
+    @property
+    def full(self) -> bool:
+        return len(self._pages) >= self.max_pages
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[PageQueue]:
