@@ -115,3 +115,22 @@ async def test_fleet_is_one_shared_snapshot_however_many_read_it(
                 "COORD_INSTANCE_ID", answers[0].json()["instances"][0]["id"])
     finally:
         await admin.aclose()
+
+
+async def test_a_websocket_message_over_the_launchers_limit_closes_with_1009(
+        redis_server: RedisServer, namespace: str, start_backend: Any) -> None:
+    """uvicorn's own limit is 16 MiB a message; the launcher sets BACKEND_WS_MAX_SIZE."""
+    from websockets import ConnectionClosed
+    from websockets.asyncio.client import connect
+    backend = start_backend({"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": namespace,
+                             "BACKEND_PHASE_DURATIONS": "services=0.1",
+                             "BACKEND_WS_MAX_SIZE": "2048"})
+    await asyncio.to_thread(backend.wait_ready)
+    async with connect(backend.ws_url) as ws:
+        await ws.recv()  # the welcome
+        await ws.send("x" * 1000)
+        assert "x" * 1000 in await ws.recv()
+        await ws.send("x" * 10_000)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -322,3 +322,30 @@ def test_max_retry_after_is_an_integer_from_1_to_a_day() -> None:
     assert Settings.from_env({"COORD_MAX_RETRY_AFTER": "7"}).max_retry_after == 7
     for raw in ("0", "86401", "1.5", "x"):
         assert error_for({"COORD_MAX_RETRY_AFTER": raw}).variable == "COORD_MAX_RETRY_AFTER"
+
+
+def test_the_launcher_bounds_what_uvicorn_can_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.__main__ as launcher
+    from backend.config import BackendConfig
+
+    seen: dict[str, object] = {}
+
+    class Captured:
+        def __init__(self, config: object, _coord: object) -> None:
+            seen["config"] = config
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(launcher, "DrainingServer", Captured)
+    for name in ("BACKEND_LIMIT_CONCURRENCY", "BACKEND_KEEPALIVE", "BACKEND_WS_MAX_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BACKEND_WS_MAX_SIZE", "4096")
+    assert launcher.main() == 0
+    config = seen["config"]
+    assert (config.limit_concurrency, config.timeout_keep_alive, config.ws_max_size,  # type: ignore[attr-defined]
+            config.h11_max_incomplete_event_size) == (4000, 5, 4096, 16384)  # type: ignore[attr-defined]
+    for var, bad in [("BACKEND_WS_MAX_SIZE", "100"), ("BACKEND_LIMIT_CONCURRENCY", "0"),
+                     ("BACKEND_KEEPALIVE", "x")]:
+        with pytest.raises(ConfigError, match=var):
+            BackendConfig.from_env({var: bad})
