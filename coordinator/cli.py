@@ -25,13 +25,14 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as redis
+from redis.exceptions import NoPermissionError
 
 from . import messages, wire
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
 from .messages import Keyring
-from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
+from .registry import FleetReader, as_text, decode_record, fleet_snapshot, is_live, read_record
 from .render import CLEAR_SCREEN, duration, phase_progress, printable, render_event, \
     render_fleet_table
 from .settings import Settings, generated_on
@@ -65,6 +66,7 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
     next refresh; only an unreachable Redis at the start is an error.
     """
     await client.ping()
+    reader = FleetReader(client, keys)  # remembers what this user may not do
     clear = out.isatty() and not as_json
     pubsub: Any = None
     try:
@@ -73,12 +75,14 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
                 if pubsub is None:
                     pubsub = wire.pubsub(client)
                     await pubsub.subscribe(keys.events)
-                doc = await fleet_snapshot(client, keys)
+                doc = await reader.snapshot()
                 frame = _json(doc) if as_json else render_fleet_table(doc)
             except REDIS_ERRORS as exc:
                 problem = redis_problem(exc, settings.redis_url)
+                what = ("refused a command (NOPERM)" if isinstance(exc, NoPermissionError)
+                        else "unreachable")
                 frame = (_json({"namespace": keys.namespace, "error": problem}) if as_json
-                         else f"redis unreachable at {settings.redis_url_redacted}: {problem}; "
+                         else f"redis {what} at {settings.redis_url_redacted}: {problem}; "
                          f"retrying every {interval:g}s")
                 await _close(pubsub)
                 pubsub = None
@@ -315,6 +319,10 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         return await check(client, keys, instance_id, settings.keyring, out)
     except BrokenPipeError:
         raise  # the reader of our output left: not a Redis problem (main() handles it)
+    except NoPermissionError as exc:  # reached it, and it said no: not an outage
+        raise CliError(f"Redis at {settings.redis_url_redacted} refused a command (NOPERM): "
+                       f"{redis_problem(exc, settings.redis_url)}; the user's ACL lacks a "
+                       "permission (README: Security)") from None
     except REDIS_ERRORS as exc:
         raise CliError(f"cannot reach Redis at {settings.redis_url_redacted}: "
                        f"{redis_problem(exc, settings.redis_url)}") from None

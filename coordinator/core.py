@@ -26,7 +26,7 @@ from typing import Protocol
 import redis.asyncio as redis
 
 from . import messages, registry
-from .connections import REDIS_ERRORS, make_redis
+from .connections import REDIS_ERRORS, make_redis, refused
 from .keys import Keys
 from .link import Subscription
 from .phases import Event, PhasePlan, State
@@ -36,6 +36,8 @@ from .tasks import TaskSet
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
+NOPERM_LINK = ("redis at %s refused a command (NOPERM): %s; this instance's ACL lacks a "
+               "permission it needs (README: Security); gating on local state meanwhile")
 
 
 class Role(enum.StrEnum):
@@ -390,6 +392,8 @@ class Coordinator:
     def _link_lost(self, exc: BaseException) -> None:
         self._link_attempted.set()
         self.redis_errors += 1
+        if refused(exc):  # at every attempt: it will not heal by itself
+            log.error(NOPERM_LINK, self.settings.redis_url_redacted, exc)
         if not self.redis_ok and self.redis_errors == 1:
             log.warning("redis unavailable (%s): %s; gating on local state, retrying in the "
                         "background", self.settings.redis_url_redacted, type(exc).__name__)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import redis.asyncio as redis
 
-from .connections import REDIS_ERRORS
+from .connections import REDIS_ERRORS, refused
 from .tasks import TaskSet
 
 log = logging.getLogger("coordinator.leases")
@@ -48,6 +48,7 @@ ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the 
 LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
 MAX_HOLD = 30.0  # COORD_MAX_QUEUE_TIME's default
 RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
+SCRIPT_NEEDS = "the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, ZSCORE, ZADD, ZREM"
 
 # KEYS[1] = N:leases (sorted set, member -> expiry in unix seconds, server clock)
 # ARGV[1] = member "<id>:<process>.<conn>"
@@ -111,6 +112,8 @@ class FleetLeases:
         self._closed = False
         self.outcomes = dict.fromkeys(LeaseOutcome, 0)
         self.errors = 0
+        self.denied = 0  # acquires Redis refused for want of a permission (NOPERM)
+        self.denial: str | None = None  # the latest refusal, until an acquire succeeds
 
     @property
     def enabled(self) -> bool:
@@ -159,6 +162,8 @@ class FleetLeases:
         except REDIS_ERRORS as exc:
             self._discard_remote(member)
             self.errors += 1
+            if refused(exc):
+                return self._refused(exc)
             if not self._fell_back:
                 log.warning("fleet lease unavailable (%s); holding under the local cap",
                             type(exc).__name__)
@@ -169,6 +174,7 @@ class FleetLeases:
         if self._fell_back:
             log.info("fleet leases available again; the fleet cap applies")
         self._fell_back = False
+        self.denial = None
         if not granted:
             self.outcomes[REFUSED] += 1
             return REFUSED
@@ -208,6 +214,23 @@ class FleetLeases:
         self._fell_back = True
         self.outcomes[LOCAL] += 1
         return LOCAL
+
+    def _refused(self, exc: BaseException) -> LeaseOutcome:
+        self.denied += 1
+        first = self.denial is None  # logged once per link-up (see on_link_up), not per hold
+        self.denial = f"{str(exc)[:160]} ({SCRIPT_NEEDS} on {self.key})"
+        if first:
+            log.error("fleet lease refused by Redis (NOPERM): %s; this instance's ACL lacks a "
+                      "permission (README: Security); holding under the local cap alone",
+                      self.denial)
+        return self._fall_back()
+
+    def on_link_up(self) -> None:
+        """The link came (back) up: send queued releases; a refusal is logged again."""
+        if self.denial is not None:
+            log.error("fleet leases were refused by Redis (NOPERM): %s; still holding under "
+                      "the local cap until an acquire succeeds", self.denial)
+        self.flush()
 
     def flush(self) -> None:
         """Send the queued releases now; the coordinator calls it when the link is back."""

@@ -102,7 +102,7 @@ class ConnectionGate:
             queue.reject_all(Reason.FAILED if state is State.FAILED else Reason.DRAINING)
 
     def on_link_up(self) -> None:
-        self.state.leases.flush()  # releases queued while the link was down
+        self.state.leases.on_link_up()  # releases queued while the link was down
 
     def counts(self, link_up: bool) -> GateCounts:
         state = self.state

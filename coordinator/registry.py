@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from .connections import refused
 from .keys import MAX_ID_CHARS, Keys, printable_name
 from .messages import MAX_TS
 from .phases import State
@@ -364,7 +365,9 @@ class FleetReader:
                 args += [instance_id, repr(score)]
             try:
                 await script(keys=[self.keys.instances], args=args)
-            except NoPermissionError:
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
                 self.prune = False
                 return
 

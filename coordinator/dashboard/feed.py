@@ -24,7 +24,7 @@ from ..connections import REDIS_ERRORS
 from ..exceptions import InvalidMessage
 from ..keys import Keys
 from ..link import Subscription
-from ..registry import fleet_snapshot
+from ..registry import FleetReader
 from ..tasks import TaskSet
 
 SNAPSHOT_INTERVAL = 1.0
@@ -77,6 +77,7 @@ class FleetFeed:
         self.client = client
         self.keys = keys
         self.keyring = messages.Keyring.of(signing_key, keys.namespace)
+        self.reader = FleetReader(client, keys)  # remembers what this user may not do
         self.interval = interval
         self.queue_size = queue_size
         self.max_pages = max_pages  # each open page may hold PAGE_QUEUE_BYTES
@@ -139,7 +140,7 @@ class FleetFeed:
 
     async def snapshot_frame(self) -> bytes:
         try:
-            doc = await fleet_snapshot(self.client, self.keys)
+            doc = await self.reader.snapshot()
         except REDIS_ERRORS as exc:
             return sse_frame("status", {"redis": "down", "error": type(exc).__name__})
         except Exception as exc:  # bad data in Redis must not end the snapshot loop
