@@ -406,3 +406,15 @@ async def test_backend_logs_carry_neither_the_key_nor_the_password(
         assert redis_state in log and "coord:***@127.0.0.1" in log, log
         for secret in (PASSWORD, wrong, KEY):
             assert secret not in log
+
+
+async def test_tls_refuses_a_certificate_for_another_host_name(acl_redis: AclRedis) -> None:
+    """redis>=6 (the floor in pyproject.toml) checks the host name by default; 5.x did not.
+    The server's certificate names 127.0.0.1 only: reached as localhost, it is refused."""
+    good = make_redis(acl_redis.url(tls=True))
+    assert await good.ping()
+    await good.aclose()
+    wrong_name = make_redis(acl_redis.url(tls=True).replace("127.0.0.1", "localhost"))
+    with pytest.raises(redis.ConnectionError, match="(?i)certificate|hostname|match"):
+        await wrong_name.ping()
+    await wrong_name.aclose()
