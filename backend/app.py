@@ -123,7 +123,9 @@ class Backend:
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
-        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys))  # 1 read/s at most
+        # One read a second at most however many ask; none served stale while Redis is down.
+        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
+                                usable=lambda: coord.redis_ok)
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:

@@ -376,20 +376,26 @@ class SharedSnapshot:
     """One fleet snapshot for every concurrent reader: at most one Redis read per
     ``max_age`` seconds however many ask (single flight, then a cache), so that readers
     of ``/fleet`` cannot put the fleet's whole read on the gate's event loop once each.
-    A failed read is shared and kept for ``max_age`` too."""
+    A failed read is shared and kept for ``max_age`` too. While ``usable()`` is false
+    (the instance's Redis link is down) nothing cached is served: each reader waits for
+    a read of its own (still one at a time), so an outage shows at once."""
 
     def __init__(self, reader: FleetReader, max_age: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 usable: Callable[[], bool] = lambda: True) -> None:
         self.reader = reader
         self.max_age = max_age
         self.clock = clock
+        self.usable = usable
         self.reads = 0
         self._flight: asyncio.Future[dict[str, Any]] | None = None
         self._started = -math.inf
 
     async def get(self) -> dict[str, Any]:
         now = self.clock()
-        if self._flight is None or (self._flight.done() and now - self._started >= self.max_age):
+        flight = self._flight
+        if flight is None or (flight.done() and (now - self._started >= self.max_age
+                                                 or not self.usable())):
             self._started, self.reads = now, self.reads + 1
             self._flight = asyncio.ensure_future(self.reader.snapshot())
             self._flight.add_done_callback(_retrieved)
