@@ -22,7 +22,7 @@ from coordinator.connections import REDIS_ERRORS
 from coordinator.dashboard import mount_dashboard
 from coordinator.health import HealthApp
 from coordinator.metrics import CONTENT_TYPE, Metrics
-from coordinator.registry import fleet_snapshot
+from coordinator.registry import FleetReader, SharedSnapshot
 
 from .config import BackendConfig
 
@@ -111,11 +111,14 @@ class Backend:
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
+        # One read a second at most however many ask; none served stale while Redis is down.
+        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
+                                usable=lambda: coord.redis_ok)
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:
             try:
-                doc = await fleet_snapshot(coord.redis, coord.keys)
+                doc = await shared.get()
             except REDIS_ERRORS as exc:
                 return JSONResponse({"error": f"redis unavailable: {type(exc).__name__}"},
                                     status_code=503)
@@ -124,6 +127,7 @@ class Backend:
         @api.get("/metrics")
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
 
 def create_app(config: BackendConfig | None = None) -> FastAPI:
     """The reference service as an ASGI app (its :class:`Backend` is ``app.state.backend``)."""

@@ -49,7 +49,8 @@ def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> d
         doc.update(
             queue=state.queue.status(),
             fleet_cap={"cap": state.leases.cap, "mode": state.leases.mode.value,
-                       "held_leases": len(state.leases.held)},
+                       "held_leases": len(state.leases.held),
+                       **({"refused": state.leases.denial} if state.leases.denial else {})},
             admitted=dict(state.admitted),
             rejected={str(reason): n for reason, n in state.rejected.items()},
         )

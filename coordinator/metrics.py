@@ -69,9 +69,10 @@ class _CoordinatorCollector(Collector):
                           "Seconds until ready, estimated from N:phase_stats", c.id, expected)
         yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
                       1.0 if c.redis_ok else 0.0)
-        lease_errors = gate.state.leases.errors if gate is not None else 0
+        leases = gate.state.leases if gate is not None else None
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
-                      c.id, {"link": c.redis_errors, "leases": lease_errors}, "source")
+                      c.id, {"link": c.redis_errors, "leases": leases.errors if leases else 0,
+                             "leases_noperm": leases.denied if leases else 0}, "source")
         yield _family(counter, "coordinator_dropped_messages",
                       "Invalid pub/sub messages (and instance hashes) dropped", c.id,
                       dict(c.drops.counts), "reason")

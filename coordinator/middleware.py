@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -40,6 +41,7 @@ log = logging.getLogger("coordinator.gate")
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SERVICE_RESTART = 1012
 MAX_REASON_BYTES = 123
+MAX_HINT = 86400  # reject()'s own ceiling on a hint; the gate's are COORD_MAX_RETRY_AFTER
 GAVE_UP = Reason.GAVE_UP
 
 
@@ -90,7 +92,8 @@ class ConnectionGate:
         self.state = GateState(
             HoldQueue(settings.max_queue),
             FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
-                        settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok))
+                        settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok,
+                        max_hold=settings.max_queue_time))
         self.observers: list[Observer] = list(observers or ())
         coordinator.attach(self)
 
@@ -107,7 +110,7 @@ class ConnectionGate:
             queue.reject_all(Reason.FAILED if state is State.FAILED else Reason.DRAINING)
 
     def on_link_up(self) -> None:
-        self.state.leases.flush()  # releases queued while the link was down
+        self.state.leases.on_link_up()  # releases queued while the link was down
 
     def counts(self, link_up: bool) -> GateCounts:
         state = self.state
@@ -189,6 +192,7 @@ class ConnectionGate:
             expected_ready_in=coord.expected_ready_in(),
             wait_budget=coord.settings.wait_budget(coord.current_phase),
             max_queue_time=coord.settings.max_queue_time,
+            max_retry_after=coord.settings.max_retry_after,
         )
         if decision.action is REJECT:
             await self._reject(scope, receive, send, decision)
@@ -267,14 +271,14 @@ class ConnectionGate:
             connections.pop(conn, None)
 
     def _rejection(self, reason: Reason) -> Decision:
-        coord = self.coord
+        coord, cap = self.coord, self.coord.settings.max_retry_after
         if reason is Reason.DRAINING:
-            hint = 1
+            hint = retry_hint(1, cap=cap)
         elif reason is Reason.FAILED:
-            hint = 5
+            hint = retry_hint(5, cap=cap)
         else:
-            hint = retry_hint(coord.expected_ready_in(),
-                              default=retry_hint(coord.settings.wait_budget(coord.current_phase)))
+            budget = retry_hint(coord.settings.wait_budget(coord.current_phase), cap=cap)
+            hint = retry_hint(coord.expected_ready_in(), default=budget, cap=cap)
         return Decision(REJECT, reason, retry_after=hint)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
@@ -310,15 +314,28 @@ def _reason_for(state: State) -> Reason:
 
 
 def reason_payload(reason: str, retry_after: int) -> str:
-    text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
-    return text if len(text.encode()) <= MAX_REASON_BYTES else text[:MAX_REASON_BYTES]
+    """``{"reason": ..., "retry_after": N}``: always valid JSON of at most 123 bytes (a
+    close reason's limit), the reason shortened if it must be."""
+    retry_after = _hint(retry_after)
+    while True:
+        text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
+        if len(text.encode()) <= MAX_REASON_BYTES:
+            return text
+        reason = reason[:len(reason) - max(1, len(text.encode()) - MAX_REASON_BYTES)]
+
+
+def _hint(retry_after: float) -> int:
+    """A Retry-After a client can use: an integer from 1 to MAX_HINT seconds."""
+    if not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
+        return 1
+    return max(1, min(MAX_HINT, int(retry_after)))
 
 
 async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
                  mode: str = "http") -> None:
     """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
     response, else accept and close with 1013 (1012 while draining)."""
-    retry_after = max(1, int(retry_after))
+    retry_after = _hint(retry_after)
     payload = reason_payload(reason, retry_after)
     message = await receive()  # websocket.connect (or disconnect: nothing to answer)
     if message["type"] != "websocket.connect":

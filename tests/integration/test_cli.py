@@ -33,6 +33,12 @@ async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
     await conn.aclose()
 
 
+def signed_by(key: str, namespace: str) -> messages.Keyring:
+    keyring = messages.Keyring.of(key, namespace)
+    assert keyring is not None
+    return keyring
+
+
 @pytest.fixture
 def env(redis_server: RedisServer, namespace: str) -> dict[str, str]:
     return cli_env(redis_server.url, namespace)
@@ -171,10 +177,38 @@ async def test_check_with_a_signing_key_refuses_an_unsigned_record(
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
+    await put(client, keys, {**forged, "sig": messages.sign_record(forged, signed_by("s3cret-key", namespace))})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
+
+
+async def test_check_with_a_signing_key_trusts_no_copied_id_and_no_refreshed_heartbeat(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    """Signed records bind their id and their liveness fields: a real, signed record copied
+    under an id that never existed, or a dead one with its heartbeat moved forward, is
+    not ready."""
+    keys, now, key = Keys(namespace), time.time(), "s3cret-key"
+    signed_env = {**env, "COORD_SIGNING_KEY": key}
+
+    def signed(fields: dict[str, str]) -> dict[str, str]:
+        return {**fields, "sig": messages.sign_record(fields, signed_by(key, namespace))}
+
+    up = signed(record("up", now, state="ready", phase="finalize", index=7))
+    await put(client, keys, up)
+    await client.hset(keys.instance("ghost"), mapping=up)
+    proc = run_cli("check", "--instance", "ghost", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "ghost: not ready: its record is instance up's")
+
+    dead = signed(record("dead", now, state="ready", phase="finalize", index=7, beat_age=300))
+    await put(client, keys, dead)
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert proc.returncode == 1 and "last heartbeat 5m00s ago" in proc.stdout
+    await client.hset(keys.instance("dead"), mapping={"heartbeat_at": f"{time.time():.6f}"})
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "dead: not ready: its record's signature does not verify")
 
 
 async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generated_id(
@@ -245,10 +279,10 @@ async def test_events_json_prints_each_valid_message_as_received(
     proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    signed = messages.encode(event("web-a", "ready", "services", 5), key)
+    signed = messages.encode(event("web-a", "ready", "services", 5), signed_by(key, namespace))
     await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
     await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5),
-                                                  "wrong-key"))
+                                                  signed_by("wrong-key", namespace)))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr
@@ -303,3 +337,15 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
         assert "totals: 1 instance(s) (1 ready); ready 100%" in frames[1]
     else:
         assert all(json.loads(line)["namespace"] == namespace for line in proc.lines)
+
+
+async def test_fleet_and_check_print_no_terminal_escape_from_redis(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys, now = Keys(namespace), time.time()
+    hostile = "ready\x1b]0;owned\x07\x1b[2J"
+    await put(client, keys, record("web-a", now, state=hostile, phase="cache\x1b[31m"))
+    for args in (("fleet",), ("check", "--instance", "web-a")):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode in (0, 1), proc.stderr
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout, args
+        assert "ready\\x1b]0;owned" in proc.stdout, args

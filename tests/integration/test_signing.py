@@ -23,7 +23,7 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.connections import make_redis
-from coordinator.messages import MAX_MESSAGE_BYTES, Message, encode
+from coordinator.messages import MAX_MESSAGE_BYTES, Keyring, Message, encode
 from tests.support import CHAT, assert_chatted, chat
 from tests.integration.scripted import serving
 from tests.support import RedisServer, async_wait_until, free_port
@@ -96,7 +96,8 @@ def ready_message(pair: Pair, key: str | None, ts: float | None = None) -> bytes
     """What the owner publishes when ``services`` completes, signed with ``key``."""
     return encode(Message(INSTANCE, "phase_completed", "services", 2,
                           time.time() if ts is None else ts,
-                          {"state": "ready", "started_at": pair.owner.status.started_at}), key)
+                          {"state": "ready", "started_at": pair.owner.status.started_at}),
+                  Keyring.of(key, pair.owner.settings.namespace))
 
 
 @pytest.fixture
@@ -118,7 +119,8 @@ async def test_forged_events_and_a_forged_hash_never_release_held_connections(
     async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
         clients = await hold_two(pair)
         tampered = json.loads(encode(Message(INSTANCE, "phase_started", "services", 2,
-                                             time.time(), {"state": "starting"}), KEY))
+                                             time.time(), {"state": "starting"}),
+                                     Keyring.of(KEY, namespace)))
         tampered.update(event="phase_completed", state="ready")  # a real sig, body changed
         forged = [
             ready_message(pair, None),  # unsigned
@@ -161,6 +163,134 @@ async def test_without_a_key_the_same_forgery_does_release_early(
         outcomes = await asyncio.gather(*clients)
         assert [o.kind for o in outcomes] == [CHAT, CHAT]
         assert pair.owner.state.value == "starting"  # released while still starting
+
+
+# -- what a signature binds: the key's id, the namespace, liveness, the life ------------
+
+
+def settings_for(url: str, namespace: str, instance: str, key: str | None,
+                 **kw: Any) -> Settings:
+    return Settings(redis_url=url, namespace=namespace, instance_id=instance, phases=PHASES,
+                    ready_phase="services", environment="test", signing_key=key,
+                    **{"heartbeat_interval": 30, "instance_ttl": 60, **kw})
+
+
+async def run_to_ready(owner: Coordinator) -> None:
+    for name in PHASES:
+        async with owner.phase(name):
+            pass
+
+
+async def test_a_signed_record_copied_into_another_instances_hash_releases_nobody(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
+    """The copy verifies (it is a real record, really signed) but names another id."""
+    async with Coordinator(settings_for(redis_server.url, namespace, "ready-one", KEY)) as one:
+        await run_to_ready(one)
+        async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
+            clients = await hold_two(pair)
+            copied = await attacker.hgetall(f"{namespace}:instance:ready-one")
+            target = f"{namespace}:instance:{INSTANCE}"
+            await attacker.delete(target)
+            await attacker.hset(target, mapping=copied)
+            drops = pair.follower.drops.counts
+            await async_wait_until(lambda: drops["wrong_instance"] >= 2, 10,
+                                   what=f"the copy to be read and refused ({dict(drops)})")
+            assert pair.follower.state.value == "starting"
+            assert len(pair.gate.state.queue) == 2 and not any(c.done() for c in clients)
+            pair.finish.set()
+            for outcome in await asyncio.gather(*clients):
+                assert_chatted(outcome, INSTANCE)
+
+
+async def test_a_followers_first_life_is_not_released_by_a_replayed_ready(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
+    """The case of the issue: a follower that does not know its instance's started_at yet
+    (the previous life removed its record, the next has not written one) is shown a signed
+    ``ready`` of the previous life, captured seconds earlier: well within the 30 s a
+    message stays fresh. It must hold on until the new life is ready."""
+    channel = f"{namespace}:instance:{INSTANCE}:events"
+    listener = attacker.pubsub()
+    await listener.subscribe(channel)
+    previous = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, KEY))
+    async with previous:
+        await run_to_ready(previous)
+    captured: list[bytes] = []
+    deadline = time.monotonic() + 2  # everything was published already; collect it
+    while time.monotonic() < deadline:
+        msg = await listener.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if msg is not None:
+            captured.append(msg["data"])
+    await listener.aclose()
+    releasing = [m for m in captured if json.loads(m)["event"] in ("ready", "phase_completed")]
+    assert releasing and not await attacker.exists(f"{namespace}:instance:{INSTANCE}")
+
+    follower = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, KEY),
+                           role="follower")
+    async with follower:
+        waiter = asyncio.create_task(follower.wait_ready(20))
+        for data in releasing:
+            assert await attacker.publish(channel, data) == 1
+        # The next life starts: its first (fresh) event comes after the replays, so once
+        # the follower shows it, it has judged every replay.
+        successor = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, KEY))
+        async with successor:
+            async with successor.phase("init"):
+                await async_wait_until(lambda: follower.current_phase == "init", 10,
+                                       what="the follower to see the new life's init")
+                assert follower.state.value == "starting" and not waiter.done()
+            await run_to_ready(successor)
+            assert await asyncio.wait_for(waiter, 10)  # the new life's own ready does
+
+
+async def test_a_message_signed_for_another_namespace_releases_nobody(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
+    """One key for two namespaces (staging and production, say): what one publishes is
+    no signature in the other."""
+    async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
+        clients = await hold_two(pair)
+        elsewhere = encode(Message(INSTANCE, "phase_completed", "services", 2, time.time(),
+                                   {"state": "ready",
+                                    "started_at": pair.owner.status.started_at}),
+                           Keyring.of(KEY, namespace + "-other"))
+        assert await attacker.publish(f"{namespace}:instance:{INSTANCE}:events", elsewhere) == 2
+        await async_wait_until(lambda: pair.follower.drops.counts["bad_signature"] == 1, 10,
+                               what="the drop")
+        assert pair.follower.state.value == "starting" and not any(c.done() for c in clients)
+        pair.finish.set()
+        await asyncio.gather(*clients)
+
+
+@pytest.mark.parametrize(("owner_key", "follower_key"), [
+    ("old,new", "old"), ("old,new", "new,old"), ("new,old", "old,new"), ("new", "new,old"),
+], ids=["step-1", "step-1-2", "step-2", "step-3"])
+async def test_keys_rotate_without_downtime(redis_server: RedisServer, namespace: str,
+                                            owner_key: str, follower_key: str) -> None:
+    """Rotation in three rolling steps (README: Signing): ``old,new``, then ``new,old``,
+    then ``new``; at every mix of neighbouring steps the owner's signatures verify."""
+    owner = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, owner_key))
+    follower = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, follower_key),
+                           role="follower")
+    async with owner, follower:
+        waiter = asyncio.create_task(follower.wait_ready(20))
+        await asyncio.sleep(0)
+        await run_to_ready(owner)
+        assert await asyncio.wait_for(waiter, 10)
+        assert follower.drops.total == 0
+
+
+async def test_running_unsigned_is_said_once_at_start(
+        redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with Coordinator(settings_for(redis_server.url, namespace, INSTANCE, KEY)):
+        pass
+    assert "unsigned" not in caplog.text
+    unsigned = Coordinator(settings_for(redis_server.url, namespace, INSTANCE, None))
+    await unsigned.start()
+    await unsigned.start()  # idempotent: said once
+    await unsigned.stop()
+    lines = [r for r in caplog.records if "running unsigned" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert repr(namespace) in lines[0].getMessage()
 
 
 # -- ACL users, TLS, and what the logs may say -------------------------------------------
@@ -276,3 +406,15 @@ async def test_backend_logs_carry_neither_the_key_nor_the_password(
         assert redis_state in log and "coord:***@127.0.0.1" in log, log
         for secret in (PASSWORD, wrong, KEY):
             assert secret not in log
+
+
+async def test_tls_refuses_a_certificate_for_another_host_name(acl_redis: AclRedis) -> None:
+    """redis>=6 (the floor in pyproject.toml) checks the host name by default; 5.x did not.
+    The server's certificate names 127.0.0.1 only: reached as localhost, it is refused."""
+    good = make_redis(acl_redis.url(tls=True))
+    assert await good.ping()
+    await good.aclose()
+    wrong_name = make_redis(acl_redis.url(tls=True).replace("127.0.0.1", "localhost"))
+    with pytest.raises(redis.ConnectionError, match="(?i)certificate|hostname|match"):
+        await wrong_name.ping()
+    await wrong_name.aclose()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from backend.app import create_app
 from backend.config import BackendConfig
 from coordinator.settings import Settings
 from tests.support import ROOT
@@ -106,3 +107,11 @@ def test_the_redis_url_comes_from_secret_manager(container):
 def test_the_drain_fits_in_cloud_runs_grace(container):
     grace = float(plain_env(container).get("COORD_DRAIN_GRACE", Settings().drain_grace))
     assert grace + CLOSE_AND_LEAVE <= CLOUD_RUN_SIGKILL_AFTER
+
+
+def test_the_public_service_serves_no_operator_route(container):
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["BACKEND_OPS_ROUTES"] == "off"
+    config = BackendConfig.from_env({k: v for k, v in env.items() if v is not None})
+    paths = {r.path for r in create_app(config).routes}
+    assert not paths & {"/fleet", "/metrics", "/dashboard"}
