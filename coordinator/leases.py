@@ -116,6 +116,11 @@ class FleetLeases:
         self.denial: str | None = None  # the latest refusal, until an acquire succeeds
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (it may be, while an acquire awaits Redis)."""
+        return self._closed
+
+    @property
     def enabled(self) -> bool:
         return self.cap is not None
 
@@ -150,6 +155,9 @@ class FleetLeases:
             self._fell_back = False  # the link's own state says "local" from now on
             self.outcomes[LOCAL] += 1
             return LOCAL
+        cap = self.cap
+        if cap is None:
+            raise RuntimeError("acquire() needs a fleet cap")
         member = self.member(conn)
         longest_ms = int((self.max_hold + self.margin) * 1000)
         ttl_ms = max(1, min(longest_ms, int((hold_for + self.margin) * 1000)))
@@ -157,7 +165,7 @@ class FleetLeases:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             async with asyncio.timeout(self.timeout):
                 granted, _count = await self._acquire(keys=[self.key],
-                                                      args=[member, self.cap, ttl_ms,
+                                                      args=[member, cap, ttl_ms,
                                                             longest_ms])
         except REDIS_ERRORS as exc:
             self._discard_remote(member)
@@ -178,7 +186,7 @@ class FleetLeases:
         if not granted:
             self.outcomes[REFUSED] += 1
             return REFUSED
-        if self._closed:  # stopped while the script ran: give it straight back
+        if self.closed:  # stopped while the script ran: give it straight back
             self._discard_remote(member)
             return self._fall_back()
         self.held.add(member)

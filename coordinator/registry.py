@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
@@ -162,7 +162,7 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
     instance_id = record["id"]
     key = keys.instance(instance_id)
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=dict(record))
+        pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
         pipe.pexpire(key, int(ttl * 1000))
         pipe.zadd(keys.instances, {instance_id: heartbeat_at})
         _publish(pipe, keys, instance_id, event)
@@ -398,10 +398,10 @@ class SharedSnapshot:
         if flight is None or (flight.done() and (now - self._started >= self.max_age
                                                  or not self.usable())):
             self._started, self.reads = now, self.reads + 1
-            self._flight = asyncio.ensure_future(self.reader.snapshot())
-            self._flight.add_done_callback(_retrieved)
+            flight = self._flight = asyncio.ensure_future(self.reader.snapshot())
+            flight.add_done_callback(_retrieved)
         # A reader that leaves (a client gone) must not cancel the others' read.
-        return await asyncio.shield(self._flight)
+        return await asyncio.shield(flight)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

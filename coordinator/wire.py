@@ -81,7 +81,7 @@ class BoundedPubSub(PubSub):
 
     async def aclose(self) -> None:
         try:
-            await super().aclose()
+            await super().aclose()  # type: ignore[no-untyped-call]
         finally:
             await self.connection_pool.disconnect()
 
