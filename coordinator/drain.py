@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coordinator.drain")
 CLOSE_WAIT = 1.0  # seconds the last closes may take before the drain moves on
+# A SIGTERM this soon after the first is the same stop, not a second one: a whole process
+# group signalled (systemd's default KillMode), then a multi-process server's parent
+# forwarding it to its workers.
+SAME_SIGNAL = 1.0
 
 
 async def drain(coord: Coordinator, grace: float | None = None,
@@ -40,6 +44,8 @@ async def drain(coord: Coordinator, grace: float | None = None,
     settings = coord.settings
     grace = settings.drain_grace if grace is None else grace
     spread = settings.drain_spread_seconds if spread is None else min(spread, grace)
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + grace
     coord.begin_drain()
     log.info("instance %s draining: rejecting new handshakes for %.1fs, closing open "
              "connections over the last %.1fs", coord.id, grace, spread)
@@ -47,6 +53,9 @@ async def drain(coord: Coordinator, grace: float | None = None,
         await asyncio.sleep(grace - spread)
     closed = await asyncio.gather(*(g.close_connections(timeout=CLOSE_WAIT, spread=spread)
                                     for g in coord.gates))
+    # Listening (and turning newcomers away cleanly) for the whole grace, however few
+    # connections there were to close.
+    await asyncio.sleep(max(0.0, ends - loop.time()))
     log.info("instance %s drained: %d connection(s) closed with 1012", coord.id, sum(closed))
     await coord.stop()
 
@@ -63,6 +72,7 @@ class Drains:
         self._taken: dict[int, signals.Taken] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._first_term = 0.0
 
     @property
     def hooked(self) -> str | None:
@@ -81,13 +91,16 @@ class Drains:
         for sig, handler in ((signal.SIGTERM, self._on_term), (signal.SIGINT, self._on_int),
                              (signal.SIGQUIT, self._on_quit)):
             taken = signals.take(self._loop, sig, handler)
+            if taken is None and sig == signal.SIGTERM:
+                taken = signals.take_hypercorn_event(self._loop, handler)
             if taken is not None:
                 self._taken[sig] = taken
         if signal.SIGTERM not in self._taken:
             log.warning("no server SIGTERM handler found in this process: instance %s will "
                         "not drain on SIGTERM (README: Drain)", coord.id)
         else:
-            log.debug("SIGTERM taken over through %s", self.hooked)
+            log.info("SIGTERM will drain instance %s first (taken over through %s)", coord.id,
+                     self.hooked)
 
     def detach(self, coord: Coordinator) -> None:
         """``coord``'s lifespan ended; the last one gives the signals back."""
@@ -103,10 +116,13 @@ class Drains:
     # -- the signals ------------------------------------------------------------------
 
     def _on_term(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._task is None:
             log.info("SIGTERM: draining before the server shuts down")
-            self._task = asyncio.get_running_loop().create_task(self._drain_all(),
-                                                                name="coordinator-drain")
+            self._first_term = loop.time()
+            self._task = loop.create_task(self._drain_all(), name="coordinator-drain")
+            return
+        if loop.time() - self._first_term < SAME_SIGNAL:
             return
         log.info("second SIGTERM: ending the drain now")
         self._end_now(signal.SIGTERM)

@@ -7,9 +7,14 @@ two ways, and both are in place by the time the application's lifespan starts:
 - ``signal.signal`` (uvicorn's ``Server.capture_signals``, so also ``fastapi run``,
   ``uvicorn --workers N`` in each worker, gunicorn's ``UvicornWorker``): the previous
   handler is ``signal.getsignal(sig)``, a plain function to call later;
-- ``loop.add_signal_handler`` (hypercorn, granian's workers): asyncio keeps the callback
-  in ``loop._signal_handlers``; uvloop keeps it in a C-level dict that only the garbage
-  collector's referents reach.
+- ``loop.add_signal_handler`` (hypercorn ``-w 0``, granian's workers): asyncio keeps the
+  callback in ``loop._signal_handlers``; uvloop keeps it in a C-level dict that only the
+  garbage collector's referents reach.
+
+One server signals otherwise: hypercorn with worker processes (its default) catches
+SIGTERM in its parent, which sets a ``multiprocessing`` event that each worker polls
+every 0.1 s; a worker has no handler at all. :func:`take_hypercorn_event` stands between
+the event and hypercorn's poll instead.
 
 :func:`take` installs our handler either way and returns a :class:`Taken` whose
 ``chain()`` runs the server's handler as if the signal had just arrived, and whose
@@ -22,6 +27,7 @@ import asyncio
 import contextvars
 import gc
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +93,54 @@ def take(loop: asyncio.AbstractEventLoop, sig: int,
             signal.signal(sig, server_handler)
 
     return Taken(sig, "signal.signal", chain_signal, restore_signal)
+
+
+def take_hypercorn_event(loop: asyncio.AbstractEventLoop,
+                         handler: Callable[[], None]) -> Taken | None:
+    """In a hypercorn worker process: run ``handler`` when the parent's shutdown event is
+    set, and hide the event from hypercorn until ``chain()``.
+
+    hypercorn's worker polls ``shutdown_event.is_set()`` (``hypercorn.utils.
+    check_multiprocess_shutdown_event``); an ``is_set`` on the instance shadows the
+    method for that poll. A SIGTERM sent to the worker itself (a whole process group
+    signalled) reaches ``handler`` too. None when this is not such a process.
+    """
+    if "hypercorn" not in sys.modules or threading.current_thread() is not threading.main_thread():
+        return None
+    from multiprocessing.synchronize import Event
+
+    events = [o for o in gc.get_objects() if isinstance(o, Event)]
+    if len(events) != 1:
+        return None
+    (event,) = events
+    real_is_set = Event.is_set
+    released = False
+
+    def is_set() -> bool:
+        return released and real_is_set(event)
+
+    async def watch() -> None:
+        # A flag in shared memory, set by another process: polled, as hypercorn polls it.
+        while not real_is_set(event):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        handler()
+
+    def chain() -> None:
+        nonlocal released
+        released = True
+        if not real_is_set(event):
+            event.set()  # the signal came to this worker alone: stop it all the same
+
+    def restore() -> None:
+        watcher.cancel()
+        vars(event).pop("is_set", None)
+        signal.signal(signal.SIGTERM, previous)
+
+    event.is_set = is_set  # type: ignore[method-assign]
+    watcher = loop.create_task(watch(), name="coordinator-hypercorn-shutdown")
+    previous = signal.signal(signal.SIGTERM,
+                             lambda _signum, _frame: loop.call_soon_threadsafe(handler))
+    return Taken(signal.SIGTERM, "hypercorn's multiprocess shutdown event", chain, restore)
 
 
 def _loop_handler(loop: asyncio.AbstractEventLoop,

@@ -25,6 +25,7 @@ HTTP = "http"  # handshake refused with an HTTP status (the gate: 503 + Retry-Af
 CLOSE = "close"  # accepted, then closed with a code (1011 from the race, 1013 from the gate)
 DROPPED = "dropped"  # the server closed the TCP connection without any HTTP response
 GAVE_UP = "gave_up"  # the client's own open timeout ran out
+REFUSED = "refused"  # no server listening (any more): the TCP connection was refused
 IMPLEMENTATIONS = ("websockets", "websockets-sansio", "wsproto")
 NEAR_READY_DURATIONS = "init=0,dependencies=0,database=0,cache=0.2"
 
@@ -71,6 +72,8 @@ async def chat(url: str, text: str = "hello", open_timeout: float | None = 20.0)
         return Outcome(DROPPED, time.monotonic() - start, reason=repr(exc.__cause__), sent=text)
     except TimeoutError:
         return Outcome(GAVE_UP, time.monotonic() - start, sent=text)
+    except ConnectionRefusedError:
+        return Outcome(REFUSED, time.monotonic() - start, sent=text)
 
 
 async def storm(url: str, count: int, open_timeout: float | None = 20.0) -> list[Outcome]:

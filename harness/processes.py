@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,23 @@ class RedisServer:
         self.start()
 
 
-class BackendProcess:
-    """``python -m backend`` as users run it, with its log kept for the test report."""
+BACKEND_COMMAND = (sys.executable, "-m", "backend")
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+
+class BackendProcess:
+    """``python -m backend`` as users run it, with its log kept for the test report.
+
+    ``argv`` runs it under another server instead (``{port}`` is replaced by the port),
+    e.g. ``("hypercorn", "-b", "127.0.0.1:{port}", "backend.asgi:app")``. The process leads
+    a process group of its own: signals go to it alone, as a platform sends them to a
+    container's first process, and :meth:`kill` takes its workers down with it.
+    """
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None,
+                 argv: Sequence[str] = BACKEND_COMMAND) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.argv = [arg.replace("{port}", str(self.port)) for arg in argv]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1",
                     "PORT": str(self.port), **env}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -114,8 +125,8 @@ class BackendProcess:
 
     def start(self, wait: bool = True) -> BackendProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait_exit
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend"], cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             wait_until(lambda: self.get("/health/live")[0] == 200 or self._died(), 20,
                        what=f"backend on {self.port} to listen")
@@ -164,6 +175,8 @@ class BackendProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):  # workers left behind, if any
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return code
 

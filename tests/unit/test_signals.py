@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from coordinator import signals
-from coordinator.drain import Drains
+from coordinator.drain import Drains, drain
 from coordinator.phases import State
 
 from .test_gate import Client, connect, make, run_phases
@@ -122,7 +122,8 @@ async def test_sigterm_drains_first_then_hands_the_signal_to_the_server(sigterm)
         drains.detach(coord)
 
 
-async def test_a_second_sigterm_ends_the_drain_at_once(sigterm) -> None:
+async def test_a_second_sigterm_ends_the_drain_at_once(sigterm, monkeypatch) -> None:
+    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
     gate, coord, _app = make(drain_grace=30)
     gate.app = open_app
     await run_phases(coord, "init", "dependencies", "database", "cache", "services")
@@ -134,9 +135,37 @@ async def test_a_second_sigterm_ends_the_drain_at_once(sigterm) -> None:
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         await until(lambda: coord.state is State.DRAINING)
+        await asyncio.sleep(0.1)  # past SAME_SIGNAL: a second stop, not the same one again
         os.kill(os.getpid(), signal.SIGTERM)
         await until(lambda: sigterm)  # not 30 s later
         await asyncio.wait_for(task, DEADLINE)
         assert client.sent[-1]["code"] == 1012
+    finally:
+        drains.detach(coord)
+
+
+async def test_the_drain_listens_for_the_whole_grace_with_nothing_to_close() -> None:
+    _gate, coord, _app = make(drain_grace=0.3, drain_spread=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(drain(coord), DEADLINE)
+    assert loop.time() - started >= 0.3  # a lower bound: the loop's timers never fire early
+    assert coord.state is State.STOPPED
+
+
+async def test_a_sigterm_right_after_the_first_is_the_same_stop(sigterm) -> None:
+    """A process group signalled, then the server's parent forwarding the signal: one
+    SIGTERM twice within a second must not cut the drain short."""
+    _gate, coord, _app = make(drain_grace=1.5, drain_spread=0)
+    drains = Drains()
+    drains.attach(coord)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: coord.state is State.DRAINING)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.2)  # time for a wrongly handled second signal to act
+        assert sigterm == [] and coord.state is State.DRAINING
+        await until(lambda: sigterm)
+        assert coord.state is State.STOPPED
     finally:
         drains.detach(coord)
