@@ -56,19 +56,23 @@ SCRIPT_NEEDS = "the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, Z
 # ARGV[3] = lease lifetime in milliseconds (hold deadline + margin)
 # ARGV[4] = the longest lifetime any lease can have, in milliseconds (COORD_MAX_QUEUE_TIME
 #           + margin): a lease expiring later than that (1e12, inf) no instance wrote
-# Purges expired leases and impossible ones, then adds (or renews) the member if the
-# cap allows. Returns {1 if granted else 0, leases in the set afterwards}.
+# Purges expired leases and impossible ones (a second of slack above the longest
+# lifetime: a lease written a moment ago by another call must survive), then adds (or
+# renews) the member if the cap allows. Returns {1 if granted else 0, leases in the set
+# afterwards}. Bounds are formatted to the microsecond: Lua's own number-to-text keeps
+# 14 digits, a tenth of a millisecond at today's times, coarser than the scores.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[4]) / 1000), '+inf')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now))
+local latest = now + tonumber(ARGV[4]) / 1000 + 1
+redis.call('ZREMRANGEBYSCORE', KEYS[1], string.format('(%.6f', latest), '+inf')
 local count = redis.call('ZCARD', KEYS[1])
 local renewing = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not renewing and count >= tonumber(ARGV[2]) then
   return {0, count}
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]) / 1000, ARGV[1])
+redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3]) / 1000), ARGV[1])
 if not renewing then count = count + 1 end
 return {1, count}
 """
