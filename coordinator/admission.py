@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 from dataclasses import dataclass
 
 from .phases import PhasePlan, State
@@ -30,6 +31,7 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     DRAINING = "draining"
     FAILED = "failed"
+    MAX_AGE = "max_age"  # an open connection closed at COORD_MAX_CONNECTION_AGE (1012)
     GAVE_UP = "gave_up"
 
 
@@ -56,6 +58,21 @@ def retry_hint(seconds: float | None, default: int = 1, cap: int = MAX_RETRY_AFT
     if seconds is None or not math.isfinite(seconds):
         seconds = default
     return max(1, min(cap, math.ceil(seconds)))
+
+
+def spread(hint: int, cap: int = MAX_RETRY_AFTER, rng: random.Random | None = None) -> int:
+    """``hint`` plus a spread of its own: uniform in ``[hint, hint + max(1, hint // 2)]``,
+    at most ``cap``.
+
+    The hint is the earliest a retry can succeed (from what the fleet knows); the spread
+    is what keeps the clients that were refused in the same moment from coming back in
+    the same second (DESIGN.md: Deploy storms).
+    """
+    width = max(1, hint // 2)
+    return max(1, min(cap, hint + (rng or _RNG).randint(0, width)))
+
+
+_RNG = random.Random()
 
 
 def decide(*, state: State, phase: str | None, plan: PhasePlan, has_slot: bool,

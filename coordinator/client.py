@@ -27,7 +27,7 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,17 @@ class Session:
     def held_for(self) -> float:
         """How long the successful handshake took (the time the gate held it)."""
         return self.attempts[-1].duration if self.attempts else 0.0
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """The server's messages until it closes the connection; a close that asks for a
+        reconnect (1012, 1013: a drain, a maximum age) ends the iteration quietly, any
+        other error close (1011) raises ``ConnectionClosedError``."""
+        try:
+            async for message in self.websocket:
+                yield message
+        except ConnectionClosed as exc:
+            if exc.rcvd is None or exc.rcvd.code not in RETRY_CLOSE_CODES:
+                raise
 
     async def close(self) -> None:
         await self.websocket.close()
@@ -296,3 +307,31 @@ def _seconds(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if 0 <= seconds < 86400 else None
+
+
+async def sessions(url: str, *, policy: RetryPolicy | None = None,
+                   on_attempt: Callable[[Attempt], None] | None = None,
+                   **connect_kwargs: Any) -> AsyncIterator[Session]:
+    """Stay connected: yield a :class:`Session`, and when the server closes it with 1012
+    or 1013 (a drain, ``COORD_MAX_CONNECTION_AGE``), wait its hint plus full jitter and
+    yield a new one.
+
+        async for session in sessions("wss://chat.example.com/ws"):
+            async for message in session.messages():
+                ...              # ends when the server closes; the loop reconnects
+
+    Ends when a session closes otherwise (a normal close, 1011, the network), or when a
+    reconnect gives up (:class:`GaveUp`, raised). Leaving the loop closes the session.
+    """
+    policy = policy or RetryPolicy()
+    while True:
+        session = await connect(url, policy=policy, on_attempt=on_attempt, **connect_kwargs)
+        try:
+            yield session
+        finally:
+            await session.close()
+        code = session.websocket.close_code
+        if code not in RETRY_CLOSE_CODES:
+            return
+        _reason, hint = _gate_reason(session.websocket.close_reason)
+        await asyncio.sleep((hint or 0.0) + policy.jitter(1))

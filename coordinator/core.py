@@ -65,6 +65,7 @@ class GateCounts:
     fleet_cap_mode: str = "off"
     admitted: int = 0
     rejected: int = 0
+    connections: int = 0  # open: handed to the app and not yet closed
 
     @staticmethod
     def total(parts: list[GateCounts]) -> GateCounts:
@@ -74,7 +75,7 @@ class GateCounts:
         return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
                           sum(p.held_leases for p in parts), parts[0].fleet_cap,
                           parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
-                          sum(p.rejected for p in parts))
+                          sum(p.rejected for p in parts), sum(p.connections for p in parts))
 
 
 class Gate(Protocol):

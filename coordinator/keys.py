@@ -38,6 +38,11 @@ class Keys:
         return f"{self.namespace}:leases"
 
     @property
+    def admit(self) -> str:
+        """Hash: the fleet admission rate's token bucket (``tokens``, ``at``)."""
+        return f"{self.namespace}:admit"
+
+    @property
     def phase_stats(self) -> str:
         """Hash: phase -> moving average duration (seconds) over recent startups."""
         return f"{self.namespace}:phase_stats"

@@ -60,6 +60,9 @@ class _CoordinatorCollector(Collector):
                       _one_hot(State, c.state), "state")
         if gate is not None:
             yield from self._gate(gate.state)
+            yield _family(CounterMetricFamily, "coordinator_paced",
+                          "Handshakes held for a token of slow start or the fleet admission "
+                          "rate, then admitted", c.id, gate.pacer.paced)
         yield _family(gauge, "coordinator_phase_duration_seconds",
                       "Duration of each completed startup phase", c.id, c.phase_durations,
                       "phase")
@@ -72,7 +75,8 @@ class _CoordinatorCollector(Collector):
         leases = gate.state.leases if gate is not None else None
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
                       c.id, {"link": c.redis_errors, "leases": leases.errors if leases else 0,
-                             "leases_noperm": leases.denied if leases else 0}, "source")
+                             "leases_noperm": leases.denied if leases else 0,
+                             "admit": gate.pacer.fleet_errors if gate else 0}, "source")
         yield _family(counter, "coordinator_dropped_messages",
                       "Invalid pub/sub messages (and instance hashes) dropped", c.id,
                       dict(c.drops.counts), "reason")

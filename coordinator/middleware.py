@@ -15,26 +15,29 @@ import functools
 import json
 import logging
 import math
+import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint
+from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint, spread
 from .core import Coordinator, GateCounts
 from .drain import DRAINS
 from .leases import REFUSED, FleetLeases
 from .logs import handshake_noise, quiet_handshake_noise
+from .pacing import Pacer
 from .phases import State
 from .queue import ADMIT, Hold, HoldEnd, HoldQueue
+from .tasks import TaskSet
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Closer = Callable[[int, str], Awaitable[None]]
+Closer = Callable[[int, str], Coroutine[Any, Any, None]]
 Observer = Callable[[str, str | None, float], None]
 
 log = logging.getLogger("coordinator.gate")
@@ -95,13 +98,23 @@ class ConnectionGate:
                         settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok,
                         max_hold=settings.max_queue_time))
         self.observers: list[Observer] = list(observers or ())
+        self.tasks = TaskSet("gate", log)
+        self.pacer = Pacer(settings, self.state.queue, coordinator.redis,
+                           (coordinator.keys.admit, coordinator.keys.instances),
+                           link_up=lambda: coordinator.redis_ok, tasks=self.tasks)
+        self._pacing = self.pacer.enabled  # read once: the fast path checks a plain bool
+        self._max_age = settings.max_connection_age
         coordinator.attach(self)
 
     # -- what the coordinator asks of its gate --------------------------------------
 
     def on_state(self, state: State) -> None:
         queue = self.state.queue
-        if state is State.READY:
+        if state is State.READY and self._pacing:
+            log.info("instance %s ready: admitting %d held connection(s) at the paced rate",
+                     self.coord.id, len(queue))
+            self.pacer.ready()
+        elif state is State.READY:
             released = queue.release_all()
             if released:
                 log.info("instance %s ready: releasing %d held connection(s)", self.coord.id,
@@ -116,9 +129,11 @@ class ConnectionGate:
         state = self.state
         return GateCounts(len(state.queue), state.queue.max_size, len(state.leases.held),
                           state.leases.cap, state.leases.mode_with(link_up),
-                          sum(state.admitted.values()), sum(state.rejected.values()))
+                          sum(state.admitted.values()), sum(state.rejected.values()),
+                          len(state.connections))
 
     async def aclose(self) -> None:
+        await self.tasks.cancel()
         await self.state.leases.close()
 
     async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
@@ -140,9 +155,8 @@ class ConnectionGate:
         for n, closer in enumerate(closers):
             if n and interval > 0:
                 await asyncio.sleep(interval)
-            hint = self._rejection(Reason.DRAINING).retry_after
             tasks.append(asyncio.ensure_future(
-                closer(CLOSE_SERVICE_RESTART, reason_payload(Reason.DRAINING, hint))))
+                closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING))))
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -158,8 +172,8 @@ class ConnectionGate:
             else:
                 await self.app(scope, receive, send)
             return
-        if self.coord.status.state is State.READY:  # the fast path: no I/O, no queue
-            self.state.admitted["immediate"] += 1
+        if self.coord.status.state is State.READY and not (self._pacing and self.pacer.active):
+            self.state.admitted["immediate"] += 1  # the fast path: no I/O, no queue
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
@@ -197,11 +211,14 @@ class ConnectionGate:
         if decision.action is REJECT:
             await self._reject(scope, receive, send, decision)
             return
-        if decision.action is not HOLD:
+        if decision.action is HOLD:
+            await self._hold(scope, receive, send, decision.hold_for)
+        elif self._pacing and self.pacer.active and not self.pacer.admit_now():
+            # Ready, but admitting at a paced rate: wait for a token like a held handshake.
+            await self._hold(scope, receive, send, coord.settings.max_queue_time)
+        else:
             self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
-            return
-        await self._hold(scope, receive, send, decision.hold_for)
 
     async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float) -> None:
         coord, state = self.coord, self.state
@@ -215,6 +232,8 @@ class ConnectionGate:
                 await self._reject(scope, receive, send, self._rejection(Reason.FLEET_CAP))
                 return
             with coord.waiting():
+                if coord.state is State.READY:
+                    self.pacer.kick()  # a paced hold: the pump releases it
                 self._notify("held", None, 0.0)
                 # The server's first message is websocket.connect; the next one, before we
                 # accept, can only be websocket.disconnect: the client gave up.
@@ -265,17 +284,40 @@ class ConnectionGate:
         conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
         guarded = _GuardedSend(send)
         connections[conn] = guarded.close
+        expiry = None
+        if self._max_age is not None:
+            # At a moment of its own within the last tenth of the age, so that connections
+            # opened together (a deploy's wave) do not all close together.
+            age = self._max_age * random.uniform(0.9, 1.0)
+            expiry = asyncio.get_running_loop().call_later(age, self._expire, conn)
         try:
             await self.app(scope, receive, guarded)
         finally:
             connections.pop(conn, None)
+            if expiry is not None:
+                expiry.cancel()
+
+    def _expire(self, conn: int) -> None:
+        """COORD_MAX_CONNECTION_AGE: close with 1012 and a hint, before the platform's cut."""
+        closer = self.state.connections.pop(conn, None)
+        if closer is not None:
+            self.state.rejected[Reason.MAX_AGE] += 1
+            self.tasks.spawn(closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.MAX_AGE)),
+                             "max-age-close")
+
+    def _close_reason(self, reason: Reason) -> str:
+        """The reason of a 1012 close: the rejection JSON, its hint spread."""
+        hint = spread(self._rejection(reason).retry_after, self.coord.settings.max_retry_after)
+        return reason_payload(reason, hint)
 
     def _rejection(self, reason: Reason) -> Decision:
         coord, cap = self.coord, self.coord.settings.max_retry_after
-        if reason is Reason.DRAINING:
+        if reason in (Reason.DRAINING, Reason.MAX_AGE):
             hint = retry_hint(1, cap=cap)
         elif reason is Reason.FAILED:
             hint = retry_hint(5, cap=cap)
+        elif coord.state is State.READY:  # paced: when the pacer could take one more
+            hint = retry_hint(self.pacer.retry_after(), cap=cap)
         else:
             budget = retry_hint(coord.settings.wait_budget(coord.current_phase), cap=cap)
             hint = retry_hint(coord.expected_ready_in(), default=budget, cap=cap)
@@ -287,7 +329,8 @@ class ConnectionGate:
         if counted:
             self.state.rejected[reason] += 1
             self._notify("rejected", reason, 0.0)
-        await reject(scope, receive, send, reason, decision.retry_after,
+        cap = self.coord.settings.max_retry_after
+        await reject(scope, receive, send, reason, spread(decision.retry_after, cap),
                      mode=self.coord.settings.reject)
 
     def _notify(self, what: str, reason: str | None, waited: float) -> None:

@@ -119,6 +119,7 @@ class Owner:
             "expected_ready_at": None if expected is None or coord.is_ready else now + expected,
             "ttl": float(coord.settings.instance_ttl),
             "queue_depth": counts.queue_depth,
+            "connections": counts.connections,
             "queue_max": counts.queue_max,
             "held_leases": counts.held_leases,
             "fleet_cap_mode": counts.fleet_cap_mode,

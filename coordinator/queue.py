@@ -95,13 +95,18 @@ class HoldQueue:
 
     def release_all(self) -> int:
         """Resolve every held future with ADMIT, oldest first."""
-        holds = list(self._holds.values())
-        self._holds.clear()
+        return self.release(len(self._holds))
+
+    def release(self, count: int) -> int:
+        """Resolve the ``count`` oldest held futures with ADMIT (the pacer's release)."""
+        holds = list(itertools.islice(self._holds.values(), count))
         for entry in holds:
+            del self._holds[entry.conn]
             if not entry.future.done():
                 entry.future.set_result(ADMIT)
         self.released_total += len(holds)
-        self._disarm()
+        if not self._holds:
+            self._disarm()
         return len(holds)
 
     def reject_all(self, reason: Reason) -> int:

@@ -22,8 +22,8 @@ from .keys import MAX_ID_CHARS, Keys, printable_name
 from .messages import MAX_TS
 from .phases import State
 
-INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max", "admitted",
-                        "rejected", "held_leases", "fleet_cap", "pid"})
+INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "connections",
+                        "queue_max", "admitted", "rejected", "held_leases", "fleet_cap", "pid"})
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
@@ -466,6 +466,7 @@ def fleet_totals(instances: list[dict[str, Any]], leases: int,
         "ready": ready,
         "ready_ratio": round(ready / len(instances), 3) if instances else 0.0,
         "held": sum(int(r.get("queue_depth") or 0) for r in instances),
+        "connections": sum(int(r.get("connections") or 0) for r in instances),
         "queue_max": sum(int(r.get("queue_max") or 0) for r in instances),
         "leases": leases,
         "fleet_cap": min(caps) if caps else fleet_cap,

@@ -16,7 +16,7 @@ from .exceptions import InvalidMessage
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 BAR_WIDTH = 10
-COLUMNS = ("INSTANCE", "STATE", "PHASE", "IN PHASE", "QUEUE", "LEASES", "ADMITTED",
+COLUMNS = ("INSTANCE", "STATE", "PHASE", "IN PHASE", "QUEUE", "OPEN", "LEASES", "ADMITTED",
            "REJECTED", "HEARTBEAT", "READY IN", "VERSION", "HOST")
 
 
@@ -47,6 +47,7 @@ def _row(r: Mapping[str, Any]) -> tuple[str, ...]:
         phase_progress(r.get("phase"), r.get("phase_index"), r.get("phases_total")),
         duration(r.get("time_in_phase")),
         f"{r.get('queue_depth') or 0}/{cap if cap is not None else '-'}",
+        str(r.get("connections") or 0),
         str(r.get("held_leases") or 0),
         str(r.get("admitted") or 0),
         str(r.get("rejected") or 0),
@@ -65,7 +66,8 @@ def _totals_line(t: Mapping[str, Any]) -> str:
         else "no fleet cap"
     return (f"totals: {t.get('instances', 0)} instance(s) ({states or 'none'}); "
             f"ready {round(100 * float(t.get('ready_ratio') or 0))}%; "
-            f"held {t.get('held', 0)}/{t.get('queue_max', 0)}; {leases}; "
+            f"held {t.get('held', 0)}/{t.get('queue_max', 0)}; open {t.get('connections', 0)}; "
+            f"{leases}; "
             f"admitted {t.get('admitted', 0)}; rejected {t.get('rejected', 0)}")
 
 

@@ -82,6 +82,10 @@ class Settings:
     log_format: str = "text"
     role: str = "owner"
     max_retry_after: int = 30
+    slowstart: float = 0.0  # seconds; 0: off
+    fleet_admit_rate: float | None = None  # new connections per second, fleet-wide
+    fleet_admit_burst: float | None = None  # None: one second's worth of the rate
+    max_connection_age: float | None = None  # seconds; None: off
 
     def __post_init__(self) -> None:
         _check("COORD_NAMESPACE", bool(NAME_PATTERN.fullmatch(self.namespace)), self.namespace,
@@ -117,6 +121,17 @@ class Settings:
         _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
         _check("COORD_MAX_RETRY_AFTER", 1 <= self.max_retry_after <= 86400,
                self.max_retry_after, "an integer from 1 to 86400")
+        _check("COORD_SLOWSTART", 0 <= self.slowstart <= 3600, self.slowstart,
+               "a number of seconds from 0 (off) to 3600")
+        _check("COORD_FLEET_ADMIT_RATE", self.fleet_admit_rate is None
+               or 0 < self.fleet_admit_rate <= 1e6, self.fleet_admit_rate,
+               "a number of connections per second > 0, or unset")
+        _check("COORD_FLEET_ADMIT_BURST", self.fleet_admit_burst is None
+               or (self.fleet_admit_rate is not None and 1 <= self.fleet_admit_burst <= 1e6),
+               self.fleet_admit_burst, "a number >= 1 (with COORD_FLEET_ADMIT_RATE), or unset")
+        _check("COORD_MAX_CONNECTION_AGE", self.max_connection_age is None
+               or 10 <= self.max_connection_age <= 7 * 86400, self.max_connection_age,
+               "a number of seconds from 10 to 604800, or unset")
         _check("COORD_SIGNING_KEY", not self.signing_key
                or all(k.strip() for k in self.signing_key.split(",")), "***",
                "a key, or several separated by commas (the first signs), none empty")
@@ -130,6 +145,14 @@ class Settings:
         if self.cloud_run and phase == self.ready_phase:
             budget = max(budget, CLOUD_RUN_READY_PHASE_BUDGET)
         return min(budget * self.timeout_multiplier, self.max_queue_time)
+
+    @property
+    def admit_burst(self) -> float:
+        """The fleet admission bucket's size: ``COORD_FLEET_ADMIT_BURST``, else a second's
+        worth of the rate (at least 1)."""
+        if self.fleet_admit_burst is not None:
+            return self.fleet_admit_burst
+        return max(1.0, self.fleet_admit_rate or 1.0)
 
     @property
     def drain_spread_seconds(self) -> float:
@@ -178,6 +201,10 @@ class Settings:
             kwargs["log_format"] = "json" if cloud_run else "text"
         reader.put(kwargs, "role", "COORD_ROLE", str.lower)
         reader.put(kwargs, "max_retry_after", "COORD_MAX_RETRY_AFTER", int)
+        reader.put(kwargs, "slowstart", "COORD_SLOWSTART", _number)
+        reader.put(kwargs, "fleet_admit_rate", "COORD_FLEET_ADMIT_RATE", _number)
+        reader.put(kwargs, "fleet_admit_burst", "COORD_FLEET_ADMIT_BURST", _number)
+        reader.put(kwargs, "max_connection_age", "COORD_MAX_CONNECTION_AGE", _number)
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -65,6 +65,10 @@ class Scripted:
             self.disconnects += 1
             return
         await send({"type": "websocket.send", "text": json.dumps({"type": "welcome"})})
+        if action == "welcome_then_close":  # (code, reason JSON): a drain, a maximum age
+            await send({"type": "websocket.close", "code": args[0],
+                        "reason": json.dumps(args[1])})
+            return
         while (await receive())["type"] != "websocket.disconnect":
             pass
 

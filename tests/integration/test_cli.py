@@ -91,7 +91,7 @@ async def test_fleet_prints_a_table_of_every_live_instance(
     assert lines[3].split()[:5] == ["web-b", "starting", "services", "5/7", "[#####--]"]
     assert "2/50" in lines[3]
     assert lines[4] == ("totals: 2 instance(s) (1 starting, 1 ready); ready 50%; "
-                        "held 2/100; no fleet cap; admitted 5; rejected 0")
+                        "held 2/100; open 0; no fleet cap; admitted 5; rejected 0")
     assert len(lines) == 5
 
 

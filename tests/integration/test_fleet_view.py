@@ -94,6 +94,7 @@ async def test_every_live_instance_with_its_fields_and_the_fleet_totals(
         "ready": 1,
         "ready_ratio": 0.333,
         "held": 3,
+        "connections": 0,
         "queue_max": 150,
         "leases": 4,
         "fleet_cap": 10,
@@ -200,7 +201,8 @@ def table_doc() -> dict[str, Any]:
         ],
         "totals": {"instances": 3, "by_state": {"starting": 2, "ready": 1, "draining": 0,
                                                 "failed": 0, "stopped": 0},
-                   "ready": 1, "ready_ratio": 0.333, "held": 4, "queue_max": 100,
+                   "ready": 1, "ready_ratio": 0.333, "held": 4, "connections": 0,
+                   "queue_max": 100,
                    "leases": 4, "fleet_cap": 20, "admitted": 1204, "rejected": 4},
     }
 
@@ -220,7 +222,7 @@ def test_the_table_has_aligned_columns_a_progress_bar_and_a_totals_line() -> Non
     assert "services 5/7 [#####--]" in b and "4/50" in b and "~3.4s" in b
     assert c.split()[:3] == ["web-c", "starting", "-"]
     assert totals == ("totals: 3 instance(s) (2 starting, 1 ready); ready 33%; "
-                      "held 4/100; leases 4/20 (fleet cap); admitted 1204; rejected 4")
+                      "held 4/100; open 0; leases 4/20 (fleet cap); admitted 1204; rejected 4")
     assert len(lines) == 6
 
 
@@ -231,7 +233,8 @@ def test_the_table_of_an_empty_fleet_and_of_a_fleet_without_a_cap() -> None:
                      "ready_ratio": 0.0, "held": 0, "queue_max": 0, "leases": 0,
                      "fleet_cap": None, "admitted": 0, "rejected": 0}
     assert render_fleet_table(doc).splitlines()[1:] == [
-        "totals: 0 instance(s) (none); ready 0%; held 0/0; no fleet cap; admitted 0; rejected 0"]
+        "totals: 0 instance(s) (none); ready 0%; held 0/0; open 0; no fleet cap; admitted 0; "
+        "rejected 0"]
 
 
 async def test_an_index_member_that_is_not_utf8_does_not_break_the_view(

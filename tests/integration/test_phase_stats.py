@@ -96,7 +96,8 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
         await gate(early.scope, early.receive, early.send)
         body = json.loads(early.sent[1]["body"])
         assert body["reason"] == "starting"
-        assert body["retry_after"] == 8  # the estimate, rounded up: come back when ready
+        # The estimate, rounded up (come back when ready), plus a spread of its own.
+        assert 8 <= body["retry_after"] <= 12
         assert gate.state.rejected["starting"] == 1
     await coord.stop()
 

@@ -115,3 +115,10 @@ def test_the_public_service_serves_no_operator_route(container):
     config = BackendConfig.from_env({k: v for k, v in env.items() if v is not None})
     paths = {r.path for r in create_app(config).routes}
     assert not paths & {"/fleet", "/metrics", "/dashboard"}
+
+
+def test_connections_are_closed_before_cloud_runs_request_timeout_cuts_them(service, container):
+    timeout = service["spec"]["template"]["spec"]["timeoutSeconds"]
+    age = float(plain_env(container)["COORD_MAX_CONNECTION_AGE"])
+    assert age < timeout  # each closes in (0.9 * age, age]: before the platform's cut
+    assert Settings.from_env(plain_env(container)).max_connection_age == age

@@ -96,8 +96,9 @@ async def test_the_drain_close_silences_the_apps_later_sends():
     await asyncio.wait_for(task, DEADLINE)
     assert app.errors == []
     closes = [m for m in client.sent if m["type"] == "websocket.close"]
-    assert [(m["code"], json.loads(m["reason"])) for m in closes] == [
-        (1012, {"reason": "draining", "retry_after": 1})]
+    ((code, reason),) = [(m["code"], json.loads(m["reason"])) for m in closes]
+    # The draining hint is 1 s, plus a spread of its own: 1 or 2.
+    assert code == 1012 and reason["reason"] == "draining" and reason["retry_after"] in (1, 2)
 
 
 async def test_closes_are_paced_evenly_over_the_spread_each_with_the_rejection_json():
@@ -117,4 +118,5 @@ async def test_closes_are_paced_evenly_over_the_spread_each_with_the_rejection_j
     # Five closes over 0.5 s: the first at once, then one every 0.1 s (the loop's timer
     # may fire late under load, never early).
     assert gaps[0] < 0.05 and all(gap >= 0.099 for gap in gaps[1:]), gaps
-    assert all(r == {"code": 1012, "reason": "draining", "retry_after": 1} for r in reasons)
+    assert all(r["code"] == 1012 and r["reason"] == "draining" for r in reasons)
+    assert all(r["retry_after"] in (1, 2) for r in reasons)  # 1 s plus a spread

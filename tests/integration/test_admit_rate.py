@@ -1,0 +1,114 @@
+"""The fleet admission rate against a real redis-server: one token bucket in N:admit for
+every instance of the namespace, refilled on the server's clock; the excess held, then
+admitted at the rate; with Redis unreachable, each instance at its share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.keys import Keys
+from tests.integration.test_leases import FakeSocket, echo_app, knock
+from tests.support import RedisServer, async_wait_until
+
+pytestmark = pytest.mark.redis
+
+RATE, BURST = 10.0, 4.0
+
+
+@contextlib.asynccontextmanager
+async def ready_gates(url: str, namespace: str, count: int,
+                      **kw: Any) -> AsyncIterator[list[ConnectionGate]]:
+    """``count`` ready instances of one namespace, each with its gate."""
+    coords = [Coordinator(Settings(redis_url=url, namespace=namespace, instance_id=f"i{n}",
+                                   phases=("init", "services"), ready_phase="services",
+                                   heartbeat_interval=0.2, instance_ttl=2.0,
+                                   fleet_admit_rate=RATE, fleet_admit_burst=BURST, **kw))
+              for n in range(count)]
+    gates = [ConnectionGate(echo_app, c) for c in coords]
+    for coord in coords:
+        await coord.start()
+        for name in ("init", "services"):
+            async with coord.phase(name):
+                pass
+    try:
+        yield gates
+    finally:
+        for coord in coords:
+            await coord.stop()
+
+
+async def admitted_within_the_rate(sockets: list[FakeSocket]) -> None:
+    """Wait until all are admitted, checking at every step that no more than the burst
+    plus the rate times the time since the first admission got in (the bound only ever
+    gets looser under load: a slow machine admits later, never more)."""
+    first: float | None = None
+    deadline = time.monotonic() + 20
+    while True:
+        admitted = sum(1 for s in sockets if s.accepted)
+        now = time.monotonic()
+        if admitted and first is None:
+            first = now
+        if first is not None:
+            assert admitted <= BURST + RATE * (now - first) + 1, (admitted, now - first)
+        if admitted == len(sockets):
+            return
+        assert now < deadline, f"{admitted} of {len(sockets)} admitted"
+        await asyncio.sleep(0.01)
+
+
+async def test_two_instances_share_one_bucket_and_hold_the_excess_until_a_token(
+        redis_server: RedisServer, namespace: str) -> None:
+    async with ready_gates(redis_server.url, namespace, 2) as gates:
+        started = time.monotonic()
+        (a, a_tasks), (b, b_tasks) = knock(gates[0], 15), knock(gates[1], 15)
+        await admitted_within_the_rate(a + b)
+        # 30 through one fleet bucket: about (30 - burst) / rate seconds, not 2x faster.
+        assert time.monotonic() - started >= (30 - BURST - 2) / RATE
+        assert all(g.state.rejected == {} for g in gates)  # held, not rejected
+        assert sum(g.pacer.paced for g in gates) >= 30 - BURST
+        for s in a + b:
+            s.leave()
+        await asyncio.gather(*a_tasks, *b_tasks)
+
+
+async def test_absurd_bucket_data_in_redis_starts_from_a_full_bucket_not_a_larger_one(
+        redis_server: RedisServer, namespace: str) -> None:
+    client: Any = redis.Redis.from_url(redis_server.url)
+    await client.hset(Keys(namespace).admit, mapping={"tokens": "1e300", "at": "1e12"})
+    await client.aclose()
+    async with ready_gates(redis_server.url, namespace, 1) as (gate,):
+        sockets, tasks = knock(gate, 12)
+        await admitted_within_the_rate(sockets)
+        for s in sockets:
+            s.leave()
+        await asyncio.gather(*tasks)
+
+
+async def test_with_redis_unreachable_each_instance_admits_at_its_share(namespace: str) -> None:
+    async with ready_gates("redis://127.0.0.1:1/0", namespace, 1) as (gate,):
+        assert not gate.coord.redis_ok
+        sockets, tasks = knock(gate, 12)
+        await admitted_within_the_rate(sockets)  # the one live instance: the whole rate
+        assert all(s.accepted for s in sockets)
+        for s in sockets:
+            s.leave()
+        await asyncio.gather(*tasks)
+
+
+async def test_the_bucket_counts_the_live_instances_for_their_share(
+        redis_server: RedisServer, namespace: str) -> None:
+    async with ready_gates(redis_server.url, namespace, 3) as gates:
+        sockets, tasks = knock(gates[0], 2)
+        await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
+        assert gates[0].pacer.live == 3  # what the local share divides by if Redis goes
+        for s in sockets:
+            s.leave()
+        await asyncio.gather(*tasks)
