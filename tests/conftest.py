@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 
-from tests.support import BackendProcess, CliProcess, RedisServer
+from coordinator.connections import make_redis
+from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,39 @@ def redis_server() -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: fast)."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca",
+        "-days", "2")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return {name: d / name for name in ("ca.crt", "server.crt", "server.key")}
+
+
+@pytest.fixture(scope="session")
+def acl_redis(tls_files: dict[str, Path]) -> Iterator[AclRedis]:
+    """redis-server with the default user off, an ACL user ``coord``, and a TLS port."""
+    tls_port = free_port()
+    server = RedisServer(extra=(
+        "--user", "default", "off",
+        "--user", "coord", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all",
+        "--tls-port", str(tls_port), "--tls-cert-file", str(tls_files["server.crt"]),
+        "--tls-key-file", str(tls_files["server.key"]),
+        "--tls-ca-cert-file", str(tls_files["ca.crt"]), "--tls-auth-clients", "no",
+    )).start()
+    yield AclRedis(server, tls_port, tls_files["ca.crt"])
+    server.kill()
+
+
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone, free to kill and restart."""
@@ -25,6 +61,38 @@ def own_redis() -> Iterator[RedisServer]:
     yield server
     with contextlib.suppress(Exception):
         server.kill()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the session's redis-server, replies as bytes (the coordinator's own
+    client settings: short timeouts, no retries)."""
+    client = make_redis(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_text(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the session's redis-server whose replies are decoded to text."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def connect_redis() -> AsyncIterator[Callable[..., redis.Redis]]:
+    """Makes clients of any Redis (``own_redis`` ones too); closes them afterwards."""
+    made: list[redis.Redis] = []
+
+    def connect(url: str, decode_responses: bool = False) -> redis.Redis:
+        made.append(redis.Redis.from_url(url, decode_responses=decode_responses))
+        return made[-1]
+
+    yield connect
+    for client in made:
+        with contextlib.suppress(Exception):
+            await client.aclose()
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ import redis
 from coordinator.client import RetryPolicy
 from demo.processes import Children, find_redis
 from demo.storm import Storm
-from tests.integration.scripted import Scripted, serving
-from tests.support import ROOT, async_wait_until, port_open, wait_until
+from tests.support import ROOT, Scripted, async_wait_until, port_open, serving, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -81,9 +80,9 @@ def leftovers(namespace: str, redis_port: int) -> list[int]:
             title = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"COORD_NAMESPACE={namespace}".encode() in environ or (
+        if f"COORD_NAMESPACE={namespace}".encode() in environ or ((
                 title.startswith(b"redis-server") or b"/redis-server" in title.split(b" ")[0]
-        ) and f"127.0.0.1:{redis_port}".encode() in title:
+        ) and f"127.0.0.1:{redis_port}".encode() in title):
             found.append(int(proc.name))
     return found
 

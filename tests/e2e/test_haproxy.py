@@ -30,8 +30,15 @@ import pytest
 from websockets import ConnectionClosed
 
 from coordinator.client import GaveUp, RetryPolicy, connect
-from tests.integration.scripted import Scripted, serving
-from tests.support import ROOT, BackendProcess, async_wait_until, free_port, wait_until
+from tests.support import (
+    ROOT,
+    BackendProcess,
+    Scripted,
+    async_wait_until,
+    free_port,
+    serving,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

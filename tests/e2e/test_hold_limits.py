@@ -21,10 +21,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import BackendProcess, wait_until
-
-from tests.support import assert_chatted, assert_clean_rejection, backend_env, chat, \
-    counters, wait_for_phase
+from tests.support import (
+    BackendProcess,
+    assert_chatted,
+    assert_clean_rejection,
+    backend_env,
+    chat,
+    counters,
+    wait_for_phase,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -73,7 +79,8 @@ def held(redis_server, tmp_path_factory) -> Iterator[dict[str, Held]]:
     try:
         for name, extra in SCENARIOS.items():
             namespace = f"t-hold-limits-{name}"
-            env = backend_env(namespace, redis_server.url, COORD_ENVIRONMENT="test",
+            env = backend_env(namespace=namespace, redis_url=redis_server.url,
+                              COORD_ENVIRONMENT="test",
                               BACKEND_PHASE_DURATIONS=f"init=0,dependencies=0,database=0,"
                               f"cache=0,services={HOLD}", **extra)
             backends[name] = BackendProcess(env, logs / f"{name}.log").start(wait=False)

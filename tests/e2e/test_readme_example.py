@@ -27,7 +27,7 @@ async def test_the_readme_example_gates_and_becomes_ready(redis_server, namespac
     monkeypatch.setenv("COORD_NAMESPACE", namespace)
     monkeypatch.setenv("COORD_ENVIRONMENT", "test")
     module = types.ModuleType("readme_example")
-    exec(compile(readme_example(), "README.md", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(readme_example(), "README.md", "exec"), module.__dict__)
 
     @module.api.websocket("/ws")
     async def chat(ws: WebSocket) -> None:  # the example leaves the routes to the reader

@@ -8,10 +8,20 @@ import contextlib
 import pytest
 import redis
 
-from tests.support import RedisServer, free_port, wait_until
-
-from tests.support import CHAT, NEAR_READY_DURATIONS, assert_chatted, backend_env, counters, \
-    health, storm, tally, wait_for_phase
+from tests.support import (
+    CHAT,
+    NEAR_READY_DURATIONS,
+    RedisServer,
+    assert_chatted,
+    backend_env,
+    counters,
+    free_port,
+    health,
+    storm,
+    tally,
+    wait_for_phase,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -48,7 +58,7 @@ def wait_republished(server: RedisServer, namespace: str, instance: str) -> dict
 
 async def test_redis_down_at_start(start_backend, namespace):
     later = RedisServer(port=free_port())  # nothing listens there yet
-    env = backend_env(namespace, later.url,
+    env = backend_env(namespace=namespace, redis_url=later.url,
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=4")
     backend = start_backend(env, wait=True)
     try:
@@ -65,7 +75,7 @@ async def test_redis_down_at_start(start_backend, namespace):
 
 
 async def test_redis_killed_mid_startup(start_backend, own_redis, namespace):
-    env = backend_env(namespace, own_redis.url,
+    env = backend_env(namespace=namespace, redis_url=own_redis.url,
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=5")
     backend = start_backend(env, wait=True)
     instance = env["COORD_INSTANCE_ID"]
@@ -79,3 +89,4 @@ async def test_redis_killed_mid_startup(start_backend, own_redis, namespace):
     own_redis.start()  # same port, empty: only a re-publish can bring the hash back
     wait_republished(own_redis, namespace, instance)
     wait_until(lambda: health(backend)[1]["redis"] == "ok", 5, what="/health/ready redis ok")
+

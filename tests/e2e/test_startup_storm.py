@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import CHAT, IMPLEMENTATIONS, NEAR_READY_DURATIONS, assert_chatted, \
-    assert_clean_rejection, backend_env, chat, counters, health, storm, tally, wait_for_phase
+from tests.support import (
+    CHAT,
+    IMPLEMENTATIONS,
+    NEAR_READY_DURATIONS,
+    assert_chatted,
+    assert_clean_rejection,
+    backend_env,
+    chat,
+    counters,
+    health,
+    storm,
+    tally,
+    wait_for_phase,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -22,7 +34,8 @@ MAX_QUEUE = 50
 @pytest.mark.parametrize("ws", IMPLEMENTATIONS)
 async def test_gate_holds_the_storm_and_rejects_beyond_the_cap_cleanly(
         start_backend, redis_server, namespace, ws, reject):
-    env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_REJECT=reject,
+    env = backend_env(namespace=namespace, redis_url=redis_server.url, BACKEND_WS=ws,
+                      COORD_REJECT=reject,
                       COORD_MAX_QUEUE=str(MAX_QUEUE),
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3")
     backend = start_backend(env, wait=True)
@@ -57,7 +70,8 @@ async def test_gate_holds_the_storm_and_rejects_beyond_the_cap_cleanly(
 @pytest.mark.parametrize("ws", IMPLEMENTATIONS)
 async def test_without_the_gate_the_same_storm_gets_1011(start_backend, redis_server,
                                                          namespace, ws):
-    env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_GATE="off",
+    env = backend_env(namespace=namespace, redis_url=redis_server.url, BACKEND_WS=ws,
+                      COORD_GATE="off",
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=2")
     backend = start_backend(env, wait=True)
     wait_for_phase(backend, ("cache", "services"))

@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,31 +16,26 @@ from coordinator import messages
 from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot
 from coordinator.settings import default_id_prefix
-from tests.integration.test_fleet_view import put, record
-from tests.support import RedisServer, async_wait_until, cli_env, free_port, run_cli
+from tests.support import (
+    RedisServer,
+    async_wait_until,
+    cli_env,
+    free_port,
+    instance_record,
+    put_instance,
+    put_record,
+    run_cli,
+    subscribers,
+    without_times,
+)
+from tests.support import event as message
 
 pytestmark = pytest.mark.redis
-
-# Derived from the reader's clock, so they differ between two reads of the same fleet.
-TIME_FIELDS = ("generated_at", "heartbeat_age", "time_in_phase", "expected_ready_in")
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.url)
-    yield conn
-    await conn.aclose()
 
 
 @pytest.fixture
 def env(redis_server: RedisServer, namespace: str) -> dict[str, str]:
     return cli_env(redis_server.url, namespace)
-
-
-def without_times(doc: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: v for k, v in doc.items() if k not in TIME_FIELDS},
-            "instances": [{k: v for k, v in r.items() if k not in TIME_FIELDS}
-                          for r in doc["instances"]]}
 
 
 def assert_one_line_error(proc: Any, *needles: str) -> str:
@@ -55,14 +49,11 @@ def assert_one_line_error(proc: Any, *needles: str) -> str:
     return str(lines[0])
 
 
-async def subscribers(client: redis.Redis, channel: str) -> int:
-    return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
-
-
 def event(instance: str, name: str, phase: str | None, index: int | None,
-          **extra: Any) -> messages.Message:
-    return messages.Message(instance, name, phase, index, time.time(),
-                            {"phases_total": 7, "state": "starting", **extra})
+          key: str | None = None, **extra: Any) -> bytes:
+    """An event of a starting instance of seven phases, as it publishes it."""
+    return message(instance, name, phase, index, key=key, phases_total=7, state="starting",
+                   **extra)
 
 
 # -- fleet ----------------------------------------------------------------------------
@@ -70,9 +61,9 @@ def event(instance: str, name: str, phase: str | None, index: int | None,
 async def test_fleet_prints_a_table_of_every_live_instance(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, state="ready", phase="finalize", index=7,
-                                   admitted=5))
-    await put(client, keys, record("web-b", now, depth=2))
+    await put_instance(client, keys, "web-a", now, state="ready", phase="finalize", index=7,
+                       admitted=5)
+    await put_instance(client, keys, "web-b", now, depth=2)
 
     proc = run_cli("fleet", env=env)
 
@@ -92,9 +83,9 @@ async def test_fleet_prints_a_table_of_every_live_instance(
 async def test_fleet_json_is_the_fleet_snapshot_and_the_options_override_the_env(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, fleet_cap=8))
-    await put(client, keys, record("web-b", now, state="ready", phase="finalize", index=7,
-                                   fleet_cap=8))
+    await put_instance(client, keys, "web-a", now, fleet_cap=8)
+    await put_instance(client, keys, "web-b", now, state="ready", phase="finalize", index=7,
+                       fleet_cap=8)
     wrong = cli_env(f"redis://127.0.0.1:{free_port()}/0", "elsewhere")
 
     proc = run_cli("fleet", "--json", "--redis-url", redis_server.url, "--namespace", namespace,
@@ -141,9 +132,9 @@ def test_bad_options_and_settings_are_one_line_errors(env: dict[str, str]) -> No
 async def test_check_exits_0_only_for_a_live_ready_instance(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("up", now, state="ready", phase="websocket", index=6))
-    await put(client, keys, record("booting", now))
-    await put(client, keys, record("frozen", now, state="ready", beat_age=7200))
+    await put_instance(client, keys, "up", now, state="ready", phase="websocket", index=6)
+    await put_instance(client, keys, "booting", now)
+    await put_instance(client, keys, "frozen", now, state="ready", beat_age=7200)
 
     cases = {
         ("--instance", "up"): (0, "up: ready (phase websocket 6/7)"),
@@ -163,15 +154,15 @@ async def test_check_exits_0_only_for_a_live_ready_instance(
 async def test_check_with_a_signing_key_refuses_an_unsigned_record(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    forged = record("up", now, state="ready", phase="finalize", index=7)
-    await put(client, keys, forged)
+    forged = instance_record("up", now, state="ready", phase="finalize", index=7)
+    await put_record(client, keys, forged)
     signed_env = {**env, "COORD_SIGNING_KEY": "s3cret-key"}
 
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
+    await put_record(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
@@ -183,29 +174,29 @@ async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generat
     mine = f"{default_id_prefix(host)}4242-a1b2c3"
     # An explicit id that merely starts like a generated one; a generated-looking id whose
     # record names another host (two host names can sanitize to one prefix).
-    await put(client, keys, record(f"{default_id_prefix(host)}admin", now, state="ready",
-                                   host=host))
-    await put(client, keys, record(f"{default_id_prefix(host)}9-abcdef", now, state="ready",
-                                   host=f"{host} "))
-    await put(client, keys, record(f"{default_id_prefix('elsewhere')}1-ffffff", now,
-                                   state="ready", host="elsewhere"))
-    await put(client, keys, record(f"{default_id_prefix(host)}7-dead00", now, state="ready",
-                                   host=host, beat_age=7200))  # an earlier life, not live
+    await put_instance(client, keys, f"{default_id_prefix(host)}admin", now, state="ready",
+                       host=host)
+    await put_instance(client, keys, f"{default_id_prefix(host)}9-abcdef", now, state="ready",
+                       host=f"{host} ")
+    await put_instance(client, keys, f"{default_id_prefix('elsewhere')}1-ffffff", now,
+                       state="ready", host="elsewhere")
+    await put_instance(client, keys, f"{default_id_prefix(host)}7-dead00", now, state="ready",
+                       host=host, beat_age=7200)  # an earlier life, not live
     alone = run_cli("check", env=env)
     assert (alone.returncode, alone.stdout.strip(), alone.stderr) == (
         1, f"{host}: not ready: no live instance of this host in namespace {namespace!r}", "")
 
-    await put(client, keys, record(mine, now, host=host))
+    await put_instance(client, keys, mine, now, host=host)
     starting = run_cli("check", env=env)
     assert (starting.returncode, starting.stdout.strip()) == (
         1, f"{mine}: not ready: starting (phase services 5/7)")
-    await put(client, keys, record(mine, now, state="ready", phase="websocket", index=6,
-                                   host=host))
+    await put_instance(client, keys, mine, now, state="ready", phase="websocket", index=6,
+                       host=host)
     ready = run_cli("check", env=env)
     assert (ready.returncode, ready.stdout.strip()) == (0, f"{mine}: ready (phase websocket 6/7)")
 
     twin = f"{default_id_prefix(host)}4243-d4e5f6"
-    await put(client, keys, record(twin, now, host=host))
+    await put_instance(client, keys, twin, now, host=host)
     line = assert_one_line_error(run_cli("check", env=env), "2 live instances of host",
                                  mine, twin, "pass --instance")
     assert line.startswith(f"coordinator: error: 2 live instances of host {host} (")
@@ -219,11 +210,11 @@ async def test_events_prints_one_line_per_event_and_stops_after_count(
     proc = follow_cli("events", "--count", "4", env=env)
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    await client.publish(channel, messages.encode(event("web-a", "phase_started", "services", 5)))
-    await client.publish(channel, messages.encode(
-        event("web-a", "phase_completed", "services", 5, duration=4.25)))
+    await client.publish(channel, event("web-a", "phase_started", "services", 5))
+    await client.publish(channel, event("web-a", "phase_completed", "services", 5,
+                                        duration=4.25))
     await client.publish(channel, b"{not json")
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
+    await client.publish(channel, event("web-a", "ready", "services", 5))
 
     assert proc.wait(10) == 0, proc.stderr
     assert proc.stderr.strip() == f"following {channel} (Ctrl-C to stop)"
@@ -245,10 +236,9 @@ async def test_events_json_prints_each_valid_message_as_received(
     proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    signed = messages.encode(event("web-a", "ready", "services", 5), key)
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5),
-                                                  "wrong-key"))
+    signed = event("web-a", "ready", "services", 5, key)
+    await client.publish(channel, event("web-a", "ready", "services", 5))
+    await client.publish(channel, event("web-a", "ready", "services", 5, "wrong-key"))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr
@@ -263,7 +253,7 @@ async def test_events_follows_until_ctrl_c_and_exits_0(
     channel = Keys(namespace).events
     proc = follow_cli("events", env=env)
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
-    await client.publish(channel, messages.encode(event("web-b", "draining", "finalize", 7)))
+    await client.publish(channel, event("web-b", "draining", "finalize", 7))
     await async_wait_until(lambda: proc.lines, 10, what="the event line")
 
     assert proc.interrupt() == 0
@@ -278,7 +268,7 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
         client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any,
         mode: str) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, depth=1))
+    await put_instance(client, keys, "web-a", now, depth=1)
     # A refresh period far beyond the test: every redraw after the first is an event's.
     proc = follow_cli("fleet", "--watch", "--interval", "600",
                   *(["--json"] if mode == "json" else []), env=env)
@@ -290,9 +280,8 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
 
     await async_wait_until(lambda: states() == ["starting"], 10, what="the first frame")
     await async_wait_until(lambda: subscribers(client, keys.events), 10, what="subscription")
-    await put(client, keys, record("web-a", time.time(), state="ready", phase="finalize",
-                                   index=7))
-    await client.publish(keys.events, messages.encode(event("web-a", "ready", "services", 5)))
+    await put_instance(client, keys, "web-a", time.time(), state="ready", phase="finalize", index=7)
+    await client.publish(keys.events, event("web-a", "ready", "services", 5))
     await async_wait_until(lambda: states() == ["starting", "ready"], 10, what="a redraw")
 
     assert proc.interrupt() == 0

@@ -15,16 +15,16 @@ from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.connections import make_redis
 from coordinator.keys import Keys
 from coordinator.leases import LEASED, LOCAL, REFUSED, FleetLeases
-from tests.support import RedisServer, async_wait_until
+from tests.support import (
+    FakeWebSocket,
+    RedisServer,
+    async_wait_until,
+    echo_app,
+    equals,
+    knock,
+)
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    c = make_redis(redis_server.url)
-    yield c
-    await c.aclose()
 
 
 def leases_for(client: redis.Redis, namespace: str, instance: str, cap: int | None,
@@ -52,7 +52,7 @@ async def test_acquire_grants_up_to_the_cap_and_release_frees_a_slot(
     assert short(leases.held) == {"a:1", "a:2"}
     leases.release(1)
     await async_wait_until(
-        lambda: _eq(members(client, namespace), {"a:2"}), 5, what="a:1 released")
+        lambda: equals(members(client, namespace), {"a:2"}), 5, what="a:1 released")
     assert await leases.acquire(3, 5) == LEASED
     assert leases.outcomes == {LEASED: 3, REFUSED: 1, LOCAL: 0}
     await leases.close()
@@ -99,7 +99,7 @@ async def test_releases_made_while_the_link_is_down_are_sent_when_it_is_back(
     assert await members(client, namespace) == {"blip:1", "blip:2"}  # nothing could be sent
     link["up"] = True
     leases.flush()  # what the coordinator does when its link comes back
-    await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+    await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                            what="the queued releases to reach Redis")
     other = leases_for(client, namespace, "other", cap=2)
     assert await other.acquire(1, 5) == LEASED  # the fleet cap is free again, not in 32 s
@@ -113,7 +113,7 @@ async def test_an_expired_lease_frees_its_slot_on_the_next_acquire(
     assert await crashed.acquire(1, 2) == LEASED  # never released: the process "died"
     other = leases_for(client, namespace, "other", cap=1)
     assert await other.acquire(1, 5) == REFUSED
-    await async_wait_until(lambda: _eq(other.acquire(2, 5), LEASED), 10,
+    await async_wait_until(lambda: equals(other.acquire(2, 5), LEASED), 10,
                            what="the crashed instance's lease to expire")
     assert await members(client, namespace) == {"other:2"}  # purged by the acquire itself
     await other.close()
@@ -161,7 +161,7 @@ async def test_a_cancelled_acquire_leaves_no_lease_behind(
         assert await members(client, namespace) == {"a:1"}
     else:  # cancelled at an await point: whatever the script did is undone
         assert leases.held == set()
-        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+        await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="the cancelled acquire's lease to be removed")
     await leases.close()
     assert await members(client, namespace) == set()
@@ -204,53 +204,11 @@ async def test_scripts_take_every_key_in_KEYS_and_no_cap_means_off(
 # -- the gate ---------------------------------------------------------------------------
 
 
-class FakeSocket:
-    """One WebSocket handshake as the ASGI server presents it to the gate."""
-
-    def __init__(self) -> None:
-        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.sent: list[dict[str, Any]] = []
-        self.incoming.put_nowait({"type": "websocket.connect"})
-        self.scope = {"type": "websocket", "path": "/ws", "headers": [],
-                      "extensions": {"websocket.http.response": {}}}
-
-    async def receive(self) -> dict[str, Any]:
-        return await self.incoming.get()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
-
-    def leave(self) -> None:
-        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
-
-    @property
-    def accepted(self) -> bool:
-        return bool(self.sent) and self.sent[0]["type"] == "websocket.accept"
-
-    @property
-    def status(self) -> int | None:
-        for m in self.sent:
-            if m["type"] == "websocket.http.response.start":
-                return int(m["status"])
-        return None
-
-
-async def echo_app(scope: Any, receive: Any, send: Any) -> None:
-    await receive()
-    await send({"type": "websocket.accept"})
-    await receive()  # until the client leaves
-
-
-def knock(gate: ConnectionGate, count: int) -> tuple[list[FakeSocket], list[asyncio.Task[None]]]:
-    """``count`` handshakes at the gate at once."""
-    sockets = [FakeSocket() for _ in range(count)]
-    return sockets, [asyncio.create_task(gate(s.scope, s.receive, s.send)) for s in sockets]
-
-
-async def admitted_then_leave(sockets: list[FakeSocket], tasks: list[asyncio.Task[None]]) -> None:
+async def admitted_then_leave(sockets: list[FakeWebSocket],
+                              tasks: list[asyncio.Task[None]]) -> None:
     await async_wait_until(lambda: all(s.accepted for s in sockets), 5, what="all admitted")
     for s in sockets:
-        s.leave()
+        s.disconnect()
     await asyncio.gather(*tasks)
 
 
@@ -285,7 +243,7 @@ async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_o
         # ready: both held connections admitted, their leases gone
         held = [(s, t) for s, t in zip(sockets, tasks, strict=True) if s is not refused]
         await admitted_then_leave([s for s, _ in held], [t for _, t in held])
-        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+        await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="the leases released")
         assert coord.owner.record()["held_leases"] == "0"
 
@@ -295,15 +253,15 @@ async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_i
     async with gated(redis_server.url, namespace, fleet_max_queue=5) as (coord, gate), \
             coord.phase("services"):
         (quitter, _), (t1, t2) = knock(gate, 2)
-        await async_wait_until(lambda: _eq(members(client, namespace), {"gated:1", "gated:2"}),
+        await async_wait_until(lambda: equals(members(client, namespace), {"gated:1", "gated:2"}),
                                5, what="two leases")
-        quitter.leave()
+        quitter.disconnect()
         await t1
         assert gate.state.rejected["gave_up"] == 1
         t2.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t2
-        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+        await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="both leases released")
         assert len(gate.state.queue) == 0
         assert gate.state.leases.held == set()
@@ -317,7 +275,7 @@ async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
         await task  # returns once the hold timed out
         assert s.status == 503
         assert gate.state.rejected["timeout"] == 1
-        await async_wait_until(lambda: _eq(members(client, namespace), set()), 5,
+        await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="the lease released")
 
 
@@ -355,10 +313,6 @@ async def run_phase_forever(coord: Coordinator, name: str) -> None:
         await asyncio.Event().wait()
 
 
-async def _eq(value: Any, expected: Any) -> bool:
-    return await value == expected
-
-
 async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
         client: redis.Redis, namespace: str) -> None:
     # An owner and a follower (or two uvicorn workers) gate for one instance id and
@@ -369,7 +323,7 @@ async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
     assert await follower.acquire(1, 5) == LEASED
     assert await leases_for(client, namespace, "other", cap=2).acquire(1, 5) == REFUSED
     owner.release(1)
-    await async_wait_until(lambda: _eq(client.zcard(Keys(namespace).leases), 1), 5,
+    await async_wait_until(lambda: equals(client.zcard(Keys(namespace).leases), 1), 5,
                            what="the owner's lease to be released")
     raw = {m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)}
     assert raw == follower.held  # the follower's lease survived the owner's release

@@ -13,8 +13,14 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from tests.integration.test_leases import FakeSocket, echo_app
-from tests.support import RedisServer, async_wait_until
+from tests.support import (
+    DENIAL,
+    FakeWebSocket,
+    RedisServer,
+    async_wait_until,
+    echo_app,
+    handshake,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -51,7 +57,7 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     gate = ConnectionGate(echo_app, first)
     await first.start()
     async with first.phase("init"):  # nothing learned yet: no estimate, no hold
-        early = FakeSocket()
+        early = FakeWebSocket(DENIAL)
         await gate(early.scope, early.receive, early.send)
         assert early.status == 503
         assert json.loads(early.sent[1]["body"])["reason"] == "starting"
@@ -69,14 +75,14 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
         now = time.time()
         expected_at = float(second.owner.record()["expected_ready_at"])
         assert now < expected_at < now + 1.0  # about sum(DURATIONS) away
-        early = FakeSocket()
-        held = asyncio.create_task(gate(early.scope, early.receive, early.send))
+        early = FakeWebSocket(DENIAL)
+        held = handshake(gate, early)
         await async_wait_until(lambda: len(gate.state.queue) == 1, 5, what="the early one held")
     startup = asyncio.create_task(run_startup(second))
     await async_wait_until(lambda: early.sent, 5, what="the answer")
     assert early.sent[0]["type"] == "websocket.accept"  # released when ready, not rejected
     assert gate.state.admitted["after_hold"] == 1
-    early.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    early.disconnect()
     await asyncio.gather(held, startup)
     await second.stop()
 
@@ -92,7 +98,7 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
     gate = ConnectionGate(echo_app, coord)
     await coord.start()
     async with coord.phase("init"):
-        early = FakeSocket()
+        early = FakeWebSocket(DENIAL)
         await gate(early.scope, early.receive, early.send)
         body = json.loads(early.sent[1]["body"])
         assert body["reason"] == "starting"

@@ -16,8 +16,7 @@ import yaml
 
 from backend.config import BackendConfig
 from coordinator.settings import Settings
-from tests.support import ROOT
-from tests.unit.test_compose import backend_paths, known_variables
+from tests.support import ROOT, backend_paths, known_variables
 
 CLOUD_RUN_SIGKILL_AFTER = 10.0
 # After the drain grace the instance still closes open connections with 1012 and

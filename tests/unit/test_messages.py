@@ -10,8 +10,15 @@ import logging
 import pytest
 
 from coordinator.exceptions import InvalidMessage
-from coordinator.messages import (MAX_MESSAGE_BYTES, DropCounter, Message, decode, encode,
-                                  record_signature_ok, sign_record)
+from coordinator.messages import (
+    MAX_MESSAGE_BYTES,
+    DropCounter,
+    Message,
+    decode,
+    encode,
+    record_signature_ok,
+    sign_record,
+)
 
 KEY = "test-signing-key"
 NOW = 1_700_000_000.0
