@@ -1,5 +1,10 @@
-"""The client helper against the network, on real TCP sockets: a port nobody listens on
-yet, every address of a host refusing, a name that does not resolve. No uvicorn here:
+"""The client helper against the network's own failures, on real TCP sockets.
+
+``FaultyServer`` listens on 127.0.0.1 and fails each connection as its script says, the
+way a network or a load balancer does: it drops the connection before any response,
+resets it, never answers, or answers with an HTTP status. Once the script is spent it
+passes connections through to a real WebSocket server (the ``websockets`` library's),
+which welcomes each client and echoes what it sends. No uvicorn here:
 tests/e2e/test_client.py runs the helper against the gate's own rejections.
 """
 
@@ -15,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+from websockets import InvalidStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from coordinator.client import Attempt, GaveUp, RetryPolicy, connect
@@ -128,6 +134,63 @@ async def chat_once(url: str, policy: RetryPolicy) -> list[str]:
         await session.websocket.send("hello")
         assert json.loads(await session.websocket.recv()) == {"type": "echo", "text": "hello"}
     return [a.outcome for a in session.attempts]
+
+
+async def raw_exchange(url: str) -> bytes | str:
+    """What a plain socket gets from the server for a request: bytes, or how it failed."""
+    host, port = url.removeprefix("ws://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        async with asyncio.timeout(0.5):
+            return await reader.read()
+    except TimeoutError:
+        return "no answer"
+    except ConnectionResetError:
+        return "reset"
+    finally:
+        writer.close()
+
+
+async def test_the_faults_are_what_they_say_on_the_wire() -> None:
+    """The server's side of the tests below: a FIN, a RST, silence, a bare status."""
+    async with FaultyServer("drop", "reset", "stall", 502) as server:
+        assert [await raw_exchange(server.url) for _ in range(4)] == [
+            b"", "reset", "no answer",
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"]
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [
+    ("drop", "dropped"),  # the connection ends where the HTTP response should be
+    # websockets reports a reset during the handshake as the same missing response
+    # (InvalidMessage from EOFError), so the helper records it as "dropped" too.
+    ("reset", "dropped"),
+    ("stall", "timeout"),  # the open timeout runs out
+])
+async def test_a_dropped_connection_a_reset_and_an_open_timeout_are_retried(
+        fault: str, outcome: str) -> None:
+    policy = RetryPolicy(open_timeout=0.5, **FAST)
+    async with FaultyServer(fault, fault) as server:
+        assert await chat_once(server.url, policy) == [outcome, outcome, "connected"]
+    assert server.connections == 3
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_load_balancers_502_and_504_are_retried(status: int) -> None:
+    async with FaultyServer(status, status) as server:
+        outcomes = await chat_once(server.url, RetryPolicy(**FAST))
+    assert outcomes == [f"http {status}", f"http {status}", "connected"]
+
+
+@pytest.mark.parametrize("status", [403, 404, 500])
+async def test_403_404_and_500_are_raised_at_once(status: int) -> None:
+    seen: list[Attempt] = []
+    async with FaultyServer(status) as server:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(server.url, policy=RetryPolicy(**FAST), on_attempt=seen.append)
+    assert info.value.response.status_code == status
+    assert [a.outcome for a in seen] == [f"http {status}"]
+    assert server.connections == 1
 
 
 async def test_connection_refused_is_retried_until_the_server_is_up() -> None:

@@ -1,8 +1,9 @@
-"""The client helper's retry policy on its own: full jitter, the server's hint as a
-floor, and the bounds it refuses."""
+"""The client helper's retry policy on its own: the defaults the README documents, full
+jitter, the server's hint as a floor, and the bounds it refuses."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from typing import Any
 
@@ -10,6 +11,38 @@ import pytest
 from tenacity import RetryCallState
 
 from coordinator.client import Attempt, RetryPolicy, _delay, _Refused
+from coordinator.settings import Settings
+from tests.support import ROOT
+
+
+def readme_section(title: str) -> str:
+    """A section of the README, its whitespace runs made single spaces."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return " ".join(text[start:text.index("\n## ", start + 1)].split())
+
+
+def documented(pattern: str, section: str) -> float:
+    """The one number ``pattern`` (a regex with one group) finds in ``section``."""
+    (found,) = re.findall(pattern, section)
+    return float(found)
+
+
+def test_the_defaults_are_the_ones_the_readme_documents() -> None:
+    section = readme_section("Client helper")
+    policy = RetryPolicy()
+    example = re.search(r"RetryPolicy\(max_attempts=(\d+), max_time=(\d+)\) # the defaults",
+                        section)
+    assert example, "the README's example names the defaults"
+    assert (policy.max_attempts, policy.max_time) == (int(example[1]), float(example[2]))
+    assert policy.base_delay == documented(r"`base_delay` ([\d.]+) s", section)
+    assert policy.max_delay == documented(r"`max_delay` ([\d.]+) s", section)
+    assert policy.open_timeout == documented(r"`open_timeout` defaults to ([\d.]+) s", section)
+    assert policy.first_message_timeout == documented(
+        r"\(`first_message_timeout`, ([\d.]+) s\)", section)
+    # "longer than the gate's 30 s maximum hold, so a held handshake is not abandoned"
+    assert documented(r"longer than the gate's ([\d.]+) s maximum hold", section) \
+        == Settings().max_queue_time < policy.open_timeout
 
 
 def test_full_jitter_stays_in_a_doubling_window_and_spreads() -> None:
