@@ -11,6 +11,7 @@ import redis.asyncio as redis
 
 from tests.support import (
     CHAT,
+    DROPPED,
     NEAR_READY_DURATIONS,
     BackendProcess,
     Outcome,
@@ -113,14 +114,18 @@ async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances
                for m in per_backend) == fleet_capped
     for m in per_backend:
         assert metric(m, LEASE_REQUESTS, outcome="local") == 0
-        assert ("coordinator_redis_errors_total", frozenset({("source", "leases")})) in m
+        assert metric(m, "coordinator_redis_errors_total", source="leases") == 0
         assert metric(m, "coordinator_fleet_leases_held") == 0
         assert metric(m, "coordinator_fleet_cap") == FLEET_CAP
         assert metric(m, "coordinator_fleet_cap_mode", mode="fleet") == 1
-        assert metric(m, "coordinator_phase_duration_seconds", phase="services") > 3.5
-        assert ("coordinator_hold_seconds_count", frozenset({("outcome", "released")})) in m \
-            or metric(m, "coordinator_admitted_total", how="after_hold") == 0
-        assert not [k for k in m if k[0] == "coordinator_dropped_messages_total"]
+        # The phase sleeps 4 s: never reported shorter (10 ms for the clock's granularity).
+        assert metric(m, "coordinator_phase_duration_seconds", phase="services") >= 4.0 - 0.01
+        # One hold-time observation per released hold (the series exists once observed).
+        released = m.get(("coordinator_hold_seconds_count",
+                          frozenset({("outcome", "released")})), 0)
+        assert released == metric(m, "coordinator_admitted_total", how="after_hold")
+        dropped = [v for (name, _), v in m.items() if name == "coordinator_dropped_messages_total"]
+        assert not any(dropped), dropped  # no message was dropped here
 
 
 async def test_a_sigkilled_instances_leases_expire_and_its_capacity_is_used_by_others(
@@ -147,8 +152,9 @@ async def test_a_sigkilled_instances_leases_expire_and_its_capacity_is_used_by_o
 
     victim.kill()  # SIGKILL: no clean stop, its leases stay behind
     assert await holders() == [f"{namespace}-victim"] * cap
-    for task in held:
-        assert (await task).kind != CHAT
+    for task in held:  # the kernel closed their connections: no HTTP response at all
+        outcome = await task
+        assert outcome.kind == DROPPED, outcome
 
     async def expired() -> bool:
         seconds, micros = await redis_text.time()
