@@ -34,8 +34,8 @@ def read_frame(resp: http.client.HTTPResponse) -> bytes:
     return frame
 
 
-def test_sigterm_ends_open_streams_cleanly_and_exits(redis_server: RedisServer,
-                                                     namespace: str, tmp_path: Path) -> None:
+def test_sigterm_ends_open_streams_cleanly_and_exits_0(redis_server: RedisServer,
+                                                       namespace: str, tmp_path: Path) -> None:
     dashboard = Dashboard(redis_server.url, namespace, tmp_path / "dashboard.log")
     conn = None
     try:
@@ -51,7 +51,9 @@ def test_sigterm_ends_open_streams_cleanly_and_exits(redis_server: RedisServer,
         # read() would raise IncompleteRead.
         rest = resp.read()
         assert rest == b"" or rest.endswith(b"\n\n"), rest
-        assert dashboard.stop() in (0, -signal.SIGTERM)
+        # A clean stop is a success; a process ended by the signal itself (no handler,
+        # or uvicorn's re-raise under the default action) would show -15 here.
+        assert dashboard.stop() == 0, dashboard.log.read_text()
     finally:
         if conn is not None:
             conn.close()
