@@ -138,6 +138,12 @@ class Population:
         self.retried = 0  # connections that took more than one handshake
 
     async def steady(self, index: int) -> None:
+        try:
+            await self._steady(index)
+        finally:  # however it ended (an exception included), this client chats no more
+            self.chatting.discard(index)
+
+    async def _steady(self, index: int) -> None:
         lost_at: float | None = None
         while not self.stop.is_set():
             try:
@@ -241,20 +247,32 @@ async def test_rolling_restart_behind_haproxy(tmp_path, redis_server, namespace,
 
     population = Population(proxy.url)
     tasks = [asyncio.create_task(population.steady(i)) for i in range(POPULATION)]
+
+    def everyone_chatting(tasks: list[asyncio.Task[None]]) -> bool:
+        for task in tasks:  # a client that raised says why at once, not at the deadline
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise AssertionError(f"a client failed: {task.exception()!r}")
+        assert population.failures == []  # a client that gave up, or saw another close
+        return len(population.chatting) == POPULATION
+
     tasks.append(asyncio.create_task(population.trickle()))
     report: list[dict[str, object]] = []
     try:
-        await async_wait_until(lambda: len(population.chatting) == POPULATION, 30,
+        await async_wait_until(lambda: everyone_chatting(tasks), 30,
                                what="the population to chat")
         for i in range(3):
             report.append(await _restart(i, fleet, backends, proxy, tmp_path,
                                          redis_server.url, namespace))
-        await async_wait_until(lambda: len(population.chatting) == POPULATION, 30,
+        await async_wait_until(lambda: everyone_chatting(tasks), 30,
                                what="every client to chat again")
     finally:
         population.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
 
+    # A client that raised (a wrong echo fails _chat_once's assertion) ended its task
+    # with that exception: none may have.
+    crashed = [repr(e) for e in ended if isinstance(e, BaseException)]
+    assert crashed == [], crashed
     print(f"rolling restart: {report}; closes {dict(population.closes)}; newcomers "
           f"{population.newcomers}; retried {population.retried}; re-served after max "
           f"{max(population.reserved_after, default=0):.2f}s")
