@@ -145,24 +145,42 @@ async def test_close_removes_this_instances_leases_and_no_one_elses(
     await theirs.close()
 
 
-@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8])
+@pytest.mark.parametrize("when", ["before_the_script", "after_the_script_ran"])
 async def test_a_cancelled_acquire_leaves_no_lease_behind(
-        client: redis.Redis, namespace: str, delay_ms: int) -> None:
+        client: redis.Redis, namespace: str, when: str) -> None:
+    """The acquire is cancelled at a chosen point, not at a delay that may miss it: while
+    the script is yet to be sent, or once it has run in Redis (the lease is there) but
+    before its reply reached the caller. Either way nothing is held, locally or in Redis."""
     leases = leases_for(client, namespace, "a", cap=5)
+    script = leases._acquire
+    parked = asyncio.Event()
+
+    async def run_then_park(**kwargs: Any) -> Any:
+        if when == "after_the_script_ran":
+            await script(**kwargs)
+        parked.set()
+        await asyncio.Event().wait()  # the reply never comes: cancelled here
+
+    leases._acquire = run_then_park  # type: ignore[assignment]
     task = asyncio.create_task(leases.acquire(1, 5))
-    await asyncio.sleep(delay_ms / 1000)
+    await asyncio.wait_for(parked.wait(), 5)
+    ran = when == "after_the_script_ran"
+    assert await members(client, namespace) == ({"a:1"} if ran else set())
     task.cancel()
-    try:
-        outcome = await task
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-    if outcome == LEASED:  # it finished first: then it is held, locally and remotely
-        assert short(leases.held) == {"a:1"}
-        assert await members(client, namespace) == {"a:1"}
-    else:  # cancelled at an await point: whatever the script did is undone
-        assert leases.held == set()
-        await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
-                               what="the cancelled acquire's lease to be removed")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leases.held == set()
+    await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
+                           what="whatever the cancelled acquire left to be removed")
+    await leases.close()
+
+
+async def test_an_acquire_that_completes_holds_its_lease_locally_and_in_redis(
+        client: redis.Redis, namespace: str) -> None:
+    leases = leases_for(client, namespace, "a", cap=5)
+    assert await leases.acquire(1, 5) == LEASED
+    assert short(leases.held) == {"a:1"}
+    assert await members(client, namespace) == {"a:1"}
     await leases.close()
     assert await members(client, namespace) == set()
 
