@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.keys import Keys
 from coordinator.registry import PRUNE_INDEX, fleet_snapshot
 from coordinator.render import render_fleet_table
-from tests.support import RedisServer, put_instance
+from tests.support import RedisServer, async_wait_until, echo_app, put_instance
 
 pytestmark = pytest.mark.redis
 
@@ -77,17 +78,33 @@ async def test_every_live_instance_with_its_fields_and_the_fleet_totals(
 
 
 async def test_the_fleet_cap_is_the_instances_not_the_readers(
-        client: redis.Redis, namespace: str) -> None:
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
+    # A real instance with COORD_FLEET_MAX_QUEUE=7 and its gate: a reader that knows no
+    # cap of its own shows the one the instance wrote.
+    coord = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
+                                 instance_id="capped", fleet_max_queue=7))
+    ConnectionGate(echo_app, coord)
+    await coord.start()
+    try:
+        doc = await async_wait_until(lambda: _listed(client, keys, "capped"), 5,
+                                     what="the instance in the fleet view")
+        assert doc["totals"]["fleet_cap"] == 7
+    finally:
+        await coord.stop()
     now = time.time()
-    assert (await fleet_snapshot(client, keys, fleet_cap=7))["totals"]["fleet_cap"] == 7
-    await put_instance(client, keys, "web-a", now)
+    await put_instance(client, keys, "web-a", now)  # reports no cap
     doc = await fleet_snapshot(client, keys, now=now)
     assert doc["totals"]["fleet_cap"] is None
     await put_instance(client, keys, "web-b", now, fleet_cap=25)
     await put_instance(client, keys, "web-c", now, fleet_cap=20)
     doc = await fleet_snapshot(client, keys, fleet_cap=99, now=now)
     assert doc["totals"]["fleet_cap"] == 20  # the most restrictive cap in force
+
+
+async def _listed(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, Any] | None:
+    doc = await fleet_snapshot(client, keys)
+    return doc if [r["id"] for r in doc["instances"]] == [instance_id] else None
 
 
 async def test_stale_members_are_pruned_and_never_shown(
