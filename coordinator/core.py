@@ -37,6 +37,10 @@ from .tasks import TaskSet
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
+# The drain's steps after its grace, each bounded (deploy/cloudrun.yaml's grace leaves
+# room for both inside Cloud Run's 10 s: tests/unit/test_cloudrun.py).
+CLOSE_TIMEOUT = 1.0  # seconds for open connections to take their 1012
+LEAVE_TIMEOUT = 2.0  # seconds to remove the hash, index entry and leases
 
 
 class Role(enum.StrEnum):
@@ -259,7 +263,7 @@ class Coordinator:
             await gate.aclose()
         if self.redis_ok:
             with contextlib.suppress(*REDIS_ERRORS):
-                await asyncio.wait_for(self._role.leave(), 2.0)
+                await asyncio.wait_for(self._role.leave(), LEAVE_TIMEOUT)
         await self.tasks.cancel()
         if self._owns_client:
             with contextlib.suppress(*REDIS_ERRORS):
@@ -301,7 +305,7 @@ class Coordinator:
         self._role.emit(Event.DRAINING)
 
     async def close_connections(self, code: int = 1012, reason: str = "draining",
-                                timeout: float = 1.0) -> int:
+                                timeout: float = CLOSE_TIMEOUT) -> int:
         """Close every open connection of every attached gate (1012: service restart)."""
         closed = await asyncio.gather(*(g.close_connections(code, reason, timeout)
                                         for g in self.gates))
