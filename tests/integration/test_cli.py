@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot
 from coordinator.settings import default_id_prefix
 from tests.support import (
+    COORDINATOR_CLI,
     RedisServer,
     async_wait_until,
     cli_env,
@@ -50,10 +54,45 @@ def assert_one_line_error(proc: Any, *needles: str) -> str:
 
 
 def event(instance: str, name: str, phase: str | None, index: int | None,
-          key: str | None = None, **extra: Any) -> bytes:
+          key: str | None = None, ts: float | None = None, **extra: Any) -> bytes:
     """An event of a starting instance of seven phases, as it publishes it."""
-    return message(instance, name, phase, index, key=key, phases_total=7, state="starting",
-                   **extra)
+    return message(instance, name, phase, index, key=key, ts=ts, phases_total=7,
+                   state="starting", **extra)
+
+
+# Older than the 30 s a signed message may be off the reader's clock (README, "Signing").
+STALE = 31.0
+
+
+# -- the command itself -----------------------------------------------------------------
+
+def test_the_installed_console_script_is_what_the_tests_run(env: dict[str, str]) -> None:
+    """Every test here runs ``coordinator`` as pip installed it: the entry point of
+    pyproject's [project.scripts], in this virtualenv, not ``python -m coordinator``."""
+    script = Path(COORDINATOR_CLI[0])
+    assert script.parent == Path(sys.executable).parent and script.name == "coordinator"
+    text = script.read_text()
+    assert text.startswith(f"#!{sys.executable}\n"), text
+    assert "from coordinator.cli import main" in text  # coordinator = "coordinator.cli:main"
+    usage = run_cli("--help", env=env)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: coordinator "), usage
+
+
+async def test_python_dash_m_coordinator_is_the_same_command(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    await put_instance(client, Keys(namespace), "web-a", state="ready", phase="finalize",
+                       index=7)
+    for args in (("fleet", "--json"), ("check", "--instance", "web-a")):
+        script = run_cli(*args, env=env)
+        module = subprocess.run([sys.executable, "-m", "coordinator", *args], env=env,
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert (script.returncode, script.stderr) == (module.returncode, module.stderr) == \
+            (0, ""), (script, module)
+        if args[0] == "fleet":
+            assert without_times(json.loads(script.stdout)) == \
+                without_times(json.loads(module.stdout))
+        else:
+            assert script.stdout == module.stdout
 
 
 # -- fleet ----------------------------------------------------------------------------
@@ -233,18 +272,41 @@ async def test_events_json_prints_each_valid_message_as_received(
         client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
     channel = Keys(namespace).events
     key = "events-key"
-    proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
+    proc = follow_cli("events", "--json", "--count", "4", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
     signed = event("web-a", "ready", "services", 5, key)
     await client.publish(channel, event("web-a", "ready", "services", 5))
     await client.publish(channel, event("web-a", "ready", "services", 5, "wrong-key"))
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        ts=time.time() - STALE))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr
     assert proc.lines == [signed.decode()]
     assert "dropped invalid message (unsigned)" in proc.stderr
     assert "dropped invalid message (bad_signature)" in proc.stderr
+    assert "dropped invalid message (stale: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_events_with_a_key_shows_a_stale_message_as_dropped(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
+    """A correctly signed message whose ts is over 30 s old: a replay, shown as dropped."""
+    channel = Keys(namespace).events
+    key = "events-key"
+    proc = follow_cli("events", "--count", "2", env={**env, "COORD_SIGNING_KEY": key})
+    await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
+
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        ts=time.time() - STALE))
+    await client.publish(channel, event("web-a", "ready", "services", 5, key))
+
+    assert proc.wait(10) == 0, proc.stderr
+    fields = [line.split(None, 1)[1] for line in proc.lines]
+    assert len(fields) == 2, proc.lines
+    assert fields[0].startswith("-  dropped invalid message (stale: "), fields[0]
+    assert fields[1].split() == ["web-a", "ready", "services", "5/7"]
     assert "Traceback" not in proc.stderr
 
 
