@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 from websockets import ConnectionClosedError
@@ -28,7 +29,11 @@ from tests.support import (
 
 pytestmark = pytest.mark.e2e
 
-FAST = {"base_delay": 0.05, "max_delay": 0.2}
+FAST: dict[str, Any] = {"base_delay": 0.05, "max_delay": 0.2}
+# max_time is the helper's promise: no attempt runs past it. The test's clock starts
+# before the helper's and stops after GaveUp is raised; this much covers that and the
+# event loop's scheduling on a loaded 2-core CI machine.
+MAX_TIME_SLACK = 0.25
 
 
 async def test_retries_503_1013_and_1012_after_the_servers_hint():
@@ -42,7 +47,8 @@ async def test_retries_503_1013_and_1012_after_the_servers_hint():
         ("http 503", "starting", 1.0), ("close 1013", "queue_full", 1.0),
         ("close 1012", "draining", 1.0), ("connected", None, None)]
     gaps = [b - a for a, b in zip(app.arrivals, app.arrivals[1:], strict=False)]
-    assert len(gaps) == 3 and min(gaps) >= 1.0, gaps  # never sooner than Retry-After
+    # Never sooner than Retry-After (1 s): a floor, which load can only make longer.
+    assert len(gaps) == 3 and min(gaps) >= 1.0, gaps
 
 
 async def test_a_held_handshake_is_one_attempt_that_lasts_the_hold():
@@ -51,6 +57,7 @@ async def test_a_held_handshake_is_one_attempt_that_lasts_the_hold():
         session = await connect(url, policy=RetryPolicy(**FAST))
         await session.close()
     assert [a.outcome for a in session.attempts] == ["connected"]
+    # One handshake, lasting the whole hold: the server accepted after 1.2 s.
     assert session.held_for >= 1.2 and len(app.arrivals) == 1
 
 
@@ -86,11 +93,11 @@ async def test_gives_up_within_max_time_whatever_the_attempt_budget():
     # Each retry waits >= 1 s (the hint), so at most three attempts fit in 2.5 s, and
     # no attempt starts once the next wait would cross the bound.
     assert 2 <= len(info.value.attempts) <= 3, info.value.attempts
-    assert elapsed < policy.max_time, elapsed
+    assert elapsed < policy.max_time + MAX_TIME_SLACK, elapsed
 
 
 async def test_a_held_handshake_is_cut_at_max_time():
-    app = Scripted(("hold", 5))
+    app = Scripted(("hold", 2))  # far past max_time (the server ends it when it ends)
     async with serving(app) as url:
         with pytest.raises(GaveUp) as info:
             await connect(url, policy=RetryPolicy(max_attempts=5, max_time=0.5, **FAST))
@@ -127,7 +134,7 @@ async def test_a_silent_server_is_cut_at_max_time_not_the_first_message_timeout(
             await connect(url, policy=policy)
         elapsed = time.monotonic() - started
     assert [a.outcome for a in info.value.attempts] == ["timeout"]
-    assert elapsed < policy.first_message_timeout / 2, elapsed
+    assert elapsed < policy.max_time + MAX_TIME_SLACK, elapsed  # not the 60 s one
 
 
 @pytest.mark.redis

@@ -102,6 +102,8 @@ def test_backend_caps_holds_below_the_legacy_open_timeout(held):
     # 9 s under it, so the held client gets a clean rejection before that happens.
     seen = held["websockets"]
     assert_clean_rejection(seen.outcome, "http", "timeout")
+    # The rejection is the cap's (9 s: never sooner, less 0.5 s for the client's and
+    # the server's clocks and timers) and comes before the legacy 10 s drop (the promise).
     assert LEGACY_CAP - 0.5 <= seen.outcome.elapsed < LEGACY_OPEN_TIMEOUT, seen.outcome
     assert seen.status == 503 and seen.health["state"] == "starting", seen.health
     assert counters(seen.health)["rejected"] == {"timeout": 1}
@@ -118,6 +120,8 @@ def test_legacy_websockets_with_hold_capped_below_it_rejects_cleanly(held):
 def test_sansio_and_wsproto_hold_past_the_legacy_limit(held, ws):
     seen = held[ws]
     assert_chatted(seen.outcome, seen.instance)
+    # Held past the 10 s the legacy implementation allows: a lower bound (the client
+    # connected as `services` began, so its hold lasted the phase's 13 s, less the poll).
     assert seen.outcome.elapsed > LEGACY_OPEN_TIMEOUT, seen.outcome
     assert seen.status == 200, seen.health
     assert counters(seen.health) == {"admitted": {"after_hold": 1}, "rejected": {},
