@@ -135,6 +135,31 @@ def follow_cli() -> Iterator[Callable[..., CliProcess]]:
         proc.kill()
 
 
+# Fixtures that mean a test needs a redis-server, or starts backend processes: a test
+# that uses one carries the marker, so that `-m "not redis"` and `-m "not e2e"` select
+# what they say. And the folders agree with the markers: every test under tests/e2e/
+# (and the benchmarks' smoke tests) is `e2e`, and no other is.
+NEEDS_REDIS = {"redis_server", "own_redis", "acl_redis", "client", "redis_text"}
+STARTS_BACKENDS = {"start_backend", "backends"}
+E2E_FOLDERS = ("e2e", "bench")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        fixtures = set(getattr(item, "fixturenames", ()))
+        in_e2e = Path(item.path).parent.name in E2E_FOLDERS
+        if fixtures & NEEDS_REDIS and "redis" not in marks:
+            wrong.append(f"{item.nodeid}: uses {sorted(fixtures & NEEDS_REDIS)}, lacks `redis`")
+        if fixtures & STARTS_BACKENDS and "e2e" not in marks:
+            wrong.append(f"{item.nodeid}: starts backends, lacks `e2e`")
+        if in_e2e != ("e2e" in marks):
+            wrong.append(f"{item.nodeid}: marked e2e {'e2e' in marks}, in tests/e2e {in_e2e}")
+    if wrong:
+        raise pytest.UsageError("tests with the wrong markers:\n" + "\n".join(wrong))
+
+
 def pytest_report_header() -> str:
     with os.popen("redis-server --version") as out:  # closed: waits, no ResourceWarning
         return f"redis-server: {out.read().strip()}"
