@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -17,7 +18,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +118,7 @@ __all__ = [
     "put_instance",
     "put_record",
     "reach_services",
+    "record_of",
     "run_cli",
     "run_phases",
     "serving",
@@ -210,7 +219,7 @@ ACL_PASSWORD = "pw-never-in-any-log-7f3a"
 
 # -- the gate as pure ASGI ----------------------------------------------------------------
 
-DENIAL = {"websocket.http.response": {}}  # the server offers the WebSocket denial response
+DENIAL: dict[str, Any] = {"websocket.http.response": {}}  # the server offers the denial
 
 
 class FakeWebSocket:
@@ -228,8 +237,8 @@ class FakeWebSocket:
     async def receive(self) -> dict[str, Any]:
         return await self.inbox.get()
 
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
         if message["type"] in ("websocket.close", "websocket.http.response.body"):
             self.disconnect()
 
@@ -308,6 +317,12 @@ class NoRedis:
         return run
 
 
+def record_of(coord: Coordinator) -> dict[str, str]:
+    """The instance hash an owner would write now."""
+    assert coord.owner is not None, "only an owner writes the instance hash"
+    return coord.owner.record()
+
+
 def gate_for(**overrides: Any) -> tuple[ConnectionGate, Coordinator, App]:
     """A gate in front of :class:`App`, its owner never started (:class:`NoRedis`)."""
     settings = Settings(**{"instance_id": "gate-test", "environment": "test", **overrides})
@@ -378,7 +393,8 @@ async def start_all(start_backend: Callable[..., BackendProcess],
     """Start the backends together, then wait until each one listens."""
     backends = [start_backend(env, wait=False) for env in envs]
     for backend in backends:
-        await async_wait_until(lambda b=backend: _live(b), 30, what="the backend to listen")
+        await async_wait_until(functools.partial(_live, backend), 30,
+                               what="the backend to listen")
     return backends
 
 
@@ -438,7 +454,7 @@ def backend_paths() -> set[str]:
     from coordinator.health import PATHS as HEALTH_PATHS
     from coordinator.health import HealthApp
 
-    paths = set()
+    paths: set[str] = set()
     for route in create_app(BackendConfig.from_env({})).api.routes:
         assert isinstance(route, Route | WebSocketRoute | Mount)
         if isinstance(route, Mount) and isinstance(route.app, HealthApp):

@@ -40,7 +40,7 @@ async def test_retries_503_1013_and_1012_after_the_servers_hint():
     app = Scripted(("gate", "starting", 1, "http"), ("gate", "queue_full", 1, "close"),
                    ("gate", "draining", 1, "close"))
     async with serving(app) as url, connect(url, policy=RetryPolicy(**FAST)) as session:
-        assert json.loads(session.first_message) == {"type": "welcome"}
+        assert json.loads(session.first_message or "") == {"type": "welcome"}
         await session.websocket.send("still open")
 
     assert [(a.outcome, a.reason, a.retry_after) for a in session.attempts] == [
@@ -109,7 +109,7 @@ async def test_cancelled_while_waiting_for_the_first_frame_closes_the_connection
     receiving = asyncio.Event()
 
     class Watched(ClientConnection):
-        async def recv(self, *args, **kwargs):  # type: ignore[override]
+        async def recv(self, *args, **kwargs):
             receiving.set()
             return await super().recv(*args, **kwargs)
 
@@ -148,7 +148,7 @@ async def test_against_the_real_gate_while_the_backend_starts(start_backend, red
 
     session = await connect(backend.ws_url, policy=RetryPolicy(max_time=30, **FAST))
     async with session:
-        assert json.loads(session.first_message) == {"type": "welcome",
+        assert json.loads(session.first_message or "") == {"type": "welcome",
                                                      "instance": env["COORD_INSTANCE_ID"]}
         await session.websocket.send("hello")
         assert json.loads(await session.websocket.recv())["text"] == "hello"

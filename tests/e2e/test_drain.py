@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from websockets import ConnectionClosed
 from websockets.asyncio.client import connect
 
+from coordinator.registry import as_text
 from tests.support import (
     CLOSE,
     HTTP,
@@ -86,7 +87,7 @@ async def gone_from_redis(client: redis.Redis, namespace: str, instance: str) ->
     leases = await client.zrange(f"{namespace}:leases", 0, -1)
     return {"hash": await client.exists(f"{namespace}:instance:{instance}"),
             "index": await client.zscore(f"{namespace}:instances", instance),
-            "leases": [m for m in leases if m.startswith(f"{instance}:")]}
+            "leases": [m for m in map(as_text, leases) if m.startswith(f"{instance}:")]}
 
 
 def draining_rejection(outcome: Outcome, mode: str) -> None:

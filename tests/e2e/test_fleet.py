@@ -4,6 +4,7 @@ and the ``coordinator`` command watching from outside, as an operator would."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -116,11 +117,11 @@ async def test_three_instances_through_their_phases_to_ready_with_held_clients(
                 10, what=f"the watch showing {name} holding {held[name]}")
             return list(await asyncio.gather(*clients))
 
-        outcomes = await asyncio.gather(*(hold_and_watch(b, n) for b,
-                                          n in zip(backends, held, strict=True)))
-        for name, seen in zip(held, outcomes, strict=True):
-            assert len(seen) == held[name]
-            for outcome in seen:
+        outcomes = await asyncio.gather(*(hold_and_watch(b, n)
+                                          for b, n in zip(backends, held, strict=True)))
+        for name, chatted in zip(held, outcomes, strict=True):
+            assert len(chatted) == held[name]
+            for outcome in chatted:
                 assert_chatted(outcome, name)
 
         async def all_done() -> dict[str, dict[str, Any]] | None:
@@ -181,7 +182,7 @@ async def test_redis_restart_mid_startup_the_fleet_view_recovers_and_held_client
     watch = follow_cli("fleet", "--watch", "--interval", "0.3", env=env)
     clients = [await hold(b, name, 2) for b, name in zip(backends, names, strict=True)]
     for name in names:
-        await async_wait_until(lambda n=name: shows_held(backends[0], n, 2), 10,
+        await async_wait_until(functools.partial(shows_held, backends[0], name, 2), 10,
                                what=f"{name} holding 2 in the fleet view")
 
     own_redis.kill()
@@ -200,8 +201,9 @@ async def test_redis_restart_mid_startup_the_fleet_view_recovers_and_held_client
         for name in names:  # the full state came back, whichever side of ready it is on
             row = view[name]
             assert (row["state"], row["queue_depth"]) in (("starting", 2), ("ready", 0)), row
-            await async_wait_until(lambda n=name: _subscribed(
-                client, Keys(namespace).instance_events(n), 1), 15, what=f"{name} re-subscribed")
+            await async_wait_until(functools.partial(
+                _subscribed, client, Keys(namespace).instance_events(name), 1), 15,
+                what=f"{name} re-subscribed")
     finally:
         await client.aclose()
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator.registry import as_text
 from tests.support import (
     CHAT,
     DROPPED,
@@ -142,7 +143,7 @@ async def test_a_sigkilled_instances_leases_expire_and_its_capacity_is_used_by_o
     key = f"{namespace}:leases"
 
     async def holders() -> list[str]:
-        return sorted(m.rsplit(":", 1)[0] for m in await redis_text.zrange(key, 0, -1))
+        return sorted(as_text(m).rsplit(":", 1)[0] for m in await redis_text.zrange(key, 0, -1))
 
     held = [asyncio.create_task(chat(victim.ws_url, open_timeout=30)) for _ in range(cap)]
     await async_wait_until(lambda: equals(holders(), [f"{namespace}-victim"] * cap), 10,

@@ -10,6 +10,7 @@ import contextlib
 import pytest
 import redis
 
+from coordinator.registry import as_text
 from tests.support import (
     CHAT,
     NEAR_READY_DURATIONS,
@@ -43,7 +44,7 @@ def instance_record(server: RedisServer, namespace: str, instance: str) -> dict[
             indexed = client.zscore(f"{namespace}:instances", instance) is not None
         except redis.ConnectionError:
             return {}
-    return record if indexed else {}
+    return {as_text(k): as_text(v) for k, v in record.items()} if indexed else {}
 
 
 async def serve_held_clients_without_redis(backend, instance: str) -> None:

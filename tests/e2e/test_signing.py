@@ -86,7 +86,7 @@ async def owner_and_follower(redis_url: str, namespace: str,
         await follower.start()
         await async_wait_until(lambda: follower.current_phase == "services", 5,
                                what="the follower to see services")
-        gate = ConnectionGate(welcome_app, follower)  # type: ignore[arg-type]
+        gate = ConnectionGate(welcome_app, follower)
         async with serving(gate) as url:
             yield Pair(owner, follower, gate, url, finish)
     finally:

@@ -26,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from coordinator.client import Attempt, GaveUp, RetryPolicy, connect
 from tests.support import async_wait_until, free_port
 
-FAST = {"base_delay": 0.05, "max_delay": 0.2}
+FAST: dict[str, Any] = {"base_delay": 0.05, "max_delay": 0.2}
 
 
 async def welcome_and_echo(ws: ServerConnection) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from importlib import resources
 from typing import Any
 
@@ -151,7 +151,8 @@ async def test_a_slow_page_loses_its_oldest_frames_never_the_newest(
         for n in range(5):  # no await in between: the feed's tasks have not run yet
             feed.broadcast(sse_frame("event", {"n": n}))
         assert page.qsize() == 3 and feed.lagged == 2
-        assert [parse_frames(page.get_nowait())[0][1]["n"] for _ in range(3)] == [2, 3, 4]
+        frames = [page.get_nowait() for _ in range(3)]
+        assert [parse_frames(f or b"")[0][1]["n"] for f in frames] == [2, 3, 4]
 
 
 async def test_a_slow_page_holds_a_bounded_number_of_bytes_too(
@@ -202,8 +203,8 @@ class Client:
         await self.hang_up.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
 
     @property
     def body(self) -> bytes:

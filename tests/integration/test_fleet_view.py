@@ -14,7 +14,7 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.keys import Keys
-from coordinator.registry import PRUNE_INDEX, fleet_snapshot
+from coordinator.registry import PRUNE_INDEX, as_text, fleet_snapshot
 from coordinator.render import render_fleet_table
 from tests.support import RedisServer, async_wait_until, echo_app, put_instance
 
@@ -122,7 +122,7 @@ async def test_stale_members_are_pruned_and_never_shown(
 
     assert [r["id"] for r in doc["instances"]] == ["live"]
     assert doc["totals"]["instances"] == 1
-    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"live"}
+    assert {as_text(m) for m in await client.zrange(keys.instances, 0, -1)} == {"live"}
 
     await put_instance(client, keys, "stale", now, beat_age=TTL + 1)
     doc = await fleet_snapshot(client, keys, now=now, prune=False)
@@ -138,7 +138,7 @@ async def test_pruning_spares_an_instance_that_heartbeat_since_it_was_read(
     prune = client.register_script(PRUNE_INDEX)
     removed = await prune(keys=[keys.instances], args=["back", "100.0", "still-gone", "100.0"])
     assert removed == 1
-    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
+    assert {as_text(m) for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
 
 
 async def test_one_pipelined_round_trip_per_page_not_one_per_instance(

@@ -12,9 +12,11 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.admission import Reason
 from coordinator.connections import make_redis
 from coordinator.keys import Keys
 from coordinator.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, REFUSED, FleetLeases
+from coordinator.registry import as_text
 from tests.support import (
     FakeWebSocket,
     RedisServer,
@@ -22,6 +24,7 @@ from tests.support import (
     echo_app,
     equals,
     knock,
+    record_of,
 )
 
 pytestmark = pytest.mark.redis
@@ -43,7 +46,7 @@ def short(members: set[str]) -> set[str]:
 
 
 async def members(client: redis.Redis, namespace: str) -> set[str]:
-    return short({m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)})
+    return short({as_text(m) for m in await client.zrange(Keys(namespace).leases, 0, -1)})
 
 
 # -- the scripts ----------------------------------------------------------------------
@@ -262,16 +265,16 @@ async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_o
             (refused,) = [s for s, t in zip(sockets, tasks, strict=True) if t in done]
             assert refused.status == 503
             assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
-            assert gate.state.rejected["fleet_cap"] == 1
+            assert gate.state.rejected[Reason.FLEET_CAP] == 1
             assert len(await members(client, namespace)) == 2
-            assert coord.owner.record()["held_leases"] == "2"
-            assert coord.owner.record()["fleet_cap_mode"] == "fleet"
+            assert record_of(coord)["held_leases"] == "2"
+            assert record_of(coord)["fleet_cap_mode"] == "fleet"
         # ready: both held connections admitted, their leases gone
         held = [(s, t) for s, t in zip(sockets, tasks, strict=True) if s is not refused]
         await admitted_then_leave([s for s, _ in held], [t for _, t in held])
         await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="the leases released")
-        assert coord.owner.record()["held_leases"] == "0"
+        assert record_of(coord)["held_leases"] == "0"
 
 
 async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_is_cancelled(
@@ -283,7 +286,7 @@ async def test_gate_releases_the_lease_when_the_client_gives_up_or_the_handler_i
                                5, what="two leases")
         quitter.disconnect()
         await t1
-        assert gate.state.rejected["gave_up"] == 1
+        assert gate.state.rejected[Reason.GAVE_UP] == 1
         t2.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t2
@@ -300,7 +303,7 @@ async def test_gate_rejects_held_connections_at_timeout_and_frees_their_leases(
         (s,), (task,) = knock(gate, 1)
         await task  # returns once the hold timed out
         assert s.status == 503
-        assert gate.state.rejected["timeout"] == 1
+        assert gate.state.rejected[Reason.TIMEOUT] == 1
         await async_wait_until(lambda: equals(members(client, namespace), set()), 5,
                                what="the lease released")
 
@@ -314,8 +317,8 @@ async def test_gate_with_redis_down_holds_under_the_local_cap_and_reports_local_
             sockets, tasks = knock(gate, 4)
             await async_wait_until(lambda: sockets[3].status == 503, 5, what="the 4th rejected")
             assert len(gate.state.queue) == 3  # the local cap, not the fleet cap of 1
-            assert gate.state.rejected["queue_full"] == 1
-            assert coord.owner.record()["fleet_cap_mode"] == "local"
+            assert gate.state.rejected[Reason.QUEUE_FULL] == 1
+            assert record_of(coord)["fleet_cap_mode"] == "local"
         await admitted_then_leave(sockets[:3], tasks[:3])
 
 
@@ -331,7 +334,7 @@ async def test_clean_stop_removes_the_leases_of_connections_still_held(
         startup.cancel()
         await asyncio.gather(*tasks)
         assert [s.status for s in sockets] == [503, 503]
-        assert gate.state.rejected["draining"] == 2
+        assert gate.state.rejected[Reason.DRAINING] == 2
 
 
 async def run_phase_forever(coord: Coordinator, name: str) -> None:
@@ -351,7 +354,7 @@ async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
     owner.release(1)
     await async_wait_until(lambda: equals(client.zcard(Keys(namespace).leases), 1), 5,
                            what="the owner's lease to be released")
-    raw = {m.decode() for m in await client.zrange(Keys(namespace).leases, 0, -1)}
+    raw = {as_text(m) for m in await client.zrange(Keys(namespace).leases, 0, -1)}
     assert raw == follower.held  # the follower's lease survived the owner's release
     await owner.close()
     await follower.close()

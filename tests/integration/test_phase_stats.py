@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.admission import Reason
 from tests.support import (
     DENIAL,
     FakeWebSocket,
@@ -19,6 +20,7 @@ from tests.support import (
     async_wait_until,
     echo_app,
     handshake,
+    record_of,
 )
 
 pytestmark = pytest.mark.redis
@@ -60,7 +62,7 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
         await gate(early.scope, early.receive, early.send)
         assert early.status == 503
         assert json.loads(early.sent[1]["body"])["reason"] == "starting"
-        assert first.owner.record()["expected_ready_at"] == ""
+        assert record_of(first)["expected_ready_at"] == ""
     await run_startup(first)
     await async_wait_until(lambda: _has_all(stats(url, namespace)), 5,
                            what="the first startup folded into N:phase_stats")
@@ -71,7 +73,7 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     await second.start()
     assert set(second.phase_stats) == set(PHASES)
     async with second.phase("init"):
-        record = second.owner.record()
+        record = record_of(second)
         # Ready expected when the phases still to come have taken their fleet averages,
         # counted from the start of this one.
         expected_at = float(record["phase_started_at"]) + sum(second.phase_stats.values())
@@ -104,7 +106,7 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
         body = json.loads(early.sent[1]["body"])
         assert body["reason"] == "starting"
         assert body["retry_after"] == 8  # the estimate, rounded up: come back when ready
-        assert gate.state.rejected["starting"] == 1
+        assert gate.state.rejected[Reason.STARTING] == 1
     await coord.stop()
 
 

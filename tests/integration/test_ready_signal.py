@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.typing import EncodableT
 
 from coordinator.connections import make_redis
 from coordinator.core import Coordinator
@@ -93,7 +94,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
 STARTED_AT = time.time()
 
 
-def starting_record() -> dict[str, str]:
+def starting_record() -> dict[EncodableT, EncodableT]:
     """An owner's hash, as it stands while it runs the ready phase."""
     return {"id": INSTANCE, "state": "starting", "phase": "services",
             "phase_index": str(READY_INDEX), "phases_total": str(len(DEFAULT_PHASES)),

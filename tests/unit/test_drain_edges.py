@@ -5,6 +5,7 @@ sending after the drain closed its connection."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from coordinator.phases import State
@@ -19,7 +20,9 @@ async def test_ready_phase_completing_during_a_drain_does_not_reopen_admission()
         coord.begin_drain()
     assert coord.state is State.DRAINING
     assert coord.ready_at is None
-    events = [coord.owner.outbox.get_nowait().event for _ in range(coord.owner.outbox.qsize())]
+    assert coord.owner is not None
+    outbox = coord.owner.outbox
+    events = [outbox.get_nowait().event for _ in range(outbox.qsize())]
     assert "ready" not in events and events[-2:] == ["draining", "phase_completed"]
     client = FakeWebSocket()
     await asyncio.wait_for(handshake(gate, client), DEADLINE)
@@ -76,7 +79,7 @@ class ChattyApp:
 class StrictClient(FakeWebSocket):
     """Raises like uvicorn does on a send after the close."""
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if any(m["type"] == "websocket.close" for m in self.sent):
             raise RuntimeError(f"Unexpected ASGI message {message['type']!r} after close")
         await super().send(message)
