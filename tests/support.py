@@ -585,11 +585,7 @@ class CliProcess:
     def wait(self, timeout: float = 10) -> int:
         """The exit status; on timeout the process is killed and TimeoutExpired raised."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+            return wait_or_kill(self.proc, timeout)
         finally:
             self._reader.join(5)
             assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -639,9 +635,14 @@ class Dashboard:
         """Send ``sig`` and return the exit status; killed if it does not exit in time."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        return wait_or_kill(self.proc, timeout)
+
+
+def wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """The exit status; if it does not exit in time, killed and TimeoutExpired raised."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise

@@ -14,6 +14,7 @@ from coordinator.registry import as_text
 from tests.support import (
     CHAT,
     NEAR_READY_DURATIONS,
+    BackendProcess,
     RedisServer,
     assert_chatted,
     async_wait_until,
@@ -82,14 +83,22 @@ async def test_redis_down_at_start(start_backend, namespace):
     assert record["id"] == env["COORD_INSTANCE_ID"] and record["phase_index"], record
 
 
-async def test_redis_killed_mid_startup(start_backend, own_redis, namespace):
-    env = backend_env(namespace=namespace, redis_url=own_redis.url,
-                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=5")
+def in_services(start_backend, redis: RedisServer, namespace: str, services: float,
+                **extra: str) -> tuple[BackendProcess, str]:
+    """A backend in its `services` phase (of ``services`` seconds), its hash saying so."""
+    env = backend_env(namespace=namespace, redis_url=redis.url,
+                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services={services}",
+                      **extra)
     backend = start_backend(env, wait=True)
     instance = env["COORD_INSTANCE_ID"]
     wait_for_phase(backend, ("services",))
-    wait_until(lambda: instance_record(own_redis, namespace, instance).get("phase") == "services",
+    wait_until(lambda: instance_record(redis, namespace, instance).get("phase") == "services",
                5, what="the instance hash in services")
+    return backend, instance
+
+
+async def test_redis_killed_mid_startup(start_backend, own_redis, namespace):
+    backend, instance = in_services(start_backend, own_redis, namespace, services=5)
 
     own_redis.kill()
     await serve_held_clients_without_redis(backend, instance)
@@ -107,14 +116,8 @@ async def test_redis_frozen_mid_startup_with_a_fleet_cap(start_backend, own_redi
     re-publishes itself. (The fleet cap itself comes back with the next successful
     acquire: tests/integration/test_redis_hang.py.)"""
     clients, fleet_cap = 5, 2
-    env = backend_env(namespace=namespace, redis_url=own_redis.url,
-                      COORD_FLEET_MAX_QUEUE=str(fleet_cap),
-                      BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=6")
-    backend = start_backend(env, wait=True)
-    instance = env["COORD_INSTANCE_ID"]
-    wait_for_phase(backend, ("services",))
-    wait_until(lambda: instance_record(own_redis, namespace, instance).get("phase") == "services",
-               5, what="the instance hash in services")
+    backend, instance = in_services(start_backend, own_redis, namespace, services=6,
+                                    COORD_FLEET_MAX_QUEUE=str(fleet_cap))
     assert health(backend)[1]["fleet_cap"]["mode"] == "fleet"
 
     own_redis.freeze()
