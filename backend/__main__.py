@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import uvicorn
 
 from coordinator.exceptions import ConfigError
 from coordinator.logs import configure
-from coordinator.server import DrainingServer
 
 from .app import create_app
 from .config import BackendConfig
@@ -22,10 +22,17 @@ def main() -> int:
         return 2
     log_config = configure(config.coord.log_format, config.coord.instance_id)
     app = create_app(config)
-    server = DrainingServer(uvicorn.Config(
+    # A plain uvicorn.Server: the gate drains on SIGTERM by itself (coordinator/drain.py).
+    server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, ws=config.ws, log_config=log_config,
         lifespan="on", timeout_graceful_shutdown=5, access_log=False,
-    ), app.coord)
+        # What uvicorn can bound itself (README: Security); a front end must do the rest.
+        limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.keepalive,
+        ws_max_size=config.ws_max_size, h11_max_incomplete_event_size=16 << 10,
+    ))
+    # uvicorn re-raises the SIGTERM it handled once its shutdown is complete, to the
+    # handler that was there before it; this one makes that a clean exit (status 0).
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     server.run()
     return 0
 

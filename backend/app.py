@@ -22,7 +22,7 @@ from coordinator.connections import REDIS_ERRORS
 from coordinator.dashboard import mount_dashboard
 from coordinator.health import HealthApp
 from coordinator.metrics import CONTENT_TYPE, Metrics
-from coordinator.registry import fleet_snapshot
+from coordinator.registry import FleetReader, SharedSnapshot
 
 from .config import BackendConfig
 
@@ -43,21 +43,23 @@ class ChatServices:
 
 
 class Backend:
+    """The service: its coordinator, its startup, its routes; ``api`` is the ASGI app,
+    with the gate added as middleware (as a user's FastAPI service adds it)."""
+
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.coord = Coordinator(config.coord)
         self.services: ChatServices | None = None
+        self.metrics = Metrics(self.coord)
         self.api = FastAPI(title="ws-coordinator backend", lifespan=self._lifespan)
-        self.gate = ConnectionGate(self.api, self.coord)
-        self.metrics = Metrics(self.coord, self.gate)
+        self.api.add_middleware(ConnectionGate, coordinator=self.coord,
+                                observers=[self.metrics.observe])
+        self.api.state.backend = self
         self._startup: asyncio.Task[None] | None = None
         self._routes()
         if config.ops_routes:  # BACKEND_OPS_ROUTES=off where clients reach the service
             self._ops_routes()
             mount_dashboard(self.api, self.coord)  # /dashboard/
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.gate(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -104,16 +106,19 @@ class Backend:
                     text = await websocket.receive_text()
                     await websocket.send_json(services.reply(text))
 
-        api.mount("/health", HealthApp(coord, self.gate))
+        api.mount("/health", HealthApp(coord))
 
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
+        # One read a second at most however many ask; none served stale while Redis is down.
+        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
+                                usable=lambda: coord.redis_ok)
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:
             try:
-                doc = await fleet_snapshot(coord.redis, coord.keys)
+                doc = await shared.get()
             except REDIS_ERRORS as exc:
                 return JSONResponse({"error": f"redis unavailable: {type(exc).__name__}"},
                                     status_code=503)
@@ -123,5 +128,7 @@ class Backend:
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-def create_app(config: BackendConfig | None = None) -> Backend:
-    return Backend(config or BackendConfig.from_env())
+
+def create_app(config: BackendConfig | None = None) -> FastAPI:
+    """The reference service as an ASGI app (its :class:`Backend` is ``app.state.backend``)."""
+    return Backend(config or BackendConfig.from_env()).api

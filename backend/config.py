@@ -29,6 +29,9 @@ class BackendConfig:
     port: int = 8000
     ws: str = "auto"
     ops_routes: bool = True
+    limit_concurrency: int = 4000  # uvicorn answers 503 beyond this many connections
+    keepalive: int = 5  # seconds an idle keep-alive connection stays open
+    ws_max_size: int = 65536  # bytes of one WebSocket message (uvicorn's default: 16 MiB)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BackendConfig:
@@ -56,8 +59,25 @@ class BackendConfig:
         raw_ops = env.get("BACKEND_OPS_ROUTES", "on").strip().lower()
         if raw_ops not in ("on", "off"):
             raise ConfigError("BACKEND_OPS_ROUTES", raw_ops, "expected on or off")
+        limits = {name: _bounded_int(env, var, default, low, high)
+                  for name, var, default, low, high in UVICORN_LIMITS}
         return cls(coord, durations, fail_phase, env.get("HOST", "0.0.0.0"), port, ws,
-                   raw_ops == "on")
+                   raw_ops == "on", **limits)
+
+
+# What the launcher sets on uvicorn (README: Security): field, variable, default, range.
+UVICORN_LIMITS = (("limit_concurrency", "BACKEND_LIMIT_CONCURRENCY", 4000, 1, 1_000_000),
+                  ("keepalive", "BACKEND_KEEPALIVE", 5, 1, 3600),
+                  ("ws_max_size", "BACKEND_WS_MAX_SIZE", 65536, 1024, 16 << 20))
+
+
+def _bounded_int(env: Mapping[str, str], var: str, default: int, low: int, high: int) -> int:
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(var, raw, f"expected an integer from {low} to {high}")
+    return int(raw)
 
 
 def parse_durations(raw: str, phases: tuple[str, ...]) -> dict[str, float]:

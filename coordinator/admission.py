@@ -48,37 +48,45 @@ class Decision:
         return self.action == ACCEPT
 
 
-def retry_hint(seconds: float | None, default: int = 1) -> int:
-    """An integer Retry-After of at least 1 second."""
+MAX_RETRY_AFTER = 30  # seconds: COORD_MAX_RETRY_AFTER's default
+
+
+def retry_hint(seconds: float | None, default: int = 1, cap: int = MAX_RETRY_AFTER) -> int:
+    """An integer Retry-After from 1 to ``cap`` seconds, whatever Redis data said."""
     if seconds is None or not math.isfinite(seconds):
-        return max(1, default)
-    return max(1, math.ceil(seconds))
+        seconds = default
+    return max(1, min(cap, math.ceil(seconds)))
 
 
 def decide(*, state: State, phase: str | None, plan: PhasePlan, has_slot: bool,
            expected_ready_in: float | None, wait_budget: float, max_queue_time: float,
-           drain_retry_after: int = 1, failed_retry_after: int = 5) -> Decision:
+           drain_retry_after: int = 1, failed_retry_after: int = 5,
+           max_retry_after: int = MAX_RETRY_AFTER) -> Decision:
     """One row of DESIGN.md's admission table.
 
     ``expected_ready_in`` is the estimate (seconds) of when the instance reaches the end
-    of its ready phase, None when there are no statistics to estimate from.
+    of its ready phase, None when there are no statistics to estimate from. Every retry
+    hint is at most ``max_retry_after``.
     """
+    def hint(seconds: float | None, default: int = 1) -> int:
+        return retry_hint(seconds, default, max_retry_after)
+
     if state is State.READY:
         return Decision(ACCEPT)
     if state is State.DRAINING or state is State.STOPPED:
-        return Decision(REJECT, Reason.DRAINING, retry_after=retry_hint(drain_retry_after))
+        return Decision(REJECT, Reason.DRAINING, retry_after=hint(drain_retry_after))
     if state is State.FAILED:
-        return Decision(REJECT, Reason.FAILED, retry_after=retry_hint(failed_retry_after))
+        return Decision(REJECT, Reason.FAILED, retry_after=hint(failed_retry_after))
     # starting
     near = phase is None or plan.index(phase) is None or plan.is_near_ready(phase)
     if near:
-        hint = retry_hint(expected_ready_in, default=retry_hint(wait_budget))
         if not has_slot:
-            return Decision(REJECT, Reason.QUEUE_FULL, retry_after=hint)
+            return Decision(REJECT, Reason.QUEUE_FULL,
+                            retry_after=hint(expected_ready_in, default=hint(wait_budget)))
         return Decision(HOLD, hold_for=max_queue_time)
     if expected_ready_in is None or expected_ready_in > wait_budget:
         return Decision(REJECT, Reason.STARTING,
-                        retry_after=retry_hint(expected_ready_in, default=retry_hint(wait_budget)))
+                        retry_after=hint(expected_ready_in, default=hint(wait_budget)))
     if not has_slot:
-        return Decision(REJECT, Reason.QUEUE_FULL, retry_after=retry_hint(expected_ready_in))
+        return Decision(REJECT, Reason.QUEUE_FULL, retry_after=hint(expected_ready_in))
     return Decision(HOLD, hold_for=min(wait_budget, max_queue_time))

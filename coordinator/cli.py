@@ -26,12 +26,14 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as redis
+from redis.exceptions import NoPermissionError
 
-from . import messages
+from . import messages, wire
 from .connections import REDIS_ERRORS, make_redis
 from .exceptions import ConfigError, CoordinatorError, InvalidMessage
 from .keys import Keys
-from .registry import as_text, decode_record, fleet_snapshot, is_live, read_record
+from .messages import Keyring
+from .registry import FleetReader, as_text, decode_record, fleet_snapshot, is_live, read_record
 from .render import (
     CLEAR_SCREEN,
     duration,
@@ -71,20 +73,23 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
     next refresh; only an unreachable Redis at the start is an error.
     """
     await client.ping()
+    reader = FleetReader(client, keys)  # remembers what this user may not do
     clear = out.isatty() and not as_json
     pubsub: Any = None
     try:
         while True:
             try:
                 if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub = wire.pubsub(client)
                     await pubsub.subscribe(keys.events)
-                doc = await fleet_snapshot(client, keys)
+                doc = await reader.snapshot()
                 frame = _json(doc) if as_json else render_fleet_table(doc)
             except REDIS_ERRORS as exc:
                 problem = redis_problem(exc, settings.redis_url)
+                what = ("refused a command (NOPERM)" if isinstance(exc, NoPermissionError)
+                        else "unreachable")
                 frame = (_json({"namespace": keys.namespace, "error": problem}) if as_json
-                         else f"redis unreachable at {settings.redis_url_redacted}: {problem}; "
+                         else f"redis {what} at {settings.redis_url_redacted}: {problem}; "
                          f"retrying every {interval:g}s")
                 await _close(pubsub)
                 pubsub = None
@@ -128,9 +133,9 @@ async def _close(pubsub: Any) -> None:
 
 
 async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | None,
-                 signing_key: str | None, out: TextIO) -> int:
+                 keyring: Keyring | None, out: TextIO) -> int:
     """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = wire.pubsub(client)
     try:
         await pubsub.subscribe(keys.events)
         print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -145,14 +150,16 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
                 continue
             if as_json:
                 try:
-                    messages.decode(data, signing_key=signing_key)
+                    messages.decode(data, keyring=keyring)
                 except InvalidMessage as exc:
                     print(f"coordinator: dropped invalid message ({exc})", file=sys.stderr,
                           flush=True)
                     continue
-                line = data.decode(errors="replace") if isinstance(data, bytes) else data
+                # One line, ASCII: JSON escapes every control character (a message may
+                # legally spread over lines, or carry an ESC sequence in a string).
+                line = json.dumps(json.loads(data), separators=(",", ":"))
             else:
-                line = render_event(data, signing_key)
+                line = render_event(data, keyring)
             print(line, file=out, flush=True)
     finally:
         await _close(pubsub)
@@ -160,7 +167,7 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
 
 
 async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
-                signing_key: str | None, out: TextIO) -> int:
+                keyring: Keyring | None, out: TextIO) -> int:
     """Exit 0 when the instance's record says ready, is live and (if signed) verifies.
 
     With no id, the instance is the one live instance of this host with a generated id
@@ -174,8 +181,8 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
                   f"{keys.namespace!r}", file=out, flush=True)
             return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
-    code, reason = check_record(instance_id, keys.namespace, raw, signing_key, time.time())
-    print(reason, file=out, flush=True)
+    code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
+    print(printable(reason), file=out, flush=True)
     return code
 
 
@@ -203,11 +210,13 @@ async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | No
 
 
 def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
-                 signing_key: str | None, now: float) -> tuple[int, str]:
+                 keyring: Keyring | None, now: float) -> tuple[int, str]:
     if not raw:
         return EXIT_NOT_READY, f"{instance_id}: not ready: no record in namespace {namespace!r}"
-    if not messages.record_signature_ok(raw, signing_key):
+    if not messages.record_signature_ok(raw, keyring):
         return EXIT_NOT_READY, f"{instance_id}: not ready: its record's signature does not verify"
+    if raw.get("id") != instance_id:  # a copy of another instance's (signed) record
+        return EXIT_NOT_READY, f"{instance_id}: not ready: its record is instance {raw.get('id')}'s"
     record = decode_record(raw)
     where = phase_progress(record.get("phase"), record.get("phase_index"),
                            record.get("phases_total"), bar=False)
@@ -313,10 +322,14 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         if args.command == "fleet":
             return await fleet(client, keys, args.json, out)
         if args.command == "events":
-            return await events(client, keys, args.json, args.count, settings.signing_key, out)
-        return await check(client, keys, instance_id, settings.signing_key, out)
+            return await events(client, keys, args.json, args.count, settings.keyring, out)
+        return await check(client, keys, instance_id, settings.keyring, out)
     except BrokenPipeError:
         raise  # the reader of our output left: not a Redis problem (main() handles it)
+    except NoPermissionError as exc:  # reached it, and it said no: not an outage
+        raise CliError(f"Redis at {settings.redis_url_redacted} refused a command (NOPERM): "
+                       f"{redis_problem(exc, settings.redis_url)}; the user's ACL lacks a "
+                       "permission (README: Security)") from None
     except REDIS_ERRORS as exc:
         raise CliError(f"cannot reach Redis at {settings.redis_url_redacted}: "
                        f"{redis_problem(exc, settings.redis_url)}") from None

@@ -12,12 +12,19 @@ import asyncio
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 2.0
 MAX_CONNECTIONS = 32
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether Redis refused a command for want of an ACL permission (NOPERM), directly
+    or inside a script (whose error does not say ``NOPERM`` nor name the command)."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "can't run this command" in str(exc))
 
 
 def make_redis(url: str, *, max_connections: int = MAX_CONNECTIONS,

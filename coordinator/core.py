@@ -26,7 +26,7 @@ from typing import Protocol
 import redis.asyncio as redis
 
 from . import logs, messages, registry
-from .connections import REDIS_ERRORS, make_redis
+from .connections import REDIS_ERRORS, make_redis, refused
 from .exceptions import InvalidMessage
 from .keys import Keys
 from .link import Subscription
@@ -37,10 +37,9 @@ from .tasks import TaskSet
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
-# The drain's steps after its grace, each bounded (deploy/cloudrun.yaml's grace leaves
-# room for both inside Cloud Run's 10 s: tests/unit/test_cloudrun.py).
-CLOSE_TIMEOUT = 1.0  # seconds for open connections to take their 1012
-LEAVE_TIMEOUT = 2.0  # seconds to remove the hash, index entry and leases
+LEAVE_TIMEOUT = 2.0  # seconds a clean stop may take to remove the record, index entry, leases
+NOPERM_LINK = ("redis at %s refused a command (NOPERM): %s; this instance's ACL lacks a "
+               "permission it needs (README: Security); gating on local state meanwhile")
 
 
 class Role(enum.StrEnum):
@@ -68,6 +67,16 @@ class GateCounts:
     admitted: int = 0
     rejected: int = 0
 
+    @staticmethod
+    def total(parts: list[GateCounts]) -> GateCounts:
+        """Several gates' figures as one (the first gate's fleet cap and mode)."""
+        if len(parts) == 1:
+            return parts[0]
+        return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
+                          sum(p.held_leases for p in parts), parts[0].fleet_cap,
+                          parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
+                          sum(p.rejected for p in parts))
+
 
 class Gate(Protocol):
     """What the coordinator asks of a gate attached to it (``ConnectionGate`` is one)."""
@@ -82,9 +91,9 @@ class Gate(Protocol):
     def counts(self, link_up: bool) -> GateCounts:
         """The gate's figures for the instance record."""
 
-    async def close_connections(self, code: int = 1012, reason: str = "draining",
-                                timeout: float = 1.0) -> int:
-        """Close every open connection; return how many closed cleanly."""
+    async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
+        """Close every open connection with 1012, ``spread`` over that many seconds;
+        return how many closed cleanly."""
 
     async def aclose(self) -> None:
         """The coordinator is stopping: give back what the gate holds in Redis."""
@@ -135,6 +144,7 @@ class Coordinator:
         self.settings = settings
         self.id = settings.instance_id
         self.keys = Keys(settings.namespace)
+        self.keyring = settings.keyring
         self.plan = PhasePlan(settings.phases, settings.ready_phase, settings.near_ready_phases)
         self.redis = client if client is not None else make_redis(
             settings.redis_url, health_check_interval=settings.heartbeat_interval * 2)
@@ -210,18 +220,11 @@ class Coordinator:
 
     def gate_counts(self, link_up: bool = False) -> GateCounts:
         """The attached gates' figures, summed; without a gate, the configured caps."""
-        if len(self.gates) == 1:
-            return self.gates[0].counts(link_up)
-        parts = [g.counts(link_up) for g in self.gates]
-        if not parts:
-            cap = self.settings.fleet_max_queue
-            mode = "off" if cap is None else "fleet" if self.redis_ok or link_up else "local"
-            return GateCounts(queue_max=self.settings.max_queue, fleet_cap=cap,
-                              fleet_cap_mode=mode)
-        return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
-                          sum(p.held_leases for p in parts), parts[0].fleet_cap,
-                          parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
-                          sum(p.rejected for p in parts))
+        if self.gates:
+            return GateCounts.total([g.counts(link_up) for g in self.gates])
+        cap = self.settings.fleet_max_queue
+        mode = "off" if cap is None else "fleet" if self.redis_ok or link_up else "local"
+        return GateCounts(queue_max=self.settings.max_queue, fleet_cap=cap, fleet_cap_mode=mode)
 
     def _tell(self, change: Change) -> None:
         """Notify listeners (metrics, dashboards); one that raises is logged, not fatal."""
@@ -243,6 +246,8 @@ class Coordinator:
             return
         self._started = True
         logs.ensure_visible()
+        if self.keyring is None:
+            log.warning(messages.UNSIGNED, self.settings.namespace)
         link = Subscription(self.redis, [self.keys.instance_events(self.id)],
                             on_message=self._on_message, on_up=self._on_link_up,
                             on_error=self._link_lost, healthy=lambda: self.redis_ok,
@@ -304,22 +309,6 @@ class Coordinator:
                                 time.time(), self.status.started_at))
         self._role.emit(Event.DRAINING)
 
-    async def close_connections(self, code: int = 1012, reason: str = "draining",
-                                timeout: float = CLOSE_TIMEOUT) -> int:
-        """Close every open connection of every attached gate (1012: service restart)."""
-        closed = await asyncio.gather(*(g.close_connections(code, reason, timeout)
-                                        for g in self.gates))
-        return sum(closed)
-
-    async def drain(self, grace: float | None = None) -> None:
-        """SIGTERM: publish draining, keep rejecting for the grace, close, leave."""
-        self.begin_drain()
-        grace = self.settings.drain_grace if grace is None else grace
-        if grace > 0:
-            await asyncio.sleep(grace)
-        await self.close_connections()
-        await self.stop()
-
     def _set_status(self, status: Status) -> None:
         previous = self.status.state
         self.status = status
@@ -374,7 +363,8 @@ class Coordinator:
 
     async def _on_link_up(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            self.phase_stats = await registry.read_phase_stats(self.redis, self.keys)
+            self.phase_stats = await registry.read_phase_stats(self.redis, self.keys,
+                                                               self.plan.phases)
         published = self.status
         await self._role.on_link_up()
         if not self.redis_ok:
@@ -389,6 +379,8 @@ class Coordinator:
     def _link_lost(self, exc: BaseException) -> None:
         self._link_attempted.set()
         self.redis_errors += 1
+        if refused(exc):  # at every attempt: it will not heal by itself
+            log.error(NOPERM_LINK, self.settings.redis_url_redacted, exc)
         if not self.redis_ok and self.redis_errors == 1:
             log.warning("redis unavailable (%s): %s; gating on local state, retrying in the "
                         "background", self.settings.redis_url_redacted, type(exc).__name__)
@@ -401,7 +393,7 @@ class Coordinator:
     def _on_message(self, channel: str, data: object) -> None:
         try:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
-                                  signing_key=self.settings.signing_key,
+                                  keyring=self.keyring,
                                   expected_instance=self.id)
         except InvalidMessage as exc:
             self.dropped(exc, channel)

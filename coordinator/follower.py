@@ -30,14 +30,27 @@ if TYPE_CHECKING:
 
 
 class Follower:
-    """The follower's side of a :class:`~coordinator.core.Coordinator`."""
+    """The follower's side of a :class:`~coordinator.core.Coordinator`.
+
+    With a signing key it trusts only what the owner signed, for this instance (the
+    record's signed ``id``, the message's ``instance``) in this namespace, and lets no
+    evidence stamped before it started following (a message's ``ts``, a record's
+    ``heartbeat_at``) take it out of ``starting``: a signed ``ready`` captured from a
+    previous life and replayed within the 30 s a message stays fresh cannot release
+    anyone. Such older evidence still moves it within ``starting`` (the phase it shows),
+    and the owner's next heartbeat (``COORD_HEARTBEAT_INTERVAL``) brings fresh evidence,
+    so a follower that starts beside a ready owner admits within about that interval.
+    The owner and its followers share a host (a sidecar, uvicorn workers), so one clock.
+    """
 
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
         self._poll: asyncio.Task[None] | None = None
+        self.joined = time.time()
 
     def start(self) -> None:
         """Nothing runs until someone waits (see :meth:`wanted`)."""
+        self.joined = time.time()
 
     async def on_link_up(self) -> None:
         coord = self.coord
@@ -47,7 +60,7 @@ class Follower:
         """A follower publishes nothing."""
 
     def on_message(self, msg: messages.Message) -> None:
-        self._follow(status_from_message(msg, self.coord.plan))
+        self._follow(status_from_message(msg, self.coord.plan), msg.ts)
 
     def emit(self, event: Event, **extra: object) -> None:
         """A follower publishes nothing: the owner speaks for the instance."""
@@ -75,21 +88,28 @@ class Follower:
             self.follow_record(raw)
 
     def follow_record(self, raw: dict[str, str]) -> None:
-        """Follow the instance hash, unless its ``sig`` fails: then count it and ignore it."""
+        """Follow the instance hash, unless it is another instance's or (with a key) its
+        ``sig`` does not cover it: then count it and ignore it."""
         if not raw:
             return
         coord = self.coord
-        if not messages.record_signature_ok(raw, coord.settings.signing_key):
+        if not messages.record_signature_ok(raw, coord.keyring):
             coord.dropped(InvalidMessage("bad_record_signature"), coord.keys.instance(coord.id))
+            return
+        if raw.get("id") != coord.id:  # signed, but copied from another instance's hash
+            coord.dropped(InvalidMessage("wrong_instance", "in the record"),
+                          coord.keys.instance(coord.id))
             return
         record = registry.decode_record(raw)
         if not registry.is_live(record, time.time()):
             return  # left by an instance that died: its successor has not written yet
-        self._follow(status_from_record(record))
+        self._follow(status_from_record(record), record.get("heartbeat_at"))
 
-    def _follow(self, incoming: Status | None) -> None:
+    def _follow(self, incoming: Status | None, stamp: float | None) -> None:
         if incoming is None:
             return
-        new = advance(self.coord.status, incoming)
-        if new != self.coord.status:
+        current = self.coord.status
+        trusted = self.coord.keyring is None or (stamp is not None and stamp >= self.joined)
+        new = advance(current, incoming, trusted=trusted)
+        if new != current:
             self.coord._set_status(new)

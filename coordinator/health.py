@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .core import Coordinator
-from .middleware import ConnectionGate
+from .middleware import ConnectionGate, gate_of
 from .phases import State
 
 Scope = MutableMapping[str, Any]
@@ -34,6 +34,7 @@ PATHS = ("/health/live", "/health/startup", "/health/ready")
 
 def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> dict[str, Any]:
     """What every health route answers: the instance as this process sees it now."""
+    gate = gate if gate is not None else gate_of(coord)
     doc: dict[str, Any] = {
         "instance": coord.id,
         "state": coord.state.value,
@@ -48,7 +49,8 @@ def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> d
         doc.update(
             queue=state.queue.status(),
             fleet_cap={"cap": state.leases.cap, "mode": state.leases.mode.value,
-                       "held_leases": len(state.leases.held)},
+                       "held_leases": len(state.leases.held),
+                       **({"refused": state.leases.denial} if state.leases.denial else {})},
             admitted=dict(state.admitted),
             rejected={str(reason): n for reason, n in state.rejected.items()},
         )
@@ -56,7 +58,8 @@ def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> d
 
 
 class HealthApp:
-    """``/health/live``, ``/health/startup`` and ``/health/ready`` for ``coord``.
+    """``/health/live``, ``/health/startup`` and ``/health/ready`` for ``coord`` (and its
+    gate: ``gate``, else the one attached to ``coord``).
 
     Mount it at ``/health`` (``app.mount("/health", HealthApp(coord, gate))``). It answers
     a path by its last segment (``live``, ``startup``, ``ready``), whatever the mount

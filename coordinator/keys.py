@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# What an instance id and a namespace or phase name may be (settings.py checks them).
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 64
+ID_PATTERN = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ID_CHARS}}}")
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_CHARS}}}")
+
+
+def printable_name(value: object, limit: int) -> bool:
+    """What a reader of Redis accepts as an id or a name another process wrote: text of
+    1 to ``limit`` printable characters (no control characters, no lone surrogates).
+    Looser than the patterns above on purpose: a display shows it, escaped, as text."""
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import redis.asyncio as redis
 
-from .connections import REDIS_ERRORS
+from .connections import REDIS_ERRORS, refused
 from .tasks import TaskSet
 
 log = logging.getLogger("coordinator.leases")
@@ -46,18 +46,23 @@ class CapMode(enum.StrEnum):
 LEASED, REFUSED, LOCAL = LeaseOutcome.LEASED, LeaseOutcome.REFUSED, LeaseOutcome.LOCAL
 ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the local cap
 LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
+MAX_HOLD = 30.0  # COORD_MAX_QUEUE_TIME's default
 RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
+SCRIPT_NEEDS = "the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, ZSCORE, ZADD, ZREM"
 
 # KEYS[1] = N:leases (sorted set, member -> expiry in unix seconds, server clock)
-# ARGV[1] = member "<id>:<conn>"
+# ARGV[1] = member "<id>:<process>.<conn>"
 # ARGV[2] = the fleet cap (integer)
 # ARGV[3] = lease lifetime in milliseconds (hold deadline + margin)
-# Purges expired leases, then adds (or renews) the member if the cap allows.
-# Returns {1 if granted else 0, leases in the set afterwards}.
+# ARGV[4] = the longest lifetime any lease can have, in milliseconds (COORD_MAX_QUEUE_TIME
+#           + margin): a lease expiring later than that (1e12, inf) no instance wrote
+# Purges expired leases and impossible ones, then adds (or renews) the member if the
+# cap allows. Returns {1 if granted else 0, leases in the set afterwards}.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[4]) / 1000), '+inf')
 local count = redis.call('ZCARD', KEYS[1])
 local renewing = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not renewing and count >= tonumber(ARGV[2]) then
@@ -87,13 +92,15 @@ class FleetLeases:
 
     def __init__(self, client: redis.Redis, key: str, instance_id: str, cap: int | None, *,
                  link_up: Callable[[], bool] = lambda: True,
-                 timeout: float = ACQUIRE_TIMEOUT, margin: float = LEASE_MARGIN) -> None:
+                 timeout: float = ACQUIRE_TIMEOUT, margin: float = LEASE_MARGIN,
+                 max_hold: float = MAX_HOLD) -> None:
         self.key = key
         self.instance_id = instance_id
         self._process = f"{os.getpid():x}{secrets.token_hex(2)}"
         self.cap = cap
         self.timeout = timeout
         self.margin = margin
+        self.max_hold = max_hold  # COORD_MAX_QUEUE_TIME: no hold, so no lease, lasts longer
         self._link_up = link_up
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
@@ -105,6 +112,13 @@ class FleetLeases:
         self._closed = False
         self.outcomes = dict.fromkeys(LeaseOutcome, 0)
         self.errors = 0
+        self.denied = 0  # acquires Redis refused for want of a permission (NOPERM)
+        self.denial: str | None = None  # the latest refusal, until an acquire succeeds
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (it may be, while an acquire awaits Redis)."""
+        return self._closed
 
     @property
     def enabled(self) -> bool:
@@ -141,16 +155,23 @@ class FleetLeases:
             self._fell_back = False  # the link's own state says "local" from now on
             self.outcomes[LOCAL] += 1
             return LOCAL
+        cap = self.cap
+        if cap is None:
+            raise RuntimeError("acquire() needs a fleet cap")
         member = self.member(conn)
-        ttl_ms = max(1, int((hold_for + self.margin) * 1000))
+        longest_ms = int((self.max_hold + self.margin) * 1000)
+        ttl_ms = max(1, min(longest_ms, int((hold_for + self.margin) * 1000)))
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             async with asyncio.timeout(self.timeout):
                 granted, _count = await self._acquire(keys=[self.key],
-                                                      args=[member, self.cap, ttl_ms])
+                                                      args=[member, cap, ttl_ms,
+                                                            longest_ms])
         except REDIS_ERRORS as exc:
             self._discard_remote(member)
             self.errors += 1
+            if refused(exc):
+                return self._refused(exc)
             if not self._fell_back:
                 log.warning("fleet lease unavailable (%s); holding under the local cap",
                             type(exc).__name__)
@@ -161,10 +182,11 @@ class FleetLeases:
         if self._fell_back:
             log.info("fleet leases available again; the fleet cap applies")
         self._fell_back = False
+        self.denial = None
         if not granted:
             self.outcomes[REFUSED] += 1
             return REFUSED
-        if self._closed:  # stopped while the script ran: give it straight back
+        if self.closed:  # stopped while the script ran: give it straight back
             self._discard_remote(member)
             return self._fall_back()
         self.held.add(member)
@@ -200,6 +222,23 @@ class FleetLeases:
         self._fell_back = True
         self.outcomes[LOCAL] += 1
         return LOCAL
+
+    def _refused(self, exc: BaseException) -> LeaseOutcome:
+        self.denied += 1
+        first = self.denial is None  # logged once per link-up (see on_link_up), not per hold
+        self.denial = f"{str(exc)[:160]} ({SCRIPT_NEEDS} on {self.key})"
+        if first:
+            log.error("fleet lease refused by Redis (NOPERM): %s; this instance's ACL lacks a "
+                      "permission (README: Security); holding under the local cap alone",
+                      self.denial)
+        return self._fall_back()
+
+    def on_link_up(self) -> None:
+        """The link came (back) up: send queued releases; a refusal is logged again."""
+        if self.denial is not None:
+            log.error("fleet leases were refused by Redis (NOPERM): %s; still holding under "
+                      "the local cap until an acquire succeeds", self.denial)
+        self.flush()
 
     def flush(self) -> None:
         """Send the queued releases now; the coordinator calls it when the link is back."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from . import wire
 from .backoff import RECONNECT, Backoff
 from .connections import REDIS_ERRORS
 
@@ -61,7 +62,7 @@ class Subscription:
     async def run(self) -> None:
         attempt = 0
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = wire.pubsub(self.client)  # oversized messages are discarded unread
             try:
                 await pubsub.subscribe(*self.channels)
                 if self.on_up is not None:

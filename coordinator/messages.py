@@ -11,22 +11,28 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .exceptions import InvalidMessage
+from .keys import MAX_ID_CHARS, MAX_NAME_CHARS, printable_name
 from .phases import Event
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 MAX_CLOCK_SKEW = 30.0
 MAX_TS = 1e11  # year 5138: a larger (or negative) ts is garbage that would break readers
+MAX_PHASES = 1000  # phase_index and phases_total beyond this are garbage
+MAX_DURATION = 86400.0  # a phase's duration, seconds
+_SIG = re.compile(r"[0-9a-f]{64}")
 EVENTS = frozenset(e.value for e in Event)
-# The instance hash fields covered by its `sig` when a signing key is set.
-SIGNED_FIELDS = ("id", "state", "phase", "phase_index", "phases_total", "started_at", "updated_at")
+UNSIGNED = ("running unsigned (COORD_SIGNING_KEY is not set): anyone who can write to "
+            "namespace %r can release held connections and forge the fleet view "
+            "(README: Security)")
 
 log = logging.getLogger("coordinator.messages")
 
@@ -48,32 +54,73 @@ class Message:
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers: JSON without ``sig``, keys sorted, compact."""
+    """JSON without ``sig``, keys sorted, compact: what a signature covers, after the
+    kind of data and the namespace (see :class:`Keyring`)."""
     unsigned = {k: v for k, v in body.items() if k != "sig"}
     return json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(body: Mapping[str, Any], key: str) -> str:
-    return hmac.new(key.encode(), canonical(body), hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class Keyring:
+    """The keys of ``COORD_SIGNING_KEY`` and the namespace every signature is bound to.
+
+    Several comma-separated keys rotate without downtime: the first signs, every one
+    verifies (roll out ``old,new``, then ``new,old``, then ``new``). A signature is HMAC-SHA256,
+    hex, over ``<kind>\n<namespace>\n<canonical JSON>`` with kind ``event`` or
+    ``record``: a message signed for one namespace (or an instance hash) is never valid as
+    another's, although the namespace is not transmitted.
+    """
+
+    keys: tuple[bytes, ...] = field(repr=False)
+    namespace: str
+
+    @classmethod
+    def of(cls, raw: str | None, namespace: str) -> Keyring | None:
+        """The keyring of a ``COORD_SIGNING_KEY`` value; None when it is unset or empty."""
+        keys = tuple(k.strip().encode() for k in (raw or "").split(",") if k.strip())
+        return cls(keys, namespace) if keys else None
+
+    def sign(self, kind: str, body: Mapping[str, Any]) -> str:
+        return self._mac(self.keys[0], kind, body)
+
+    def verify(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Whether ``body["sig"]`` is the signature of ``body`` by any of the keys."""
+        sig = body.get("sig")
+        if not isinstance(sig, str) or not _SIG.fullmatch(sig):  # compare_digest would
+            return False  # raise on a non-ASCII str
+        # Every key is tried (a list, not a generator that stops at the first match), so
+        # the time taken does not say which key signed.
+        return any([hmac.compare_digest(sig, self._mac(k, kind, body)) for k in self.keys])  # noqa: C419
+
+    def _mac(self, key: bytes, kind: str, body: Mapping[str, Any]) -> str:
+        signed = f"{kind}\n{self.namespace}\n".encode() + canonical(body)
+        return hmac.new(key, signed, hashlib.sha256).hexdigest()
 
 
-def encode(message: Message, signing_key: str | None = None) -> bytes:
+def encode(message: Message, keyring: Keyring | None = None) -> bytes:
     body = message.to_dict()
-    if signing_key:
-        body["sig"] = sign(body, signing_key)
+    if keyring is not None:
+        body["sig"] = keyring.sign("event", body)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | None = None,
+def decode(raw: bytes | str, *, keyring: Keyring | None = None, now: float | None = None,
            expected_instance: str | None = None) -> Message:
-    """Validate one message off a channel; raise InvalidMessage(reason) to drop it."""
+    """Validate one message off a channel; raise InvalidMessage(reason) to drop it.
+
+    Whatever ``raw`` holds (any bytes, any JSON however nested, numbers of any size,
+    NaN, lone surrogates), this returns a valid :class:`Message` or raises
+    :class:`InvalidMessage`, and nothing else: readers count the drop and go on.
+    """
+    if isinstance(raw, Oversized):
+        raise InvalidMessage("oversized", f"{raw.length} bytes, discarded unread")
     if isinstance(raw, str):
-        raw = raw.encode()
+        raw = raw.encode(errors="surrogatepass")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage("oversized", f"{len(raw)} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, deep nesting
         raise InvalidMessage("invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidMessage("invalid_schema", "not a JSON object")
@@ -81,43 +128,86 @@ def decode(raw: bytes | str, *, signing_key: str | None = None, now: float | Non
         raise InvalidMessage("unknown_version", repr(body.get("v"))[:20])
     instance, event, phase = body.get("instance"), body.get("event"), body.get("phase")
     phase_index, ts = body.get("phase_index"), body.get("ts")
-    if not isinstance(instance, str) or not instance:
+    if not printable_name(instance, MAX_ID_CHARS):
         raise InvalidMessage("invalid_schema", "instance")
-    if event not in EVENTS:
+    if not isinstance(event, str) or event not in EVENTS:
         raise InvalidMessage("invalid_schema", "event")
-    if phase is not None and not isinstance(phase, str):
+    if phase is not None and not printable_name(phase, MAX_NAME_CHARS):
         raise InvalidMessage("invalid_schema", "phase")
-    if phase_index is not None and (type(phase_index) is not int or phase_index < 1):
+    if phase_index is not None and not _count(phase_index):
         raise InvalidMessage("invalid_schema", "phase_index")
-    if type(ts) not in (int, float) or not 0 <= ts < MAX_TS:
+    if not _number(ts, MAX_TS):
         raise InvalidMessage("invalid_schema", "ts")
-    if signing_key:
-        sig = body.get("sig")
-        if not isinstance(sig, str):
+    # Checked above (the checks are typed as bool, so the types are restated here).
+    instance, ts = cast(str, instance), cast(float, ts)
+    extra = {k: v for k, v in body.items()
+             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+    for name, value in extra.items():
+        if not _EXTRA_OK.get(name, _scalar)(value):
+            raise InvalidMessage("invalid_schema", name[:32])
+    if keyring is not None:
+        if not isinstance(body.get("sig"), str):
             raise InvalidMessage("unsigned")
-        if not hmac.compare_digest(sig, sign(body, signing_key)):
+        if not keyring.verify("event", body):
             raise InvalidMessage("bad_signature")
         now = time.time() if now is None else now
         if abs(now - ts) > MAX_CLOCK_SKEW:
             raise InvalidMessage("stale", f"{now - ts:.1f}s")
     if expected_instance is not None and instance != expected_instance:
-        raise InvalidMessage("wrong_instance", instance[:64])
-    extra = {k: v for k, v in body.items()
-             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+        raise InvalidMessage("wrong_instance", instance)
     return Message(instance, event, phase, phase_index, float(ts), extra)
 
 
-def sign_record(record: Mapping[str, str], key: str) -> str:
-    """Signature of an instance hash over its state fields (values as stored)."""
-    covered = {name: record.get(name, "") for name in SIGNED_FIELDS}
-    return hmac.new(key.encode(), canonical(covered), hashlib.sha256).hexdigest()
+class Oversized(bytes):
+    """What the subscription's reader hands over in place of a message larger than
+    :data:`MAX_MESSAGE_BYTES`, which it discarded without keeping it (wire.py)."""
+
+    length: int
+
+    def __new__(cls, length: int) -> Oversized:
+        self = super().__new__(cls)
+        self.length = length
+        return self
 
 
-def record_signature_ok(record: Mapping[str, str], key: str | None) -> bool:
-    if not key:
-        return True
-    sig = record.get("sig")
-    return isinstance(sig, str) and hmac.compare_digest(sig, sign_record(record, key))
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _count(value: object) -> bool:
+    """An int (not a bool) from 1 to MAX_PHASES."""
+    return type(value) is int and 1 <= value <= MAX_PHASES
+
+
+def _number(value: object, limit: float) -> bool:
+    """An int or float (not a bool, not NaN) from 0 up to (not including) ``limit``."""
+    return type(value) in (int, float) and 0 <= value < limit  # type: ignore[operator]
+
+
+def _scalar(value: object) -> bool:
+    """Extra fields are flat: no object or array, whose depth could hurt a reader."""
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# The extra fields readers act on, and what each must be when present.
+_EXTRA_OK: dict[str, Any] = {
+    "started_at": lambda v: v is None or _number(v, MAX_TS),
+    "phases_total": lambda v: v is None or _count(v),
+    "duration": lambda v: _number(v, MAX_DURATION),
+    "state": lambda v: isinstance(v, str),
+    "error": lambda v: isinstance(v, str),
+}
+
+
+def sign_record(record: Mapping[str, str], keyring: Keyring) -> str:
+    """Signature of an instance hash: every field as stored but ``sig`` itself (the
+    record is rewritten whole at every write), bound to the namespace."""
+    return keyring.sign("record", record)
+
+
+def record_signature_ok(record: Mapping[str, str], keyring: Keyring | None) -> bool:
+    """True without a keyring; else whether ``record["sig"]`` covers every other field."""
+    return keyring is None or keyring.verify("record", record)
 
 
 class DropCounter:

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from .core import Coordinator
 from .leases import CapMode
-from .middleware import ConnectionGate, GateState
+from .middleware import ConnectionGate, GateState, gate_of
 from .phases import State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -47,14 +47,19 @@ def _one_hot(choices: Iterable[str], chosen: str) -> dict[str, float]:
 class _CoordinatorCollector(Collector):
     def __init__(self, coord: Coordinator, gate: ConnectionGate | None) -> None:
         self.coord = coord
-        self.gate = gate
+        self._gate_given = gate
+
+    @property
+    def gate(self) -> ConnectionGate | None:
+        return self._gate_given or gate_of(self.coord)
 
     def collect(self) -> Iterator[Metric]:
         c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
+        gate = self.gate
         yield _family(gauge, "coordinator_state", "1 for the instance's current state", c.id,
                       _one_hot(State, c.state), "state")
-        if self.gate is not None:
-            yield from self._gate(self.gate.state)
+        if gate is not None:
+            yield from self._gate(gate.state)
         yield _family(gauge, "coordinator_phase_duration_seconds",
                       "Duration of each completed startup phase", c.id, c.phase_durations,
                       "phase")
@@ -64,9 +69,10 @@ class _CoordinatorCollector(Collector):
                           "Seconds until ready, estimated from N:phase_stats", c.id, expected)
         yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
                       1.0 if c.redis_ok else 0.0)
-        lease_errors = self.gate.state.leases.errors if self.gate is not None else 0
+        leases = gate.state.leases if gate is not None else None
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
-                      c.id, {"link": c.redis_errors, "leases": lease_errors}, "source")
+                      c.id, {"link": c.redis_errors, "leases": leases.errors if leases else 0,
+                             "leases_noperm": leases.denied if leases else 0}, "source")
         yield _family(counter, "coordinator_dropped_messages",
                       "Invalid pub/sub messages (and instance hashes) dropped", c.id,
                       dict(c.drops.counts), "reason")
@@ -103,7 +109,13 @@ class _CoordinatorCollector(Collector):
 
 class Metrics:
     """The coordinator's (and its gate's) Prometheus metrics, in a registry of their own
-    (tests run several in one process): ``render()`` is the body of ``/metrics``."""
+    (tests run several in one process): ``render()`` is the body of ``/metrics``.
+
+    The gate's figures come from ``gate``, else from the gate attached to ``coord``. The
+    hold-time histogram is fed by :meth:`observe`: registered on ``gate`` when given,
+    else pass it to the gate (``add_middleware(ConnectionGate, coordinator=coord,
+    observers=[metrics.observe])``).
+    """
 
     def __init__(self, coord: Coordinator, gate: ConnectionGate | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -113,9 +125,9 @@ class Metrics:
             ["outcome"], registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60))
         if gate is not None:
-            gate.observers.append(self._observe)
+            gate.observers.append(self.observe)
 
-    def _observe(self, what: str, reason: str | None, waited: float) -> None:
+    def observe(self, what: str, reason: str | None, waited: float) -> None:
         if what in ("released", "gave_up") or (what == "rejected" and waited > 0):
             self.hold_seconds.labels(what if what != "rejected" else f"rejected_{reason}"
                                      ).observe(waited)

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,8 +23,9 @@ from typing import Any
 
 from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint
 from .core import Coordinator, GateCounts
+from .drain import DRAINS
 from .leases import REFUSED, FleetLeases
-from .logs import handshake_noise
+from .logs import handshake_noise, quiet_handshake_noise
 from .phases import State
 from .queue import ADMIT, Hold, HoldEnd, HoldQueue
 
@@ -39,6 +41,7 @@ log = logging.getLogger("coordinator.gate")
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SERVICE_RESTART = 1012
 MAX_REASON_BYTES = 123
+MAX_HINT = 86400  # reject()'s own ceiling on a hint; the gate's are COORD_MAX_RETRY_AFTER
 GAVE_UP = Reason.GAVE_UP
 
 
@@ -72,18 +75,26 @@ class ConnectionGate:
     close code 1011.
 
     ``observers`` are called as ``observer(what, reason, waited)`` for each handshake's
-    end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram.
+    end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram
+    (``Metrics.observe``).
+
+    Wrap an ASGI app (``app = ConnectionGate(api, coord)``) or add it to a Starlette or
+    FastAPI app as middleware (``api.add_middleware(ConnectionGate, coordinator=coord)``),
+    which keeps ``api`` a FastAPI app for ``fastapi run``. Either way it sees the app's
+    lifespan, and from its start SIGTERM drains the instance (drain.py).
     """
 
-    def __init__(self, app: ASGIApp, coordinator: Coordinator) -> None:
+    def __init__(self, app: ASGIApp, coordinator: Coordinator,
+                 observers: list[Observer] | None = None) -> None:
         self.app = app
         self.coord = coordinator
         settings = coordinator.settings
         self.state = GateState(
             HoldQueue(settings.max_queue),
             FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
-                        settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok))
-        self.observers: list[Observer] = []
+                        settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok,
+                        max_hold=settings.max_queue_time))
+        self.observers: list[Observer] = list(observers or ())
         coordinator.attach(self)
 
     # -- what the coordinator asks of its gate --------------------------------------
@@ -99,7 +110,7 @@ class ConnectionGate:
             queue.reject_all(Reason.FAILED if state is State.FAILED else Reason.DRAINING)
 
     def on_link_up(self) -> None:
-        self.state.leases.flush()  # releases queued while the link was down
+        self.state.leases.on_link_up()  # releases queued while the link was down
 
     def counts(self, link_up: bool) -> GateCounts:
         state = self.state
@@ -110,19 +121,28 @@ class ConnectionGate:
     async def aclose(self) -> None:
         await self.state.leases.close()
 
-    async def close_connections(self, code: int = CLOSE_SERVICE_RESTART,
-                                reason: str = "draining", timeout: float = 1.0) -> int:
-        """Close every open gated connection (1012 by default: service restart).
+    async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
+        """Close every open gated connection with 1012 (service restart), the reason the
+        rejection JSON (``{"reason": "draining", "retry_after": N}``).
 
-        Bounded: a client that stopped reading can block its close frame for as long as
-        the server's keepalive allows, so whatever has not closed within ``timeout`` is
-        abandoned (the server's own shutdown drops it) and the drain goes on.
+        With ``spread`` the closes are paced evenly over that many seconds, oldest first,
+        so that the clients' reconnects reach the rest of the fleet as a ramp. Bounded: a
+        client that stopped reading can block its close frame for as long as the server's
+        keepalive allows, so whatever has not closed ``timeout`` seconds after the last
+        close began is abandoned (the server's own shutdown drops it).
         """
         closers = list(self.state.connections.values())
         self.state.connections.clear()
         if not closers:
             return 0
-        tasks = [asyncio.ensure_future(c(code, reason)) for c in closers]
+        interval = spread / len(closers)
+        tasks = []
+        for n, closer in enumerate(closers):
+            if n and interval > 0:
+                await asyncio.sleep(interval)
+            hint = self._rejection(Reason.DRAINING).retry_after
+            tasks.append(asyncio.ensure_future(
+                closer(CLOSE_SERVICE_RESTART, reason_payload(Reason.DRAINING, hint))))
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -133,13 +153,36 @@ class ConnectionGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket" or not self.coord.settings.gate:
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if self.coord.status.state is State.READY:  # the fast path: no I/O, no queue
             self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's lifespan, passed through; once it has started, SIGTERM drains this
+        instance before the server shuts down (drain.py), and the server's log line for
+        each denial is dropped (logs.quiet_handshake_noise); when it ends, the server's
+        own signal handling is back."""
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                quiet_handshake_noise()
+                DRAINS.attach(self.coord)
+            await send(message)
+
+        async def received() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                DRAINS.detach(self.coord)
+            return message
+
+        await self.app(scope, received, sent)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         coord = self.coord
@@ -149,6 +192,7 @@ class ConnectionGate:
             expected_ready_in=coord.expected_ready_in(),
             wait_budget=coord.settings.wait_budget(coord.current_phase),
             max_queue_time=coord.settings.max_queue_time,
+            max_retry_after=coord.settings.max_retry_after,
         )
         if decision.action is REJECT:
             await self._reject(scope, receive, send, decision)
@@ -227,14 +271,14 @@ class ConnectionGate:
             connections.pop(conn, None)
 
     def _rejection(self, reason: Reason) -> Decision:
-        coord = self.coord
+        coord, cap = self.coord, self.coord.settings.max_retry_after
         if reason is Reason.DRAINING:
-            hint = 1
+            hint = retry_hint(1, cap=cap)
         elif reason is Reason.FAILED:
-            hint = 5
+            hint = retry_hint(5, cap=cap)
         else:
-            hint = retry_hint(coord.expected_ready_in(),
-                              default=retry_hint(coord.settings.wait_budget(coord.current_phase)))
+            budget = retry_hint(coord.settings.wait_budget(coord.current_phase), cap=cap)
+            hint = retry_hint(coord.expected_ready_in(), default=budget, cap=cap)
         return Decision(REJECT, reason, retry_after=hint)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
@@ -254,6 +298,11 @@ class ConnectionGate:
                 log.exception("gate observer %r failed", observer)
 
 
+def gate_of(coord: Coordinator) -> ConnectionGate | None:
+    """The gate attached to ``coord`` (added as middleware, it is built at the first call)."""
+    return next((g for g in coord.gates if isinstance(g, ConnectionGate)), None)
+
+
 def _give_up(hold: asyncio.Future[HoldEnd], _pending: object) -> None:
     if not hold.done():
         hold.set_result(GAVE_UP)
@@ -265,15 +314,28 @@ def _reason_for(state: State) -> Reason:
 
 
 def reason_payload(reason: str, retry_after: int) -> str:
-    text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
-    return text if len(text.encode()) <= MAX_REASON_BYTES else text[:MAX_REASON_BYTES]
+    """``{"reason": ..., "retry_after": N}``: always valid JSON of at most 123 bytes (a
+    close reason's limit), the reason shortened if it must be."""
+    retry_after = _hint(retry_after)
+    while True:
+        text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
+        if len(text.encode()) <= MAX_REASON_BYTES:
+            return text
+        reason = reason[:len(reason) - max(1, len(text.encode()) - MAX_REASON_BYTES)]
+
+
+def _hint(retry_after: float) -> int:
+    """A Retry-After a client can use: an integer from 1 to MAX_HINT seconds."""
+    if not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
+        return 1
+    return max(1, min(MAX_HINT, int(retry_after)))
 
 
 async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
                  mode: str = "http") -> None:
     """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
     response, else accept and close with 1013 (1012 while draining)."""
-    retry_after = max(1, int(retry_after))
+    retry_after = _hint(retry_after)
     payload = reason_payload(reason, retry_after)
     message = await receive()  # websocket.connect (or disconnect: nothing to answer)
     if message["type"] != "websocket.connect":

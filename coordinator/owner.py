@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
+LEAVE_FLUSH = 1.0  # seconds a clean stop waits for queued events to be published
 
 # The state a republish announces, by the state the instance is in.
 STATE_EVENT = {State.READY: Event.READY, State.FAILED: Event.FAILED,
@@ -129,8 +130,8 @@ class Owner:
             "pid": os.getpid(),
             "version": coord.version,
         })
-        if coord.settings.signing_key:
-            fields["sig"] = messages.sign_record(fields, coord.settings.signing_key)
+        if coord.keyring is not None:
+            fields["sig"] = messages.sign_record(fields, coord.keyring)
         return fields
 
     def message(self, event: Event, **extra: object) -> messages.Message:
@@ -151,19 +152,20 @@ class Owner:
         coord = self.coord
         while True:
             msg = await self.outbox.get()
-            if not coord.redis_ok:
-                continue  # dropped: the reconnect republishes the whole state
             try:
-                await self._publish(msg)
+                if coord.redis_ok:  # else dropped: the reconnect republishes the whole state
+                    await self._publish(msg)
             except REDIS_ERRORS as exc:
                 coord._link_lost(exc)
+            finally:
+                self.outbox.task_done()  # leave() waits for the queue to be published
 
     async def _publish(self, msg: messages.Message, link_up: bool = False) -> None:
         coord = self.coord
         record = self.record(link_up)
         await registry.write_record(coord.redis, coord.keys, record,
                                     coord.settings.instance_ttl, float(record["heartbeat_at"]),
-                                    event=messages.encode(msg, coord.settings.signing_key))
+                                    event=messages.encode(msg, coord.keyring))
 
     async def _heartbeat_loop(self) -> None:
         coord = self.coord
@@ -174,7 +176,7 @@ class Owner:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             if next_at < time.monotonic():  # fell behind (a stall): don't burst to catch up
                 next_at = time.monotonic()
-            if not coord.redis_ok:
+            if not coord.redis_ok or coord.state is State.STOPPED:
                 continue
             try:
                 record = self.record()  # N:instances score = the hash's heartbeat_at
@@ -218,6 +220,12 @@ class Owner:
         """The owner knows its status first hand: no poll."""
 
     async def leave(self) -> None:
+        """Let the publisher publish what is still queued (each write rewrites the record),
+        then remove the record; stopped, the heartbeat writes nothing more, so no record
+        outlives a clean stop."""
         coord = self.coord
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LEAVE_FLUSH):
+                await self.outbox.join()
         await registry.remove_record(coord.redis, coord.keys, coord.id, event=messages.encode(
-            self.message(Event.STOPPED), coord.settings.signing_key))
+            self.message(Event.STOPPED), coord.keyring))

@@ -10,6 +10,7 @@ duplicated message cannot undo a release.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,18 +62,33 @@ def status_from_message(msg: Message, plan: PhasePlan) -> Status | None:
 
 
 def status_from_record(record: Mapping[str, Any]) -> Status | None:
+    """The status a decoded instance hash (``registry.decode_record``) says, or None."""
     try:
-        state = State(record.get("state"))
+        state = State(str(record.get("state")))
     except ValueError:
         return None
-    phase = record.get("phase") or None
+    phase = record.get("phase")
     index = record.get("phase_index")
-    return Status(state, phase, index if isinstance(index, int) else None,
+    return Status(state, phase if isinstance(phase, str) and phase else None,
+                  index if type(index) is int else None,
                   _float(record.get("phase_started_at")), _float(record.get("started_at")))
 
 
-def advance(current: Status, incoming: Status) -> Status:
-    """The view after ``incoming``: forward only, except for a new incarnation."""
+def advance(current: Status, incoming: Status, *, trusted: bool = True) -> Status:
+    """The view after ``incoming``: forward only, except for a new incarnation.
+
+    ``trusted=False``: the evidence may be a replay (a follower with a signing key is
+    shown something stamped before it started following). It may still move the view
+    within ``starting`` (a later phase, a newer life), never to another state: a
+    replayed ``ready`` of an earlier life must not release anyone.
+    """
+    new = _merge(current, incoming)
+    if not trusted and new.state is not current.state and new.state is not State.STARTING:
+        return current
+    return new
+
+
+def _merge(current: Status, incoming: Status) -> Status:
     if (incoming.started_at is not None and current.started_at is not None
             and incoming.started_at > current.started_at + SAME_LIFE):
         return incoming  # the instance restarted: its new life starts from scratch
@@ -90,7 +106,11 @@ def advance(current: Status, incoming: Status) -> Status:
 
 
 def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    """A finite float from a number or its text; None for anything else."""
+    if not isinstance(value, (int, float, str)) or isinstance(value, bool) or value == "":
         return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None

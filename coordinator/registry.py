@@ -6,17 +6,20 @@ live here, so the public contract of DESIGN.md has one implementation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
-from .keys import Keys
+from .connections import refused
+from .keys import MAX_ID_CHARS, Keys, printable_name
+from .messages import MAX_TS
 from .phases import State
 
 INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max", "admitted",
@@ -24,16 +27,25 @@ INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "queue_max
 FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
                           "ready_at", "expected_ready_at"})
 PHASE_STATS_ALPHA = 0.3
+MAX_PHASE_SECONDS = 3600.0  # a phase's average is clamped to this when read
+MAX_INT = 2 ** 53  # larger counts are garbage (and would not survive a JSON reader)
 PAGE_SIZE = 200
+MAX_INSTANCES = 5000  # index members one snapshot reads at most (the most recent)
+MAX_LEASES = 10000  # leases one snapshot reads at most (the latest expiry first)
+PRUNE_BATCH = 500  # members per prune call
 
 # KEYS[1] = N:instances, KEYS[2] = N:leases
-# ARGV    = none
-# Returns one JSON object: {"index": [id, score, ...], "leases": [member, expiry, ...],
-# "time": [seconds, microseconds]} (the server's clock). Read-only.
+# ARGV[1] = how many index members to read at most, ARGV[2] = how many leases at most
+# Returns one JSON object: {"index": [id, score, ...] (the most recent heartbeats first),
+# "size": members in the index, "leases": [member, expiry, ...] (the latest expiry
+# first), "time": [seconds, microseconds]} (the server's clock). Read-only.
 READ_INDEX = """
 local t = redis.call('TIME')
-return cjson.encode({index = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
-                     leases = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
+return cjson.encode({index = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1,
+                                        'WITHSCORES'),
+                     size = redis.call('ZCARD', KEYS[1]),
+                     leases = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1,
+                                         'WITHSCORES'),
                      time = t})
 """
 
@@ -118,12 +130,20 @@ def decode_fields(flat: list[str]) -> dict[str, Any]:
     return out
 
 
-def _finite(text: str) -> float | None:
+def _count(text: str) -> int | None:
+    """A non-negative integer that JSON and every reader can take (no 4,000 digits)."""
+    value = int(text) if len(text) <= 20 else -1
+    return value if 0 <= value <= MAX_INT else None
+
+
+def _time(text: str) -> float | None:
+    """A finite, non-negative number of seconds below MAX_TS (year 5138)."""
     value = float(text)
-    return value if math.isfinite(value) else None
+    return value if 0 <= value < MAX_TS else None
 
 
-_PARSERS: dict[str, Any] = {**dict.fromkeys(INT_FIELDS, int), **dict.fromkeys(FLOAT_FIELDS, _finite)}
+_PARSERS: dict[str, Any] = {**dict.fromkeys(INT_FIELDS, _count),
+                            **dict.fromkeys(FLOAT_FIELDS, _time)}
 
 
 def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
@@ -142,7 +162,7 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
     instance_id = record["id"]
     key = keys.instance(instance_id)
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=dict(record))
+        pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
         pipe.pexpire(key, int(ttl * 1000))
         pipe.zadd(keys.instances, {instance_id: heartbeat_at})
         _publish(pipe, keys, instance_id, event)
@@ -178,15 +198,26 @@ async def fold_phase_stats(client: redis.Redis, keys: Keys,
     await script(keys=[keys.phase_stats], args=args)
 
 
-async def read_phase_stats(client: redis.Redis, keys: Keys) -> dict[str, float]:
+async def read_phase_stats(client: redis.Redis, keys: Keys,
+                           phases: Sequence[str]) -> dict[str, float]:
+    """The fleet's average duration of each of ``phases`` (one HMGET: however many fields
+    a writer added to the hash, only these are read)."""
+    if not phases:
+        return {}
+    return parse_phase_stats(phases, await client.hmget(keys.phase_stats, list(phases)))
+
+
+def parse_phase_stats(phases: Sequence[str], values: Sequence[Any]) -> dict[str, float]:
+    """``phases`` with their values as read: each a number of seconds clamped to
+    [0, MAX_PHASE_SECONDS]; missing, unparsable, negative or non-finite ones left out."""
     stats: dict[str, float] = {}
-    for name, value in (await client.hgetall(keys.phase_stats)).items():
+    for phase, value in zip(phases, values, strict=False):
         try:
-            seconds = float(value)
+            seconds = float(as_text(value)) if value is not None else math.nan
         except ValueError:
             continue
         if math.isfinite(seconds) and seconds >= 0:
-            stats[as_text(name)] = seconds
+            stats[phase] = min(seconds, MAX_PHASE_SECONDS)
     return stats
 
 
@@ -199,8 +230,16 @@ def is_live(record: Mapping[str, Any], now: float) -> bool:
 
 async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
                          now: float | None = None, page_size: int = PAGE_SIZE,
-                         prune: bool = True) -> dict[str, Any]:
-    """The fleet as one JSON-ready document: every live instance and the fleet totals.
+                         prune: bool = True, max_instances: int = MAX_INSTANCES
+                         ) -> dict[str, Any]:
+    """The fleet as one JSON-ready document: a :class:`FleetReader`'s snapshot, once."""
+    reader = FleetReader(client, keys, page_size=page_size, prune=prune,
+                         max_instances=max_instances)
+    return await reader.snapshot(fleet_cap=fleet_cap, now=now)
+
+
+class FleetReader:
+    """Reads the fleet view; keep one to remember what Redis refused this client.
 
     This is the one reader behind everything that shows the fleet (``/fleet``,
     ``coordinator fleet``, the dashboard), so they always agree. The document is built
@@ -208,91 +247,187 @@ async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | No
     ``fleet_cap`` is only a fallback for when none of them reports one.
 
     Round trips: one for the index, the server's clock and the leases; one read per
-    page of ``page_size`` instances; and, only when something is stale, one
-    to prune the index. Liveness is judged on ``now`` (the reader's clock, against
-    each instance's own heartbeat and ``ttl``); leases on the Redis server's clock,
-    which is the clock their expiry was computed on.
+    page of ``page_size`` instances; and, only when something is stale, one per
+    :data:`PRUNE_BATCH` to prune the index. Liveness is judged on ``now`` (the reader's
+    clock, against each instance's own heartbeat and ``ttl``); leases on the Redis
+    server's clock, which is the clock their expiry was computed on.
+
+    Bounded whatever the index holds: at most ``max_instances`` members are read, those
+    with the most recent heartbeats, and at most :data:`MAX_LEASES` leases; the document
+    says ``"truncated": true`` when there were more. A member that cannot be an instance
+    id (over 128 characters, control characters) is judged gone without a read.
+
+    Permissions: a user whose ACL refuses scripts (an operator's read-only user) reads
+    with plain commands instead and never prunes (pruning is a script); one that may run
+    scripts but not write stops pruning after the first refusal. Neither is an error.
     """
-    now = time.time() if now is None else now
-    index, lease_rows, server_now = await _read_index(client, keys)
-    leases_by_instance: Counter[str] = Counter()
-    for member, expiry in lease_rows:
-        if expiry > server_now:
-            leases_by_instance[as_text(member).partition(":")[0]] += 1
 
-    scores = {as_text(member): score for member, score in index}
-    ids = list(scores)
-    instances: list[dict[str, Any]] = []
-    gone: list[str] = []
-    for start in range(0, len(ids), page_size):
-        chunk = ids[start:start + page_size]
-        records = await _read_page(client, keys, chunk)
-        for instance_id, record in zip(chunk, records, strict=True):
-            if record and is_live(record, now):
-                instances.append(_view(instance_id, record, now, leases_by_instance))
-            else:
-                gone.append(instance_id)
-    if prune and gone:
-        args: list[Any] = []
-        for instance_id in gone:
-            args += [instance_id, repr(scores[instance_id])]
-        await client.register_script(PRUNE_INDEX)(keys=[keys.instances], args=args)
-    instances.sort(key=lambda r: str(r["id"]))
-    return {
-        "namespace": keys.namespace,
-        "generated_at": round(now, 3),
-        "instances": instances,
-        "totals": fleet_totals(instances, sum(leases_by_instance.values()), fleet_cap),
-    }
+    def __init__(self, client: redis.Redis, keys: Keys, *, page_size: int = PAGE_SIZE,
+                 prune: bool = True, max_instances: int = MAX_INSTANCES) -> None:
+        self.client = client
+        self.keys = keys
+        self.page_size = page_size
+        self.prune = prune
+        self.max_instances = max_instances
+        self.scripts = True  # False once Redis refused this user a script (NOPERM)
 
+    async def snapshot(self, *, fleet_cap: int | None = None, now: float | None = None
+                       ) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        index, size, lease_rows, server_now = await self._read_index()
+        leases_by_instance: Counter[str] = Counter()
+        for member, expiry in lease_rows:
+            if expiry > server_now:
+                leases_by_instance[as_text(member).partition(":")[0]] += 1
+        scores = {as_text(member): score for member, score in index}
+        ids = [i for i in scores if printable_name(i, MAX_ID_CHARS)]
+        gone = [i for i in scores if not printable_name(i, MAX_ID_CHARS)]
+        instances: list[dict[str, Any]] = []
+        for start in range(0, len(ids), self.page_size):
+            chunk = ids[start:start + self.page_size]
+            records = await self._read_page(chunk)
+            for instance_id, record in zip(chunk, records, strict=True):
+                if record and is_live(record, now):
+                    instances.append(_view(instance_id, record, now, leases_by_instance))
+                else:
+                    gone.append(instance_id)
+        if gone and self.prune and self.scripts:
+            await self._prune([(i, scores[i]) for i in gone])
+        instances.sort(key=lambda r: str(r["id"]))
+        live_leases = sum(leases_by_instance.values())
+        return {
+            "namespace": self.keys.namespace,
+            "generated_at": round(now, 3),
+            "instances": instances,
+            "totals": fleet_totals(instances, live_leases, fleet_cap),
+            "index_size": size,
+            "truncated": size > len(index) or live_leases >= MAX_LEASES,
+        }
 
-async def _read_index(client: redis.Redis, keys: Keys
-                      ) -> tuple[list[tuple[Any, float]], list[tuple[Any, float]], float]:
-    """The index and the leases with their scores, and the server's clock: one round trip
-    (as one JSON text, for the reason _read_page gives)."""
-    try:
-        doc = json.loads(await client.register_script(READ_INDEX)(
-            keys=[keys.instances, keys.leases]))
-        secs, usecs = doc["time"]
-        return (_pairs(doc["index"]), _pairs(doc["leases"]), int(secs) + int(usecs) / 1e6)
-    except (ResponseError, ValueError, TypeError, KeyError):
+    async def _read_index(self) -> tuple[list[tuple[Any, float]], int,
+                                         list[tuple[Any, float]], float]:
+        """The most recent index members and the latest leases with their scores, the
+        index's size and the server's clock: one round trip (as one JSON text, for the
+        reason _read_page gives)."""
+        keys, client = self.keys, self.client
+        if self.scripts:
+            try:
+                doc = json.loads(await client.register_script(READ_INDEX)(
+                    keys=[keys.instances, keys.leases], args=[self.max_instances, MAX_LEASES]))
+                secs, usecs = doc["time"]
+                return (_pairs(doc["index"]), int(doc["size"]), _pairs(doc["leases"]),
+                        int(secs) + int(usecs) / 1e6)
+            except NoPermissionError:
+                self.scripts = False
+            except (ResponseError, ValueError, TypeError, KeyError):
+                pass
         async with client.pipeline(transaction=False) as pipe:
-            pipe.zrange(keys.instances, 0, -1, withscores=True)
+            pipe.zrevrange(keys.instances, 0, self.max_instances - 1, withscores=True)
+            pipe.zcard(keys.instances)
             pipe.time()
-            pipe.zrange(keys.leases, 0, -1, withscores=True)
-            index, (secs, usecs), leases = await pipe.execute()
-        return list(index), list(leases), secs + usecs / 1e6
+            pipe.zrevrange(keys.leases, 0, MAX_LEASES - 1, withscores=True)
+            index, size, (secs, usecs), leases = await pipe.execute()
+        return list(index), int(size), list(leases), secs + usecs / 1e6
 
+    async def _read_page(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Every instance hash of one page, decoded (``{}`` for a missing one), in one
+        round trip.
 
-def _pairs(flat: Any) -> list[tuple[Any, float]]:
-    """[member, score, ...] (an empty Lua table encodes as {}) -> [(member, score)]."""
-    if not isinstance(flat, list):
-        return []
-    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-async def _read_page(client: redis.Redis, keys: Keys, ids: list[str]) -> list[dict[str, Any]]:
-    """Every instance hash of one page, decoded (``{}`` for a missing one), in one round trip.
-
-    A script returns the page as one JSON text: redis-py's pure-Python reply parser
-    spends most of a large snapshot on ~25 bulk replies per instance, and one string is
-    far cheaper to parse (1,000 instances: 390 -> 74 ms, bench/fleet_scale.py). Where
-    the server cannot run it (scripting disabled, a stand-in without Lua) or a value is
-    not UTF-8, the same page is read with a pipeline of HGETALL instead.
-    """
-    try:
-        raw = await client.register_script(READ_PAGE)(keys=[keys.instance(i) for i in ids])
-        rows = json.loads(raw)
-        if not isinstance(rows, list) or len(rows) != len(ids):
-            raise ValueError("a page of the fleet view has the wrong length")
-        return [decode_fields(r) if isinstance(r, list) else {} for r in rows]
-    except (ResponseError, ValueError, TypeError):
+        A script returns the page as one JSON text: redis-py's pure-Python reply parser
+        spends most of a large snapshot on ~25 bulk replies per instance, and one string
+        is far cheaper to parse (1,000 instances: 390 -> 74 ms, bench/fleet_scale.py).
+        Where the server cannot run it (scripting disabled or refused, a stand-in without
+        Lua) or a value is not UTF-8, the same page is read with a pipeline of HGETALL.
+        """
+        keys, client = self.keys, self.client
+        if self.scripts:
+            try:
+                raw = await client.register_script(READ_PAGE)(
+                    keys=[keys.instance(i) for i in ids])
+                return decode_page(raw, len(ids))
+            except NoPermissionError:
+                self.scripts = False
+            except (ResponseError, ValueError, TypeError):
+                pass
         async with client.pipeline(transaction=False) as pipe:
             for instance_id in ids:
                 pipe.hgetall(keys.instance(instance_id))
             # A key of the wrong type reads as a missing record (pruned), not as an outage.
             return [decode_record(raw) if isinstance(raw, dict) else {}
                     for raw in await pipe.execute(raise_on_error=False)]
+
+    async def _prune(self, gone: list[tuple[str, float]]) -> None:
+        """Remove ``gone`` members from the index in batches, each only if it has not
+        heartbeated since it was read; stop for good if this user may not write."""
+        script = self.client.register_script(PRUNE_INDEX)
+        for start in range(0, len(gone), PRUNE_BATCH):
+            args: list[Any] = []
+            for instance_id, score in gone[start:start + PRUNE_BATCH]:
+                args += [instance_id, repr(score)]
+            try:
+                await script(keys=[self.keys.instances], args=args)
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                self.prune = False
+                return
+
+
+class SharedSnapshot:
+    """One fleet snapshot for every concurrent reader: at most one Redis read per
+    ``max_age`` seconds however many ask (single flight, then a cache), so that readers
+    of ``/fleet`` cannot put the fleet's whole read on the gate's event loop once each.
+    A failed read is shared and kept for ``max_age`` too. While ``usable()`` is false
+    (the instance's Redis link is down) nothing cached is served: each reader waits for
+    a read of its own (still one at a time), so an outage shows at once."""
+
+    def __init__(self, reader: FleetReader, max_age: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 usable: Callable[[], bool] = lambda: True) -> None:
+        self.reader = reader
+        self.max_age = max_age
+        self.clock = clock
+        self.usable = usable
+        self.reads = 0
+        self._flight: asyncio.Future[dict[str, Any]] | None = None
+        self._started = -math.inf
+
+    async def get(self) -> dict[str, Any]:
+        now = self.clock()
+        flight = self._flight
+        if flight is None or (flight.done() and (now - self._started >= self.max_age
+                                                 or not self.usable())):
+            self._started, self.reads = now, self.reads + 1
+            flight = self._flight = asyncio.ensure_future(self.reader.snapshot())
+            flight.add_done_callback(_retrieved)
+        # A reader that leaves (a client gone) must not cancel the others' read.
+        return await asyncio.shield(flight)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # seen: no "exception was never retrieved" when all left
+
+
+def decode_page(raw: bytes | str, expected: int) -> list[dict[str, Any]]:
+    """READ_PAGE's JSON text: one decoded record per key (``{}`` for a missing or
+    malformed one). ValueError when the text is not such a page at all (the caller
+    reads the page another way)."""
+    rows = json.loads(raw)
+    if not isinstance(rows, list) or len(rows) != expected:
+        raise ValueError("a page of the fleet view has the wrong length")
+    return [decode_fields(r) if _flat_text(r) else {} for r in rows]
+
+
+def _flat_text(row: Any) -> bool:
+    return isinstance(row, list) and len(row) % 2 == 0 and all(isinstance(x, str) for x in row)
+
+
+def _pairs(flat: Any) -> list[tuple[Any, float]]:
+    """[member, score, ...] (an empty Lua table encodes as {}) -> [(member, score)]."""
+    if not isinstance(flat, list):
+        return []
+    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
 def _view(instance_id: str, record: dict[str, Any], now: float,

@@ -25,13 +25,17 @@ def render_fleet_table(doc: Mapping[str, Any]) -> str:
     generated = doc.get("generated_at")
     clock = time.strftime("%H:%M:%S", time.localtime(generated)) if generated else "-"
     instances = doc.get("instances") or []
-    lines = [f"fleet {doc.get('namespace')} at {clock}: {len(instances)} live instance(s)"]
+    lines = [printable(f"fleet {doc.get('namespace')} at {clock}: {len(instances)} live "
+                       "instance(s)")]
     if instances:
         rows = [COLUMNS] + [tuple(map(printable, _row(r))) for r in instances]
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in rows]
-    lines.append(_totals_line(doc.get("totals") or {}))
+    lines.append(printable(_totals_line(doc.get("totals") or {})))
+    if doc.get("truncated"):
+        lines.append(f"(truncated: the index holds {doc.get('index_size')} members; the most "
+                     "recent were read)")
     return "\n".join(lines)
 
 
@@ -90,10 +94,10 @@ def duration(seconds: Any) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def render_event(data: bytes | str, signing_key: str | None) -> str:
+def render_event(data: bytes | str, keyring: messages.Keyring | None) -> str:
     """One channel message as one line: time, instance, event, phase k/n, details."""
     try:
-        msg = messages.decode(data, signing_key=signing_key)
+        msg = messages.decode(data, keyring=keyring)
     except InvalidMessage as exc:
         return printable(f"{_clock(time.time())}  -  dropped invalid message ({exc})")
     total = msg.extra.get("phases_total")
@@ -112,9 +116,10 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 
 
 def printable(text: str) -> str:
-    """Text from Redis with its control characters escaped: an instance id, host or
-    error message cannot move the cursor, clear the screen or retitle the terminal."""
-    return text.translate(_CONTROL)
+    """Text from Redis with its control characters (and lone surrogates, which no
+    terminal encoding takes) escaped: an instance id, host or error message cannot move
+    the cursor, clear the screen or retitle the terminal, nor make a print raise."""
+    return text.translate(_CONTROL).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _clock(ts: float) -> str:

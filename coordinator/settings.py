@@ -19,6 +19,8 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from .exceptions import ConfigError
+from .keys import ID_PATTERN, NAME_PATTERN
+from .messages import Keyring
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 ROLES = ("owner", "follower")
@@ -26,8 +28,6 @@ ENVIRONMENTS = ("local", "test", "development", "staging", "production")
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
 CLOUD_RUN_READY_PHASE_BUDGET = 8.0
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 T = TypeVar("T")
 
@@ -75,21 +75,23 @@ class Settings:
     instance_ttl: float = 10.0
     timeout_multiplier: float = 1.0
     drain_grace: float = 5.0
+    drain_spread: float | None = None  # None: half of drain_grace
     reject: str = "http"
     gate: bool = True
     signing_key: str | None = field(default=None, repr=False)
     log_format: str = "text"
     role: str = "owner"
+    max_retry_after: int = 30
 
     def __post_init__(self) -> None:
-        _check("COORD_NAMESPACE", bool(_NAME.match(self.namespace)), self.namespace,
+        _check("COORD_NAMESPACE", bool(NAME_PATTERN.fullmatch(self.namespace)), self.namespace,
                "1-64 characters of letters, digits, '_', '.', '-'")
-        _check("COORD_INSTANCE_ID", bool(_ID.match(self.instance_id)), self.instance_id,
+        _check("COORD_INSTANCE_ID", bool(ID_PATTERN.fullmatch(self.instance_id)), self.instance_id,
                "1-128 characters of letters, digits, '_', '.', '-'")
         _check("COORD_ENVIRONMENT", self.environment in ENVIRONMENTS, self.environment,
                "one of " + ", ".join(ENVIRONMENTS))
         _check("COORD_PHASES", len(self.phases) > 0 and len(set(self.phases)) == len(self.phases)
-               and all(_NAME.match(p) for p in self.phases), ",".join(self.phases),
+               and all(NAME_PATTERN.fullmatch(p) for p in self.phases), ",".join(self.phases),
                "a comma-separated list of distinct phase names")
         _check("COORD_READY_PHASE", self.ready_phase in self.phases, self.ready_phase,
                "one of the phases: " + ", ".join(self.phases))
@@ -106,10 +108,18 @@ class Settings:
         _check("COORD_TIMEOUT_MULTIPLIER", self.timeout_multiplier > 0, self.timeout_multiplier,
                "a number > 0")
         _check("COORD_DRAIN_GRACE", self.drain_grace >= 0, self.drain_grace, "a number >= 0")
+        _check("COORD_DRAIN_SPREAD", self.drain_spread is None
+               or 0 <= self.drain_spread <= self.drain_grace, self.drain_spread,
+               "a number of seconds from 0 to COORD_DRAIN_GRACE")
         _check("COORD_REJECT", self.reject in ("http", "close"), self.reject, "http or close")
         _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
                "text or json")
         _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
+        _check("COORD_MAX_RETRY_AFTER", 1 <= self.max_retry_after <= 86400,
+               self.max_retry_after, "an integer from 1 to 86400")
+        _check("COORD_SIGNING_KEY", not self.signing_key
+               or all(k.strip() for k in self.signing_key.split(",")), "***",
+               "a key, or several separated by commas (the first signs), none empty")
         _check_redis_url(self.redis_url)
 
     # -- derived values -------------------------------------------------------------
@@ -120,6 +130,16 @@ class Settings:
         if self.cloud_run and phase == self.ready_phase:
             budget = max(budget, CLOUD_RUN_READY_PHASE_BUDGET)
         return min(budget * self.timeout_multiplier, self.max_queue_time)
+
+    @property
+    def drain_spread_seconds(self) -> float:
+        """Over how many seconds at the end of the grace open connections are closed."""
+        return self.drain_grace / 2 if self.drain_spread is None else self.drain_spread
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The signing keys, bound to the namespace; None: running unsigned."""
+        return Keyring.of(self.signing_key, self.namespace)
 
     @property
     def redis_url_redacted(self) -> str:
@@ -150,12 +170,14 @@ class Settings:
         reader.put(kwargs, "instance_ttl", "COORD_INSTANCE_TTL", _number)
         reader.put(kwargs, "timeout_multiplier", "COORD_TIMEOUT_MULTIPLIER", _number)
         reader.put(kwargs, "drain_grace", "COORD_DRAIN_GRACE", _number)
+        reader.put(kwargs, "drain_spread", "COORD_DRAIN_SPREAD", _number)
         reader.put(kwargs, "reject", "COORD_REJECT", str.lower)
         reader.put(kwargs, "gate", "COORD_GATE", _on_off)
         reader.put(kwargs, "signing_key", "COORD_SIGNING_KEY", str)
         if not reader.put(kwargs, "log_format", "COORD_LOG_FORMAT", str.lower):
             kwargs["log_format"] = "json" if cloud_run else "text"
         reader.put(kwargs, "role", "COORD_ROLE", str.lower)
+        reader.put(kwargs, "max_retry_after", "COORD_MAX_RETRY_AFTER", int)
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 

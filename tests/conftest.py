@@ -73,6 +73,13 @@ async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
 
 
 @pytest.fixture
+def attacker(client: redis.Redis) -> redis.Redis:
+    """``client`` in the role of anyone who can publish and write to the namespace but
+    has no signing key."""
+    return client
+
+
+@pytest.fixture
 async def redis_text(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
     """A client of the session's redis-server whose replies are decoded to text."""
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -139,7 +146,7 @@ def follow_cli() -> Iterator[Callable[..., CliProcess]]:
 # that uses one carries the marker, so that `-m "not redis"` and `-m "not e2e"` select
 # what they say. And the folders agree with the markers: every test under tests/e2e/
 # (and the benchmarks' smoke tests) is `e2e`, and no other is.
-NEEDS_REDIS = {"redis_server", "own_redis", "acl_redis", "client", "redis_text"}
+NEEDS_REDIS = {"redis_server", "own_redis", "acl_redis", "client", "redis_text", "attacker"}
 STARTS_BACKENDS = {"start_backend", "backends"}
 E2E_FOLDERS = ("e2e", "bench")
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import functools
+import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +36,7 @@ from typing import Any
 
 import redis.asyncio as redis
 import uvicorn
+from redis.typing import EncodableT
 
 from coordinator import messages
 from coordinator.core import Coordinator
@@ -76,6 +81,7 @@ __all__ = [
     "DENIAL",
     "DROPPED",
     "GAVE_UP",
+    "HAPROXY_CONFIG",
     "HTTP",
     "IMPLEMENTATIONS",
     "NEAR_READY_DURATIONS",
@@ -87,6 +93,7 @@ __all__ = [
     "CliProcess",
     "Dashboard",
     "FakeWebSocket",
+    "HAProxy",
     "NoRedis",
     "Outcome",
     "RedisServer",
@@ -110,6 +117,8 @@ __all__ = [
     "health",
     "in_phase",
     "instance_record",
+    "instance_settings",
+    "keyring",
     "knock",
     "known_variables",
     "metric",
@@ -119,6 +128,8 @@ __all__ = [
     "put_record",
     "reach_services",
     "record_of",
+    "redis_mapping",
+    "route_paths",
     "run_cli",
     "run_phases",
     "serving",
@@ -162,6 +173,11 @@ def instance_record(instance_id: str, now: float, *, state: str = "starting",
     return encode_record(fields)
 
 
+def redis_mapping(fields: Mapping[Any, Any]) -> dict[EncodableT, EncodableT]:
+    """``fields`` typed as redis-py's HSET takes them (its key type is a union)."""
+    return dict(fields.items())
+
+
 async def put_record(client: redis.Redis, keys: Keys, fields: Mapping[str, str]) -> None:
     """Write an instance hash and its index entry with the writer the instances use."""
     await write_record(client, keys, dict(fields), float(fields["ttl"]),
@@ -176,14 +192,25 @@ async def put_instance(client: redis.Redis, keys: Keys, instance_id: str,
     return record
 
 
+def keyring(key: str, namespace: str) -> messages.Keyring:
+    """What an instance of ``namespace`` with COORD_SIGNING_KEY=``key`` signs with."""
+    ring = messages.Keyring.of(key, namespace)
+    assert ring is not None
+    return ring
+
+
 def event(instance: str, name: str = "phase_started", phase: str | None = "services",
           index: int | None = 5, *, ts: float | None = None, key: str | None = None,
-          **extra: Any) -> bytes:
-    """One channel message as an instance publishes it (signed with ``key`` if given);
-    ``extra`` holds the optional fields (``state``, ``phases_total``, ``duration``, ...)."""
+          namespace: str | None = None, **extra: Any) -> bytes:
+    """One channel message as an instance publishes it, signed with ``key`` for
+    ``namespace`` if given; ``extra`` holds the optional fields (``state``,
+    ``phases_total``, ``duration``, ...)."""
     msg = messages.Message(instance, name, phase, index, time.time() if ts is None else ts,
                            extra)
-    return messages.encode(msg, key)
+    if key is None:
+        return messages.encode(msg)
+    assert namespace is not None, "a signature is bound to a namespace"
+    return messages.encode(msg, keyring(key, namespace))
 
 
 # Derived from the reader's clock, so they differ between two reads of the same fleet.
@@ -317,6 +344,16 @@ class NoRedis:
         return run
 
 
+def instance_settings(redis_url: str, namespace: str, instance: str,
+                      signing_key: str | None = None, **overrides: Any) -> Settings:
+    """An instance of two phases, ``init`` and ``services`` (the ready one), in the test
+    environment; its 30 s heartbeat leaves its hash alone while a test rewrites it."""
+    return Settings(**{"redis_url": redis_url, "namespace": namespace, "instance_id": instance,
+                       "phases": ("init", "services"), "ready_phase": "services",
+                       "environment": "test", "signing_key": signing_key,
+                       "heartbeat_interval": 30, "instance_ttl": 60, **overrides})
+
+
 def record_of(coord: Coordinator) -> dict[str, str]:
     """The instance hash an owner would write now."""
     assert coord.owner is not None, "only an owner writes the instance hash"
@@ -445,6 +482,16 @@ class _Recorder(Mapping[str, str]):
         return 0
 
 
+def route_paths(config: Any) -> set[str]:
+    """The paths of the backend's own routes (mounts by their prefix) under ``config``."""
+    from starlette.routing import Mount, Route, WebSocketRoute
+
+    from backend.app import create_app
+
+    return {r.path for r in create_app(config).routes
+            if isinstance(r, Route | WebSocketRoute | Mount)}
+
+
 def backend_paths() -> set[str]:
     """Every path the backend answers: its routes, and what its mounted apps serve."""
     from starlette.routing import Mount, Route, WebSocketRoute
@@ -455,7 +502,7 @@ def backend_paths() -> set[str]:
     from coordinator.health import HealthApp
 
     paths: set[str] = set()
-    for route in create_app(BackendConfig.from_env({})).api.routes:
+    for route in create_app(BackendConfig.from_env({})).routes:
         assert isinstance(route, Route | WebSocketRoute | Mount)
         if isinstance(route, Mount) and isinstance(route.app, HealthApp):
             paths.update(HEALTH_PATHS)
@@ -534,6 +581,61 @@ async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+# -- HAProxy in front of real backends ---------------------------------------------------------
+
+HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
+
+
+class HAProxy:
+    """deploy/haproxy.cfg run by a real ``haproxy`` with ``env`` (BACKEND_1..3,
+    HAPROXY_BIND, HAPROXY_STATS_SOCKET, ...), its output in ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.sock = Path(env["HAPROXY_STATS_SOCKET"])
+        self.port = int(env["HAPROXY_BIND"].rsplit(":", 1)[1])
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
+                                      str(HAPROXY_CONFIG)], env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
+                       what="haproxy's stats socket")
+            assert self.proc.poll() is None, log.read_text()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """``show stat`` on the admin socket: server name -> its row."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.sock))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return {r["svname"]: r for r in rows if r["pxname"] == "instances"}
+
+    def server(self, index: int) -> dict[str, str]:
+        return self.stats()[f"instance-{index + 1}"]
+
+    def stop(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        finally:
+            self._log.close()
+
 
 
 # -- the coordinator command ------------------------------------------------------------------

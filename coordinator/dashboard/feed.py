@@ -24,13 +24,14 @@ from ..connections import REDIS_ERRORS
 from ..exceptions import InvalidMessage
 from ..keys import Keys
 from ..link import Subscription
-from ..registry import fleet_snapshot
+from ..registry import FleetReader
 from ..tasks import TaskSet
 
 SNAPSHOT_INTERVAL = 1.0
 EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
 PAGE_QUEUE_SIZE = 64  # frames
 PAGE_QUEUE_BYTES = 4 << 20  # and bytes: a snapshot of 1,000 instances is about 0.5 MB
+MAX_PAGES = 16  # open streams at once; more are turned away (503 + Retry-After)
 
 log = logging.getLogger("coordinator.dashboard")
 
@@ -72,12 +73,15 @@ class FleetFeed:
 
     def __init__(self, client: redis.Redis, keys: Keys, *,
                  signing_key: str | None = None, interval: float = SNAPSHOT_INTERVAL,
-                 queue_size: int = PAGE_QUEUE_SIZE) -> None:
+                 queue_size: int = PAGE_QUEUE_SIZE, max_pages: int = MAX_PAGES) -> None:
         self.client = client
         self.keys = keys
-        self.signing_key = signing_key
+        self.keyring = messages.Keyring.of(signing_key, keys.namespace)
+        self.reader = FleetReader(client, keys)  # remembers what this user may not do
         self.interval = interval
         self.queue_size = queue_size
+        self.max_pages = max_pages  # each open page may hold PAGE_QUEUE_BYTES
+        self.turned_away = 0
         self.drops = messages.DropCounter()
         self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
         self.closed = False
@@ -88,6 +92,10 @@ class FleetFeed:
     @property
     def pages(self) -> int:
         return len(self._pages)
+
+    @property
+    def full(self) -> bool:
+        return len(self._pages) >= self.max_pages
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[PageQueue]:
@@ -132,7 +140,7 @@ class FleetFeed:
 
     async def snapshot_frame(self) -> bytes:
         try:
-            doc = await fleet_snapshot(self.client, self.keys)
+            doc = await self.reader.snapshot()
         except REDIS_ERRORS as exc:
             return sse_frame("status", {"redis": "down", "error": type(exc).__name__})
         except Exception as exc:  # bad data in Redis must not end the snapshot loop
@@ -159,7 +167,7 @@ class FleetFeed:
     def _on_event(self, _channel: str, data: Any) -> None:
         try:
             msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
-                                  signing_key=self.signing_key)
+                                  keyring=self.keyring)
         except InvalidMessage as exc:
             self.drops.drop(exc, self.keys.events)
             return

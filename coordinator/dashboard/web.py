@@ -29,6 +29,7 @@ from .feed import SNAPSHOT_INTERVAL, FleetFeed
 
 PATH = "/dashboard"
 RETRY_MS = 1000  # how soon a browser reconnects after the stream ends
+FULL_RETRY_AFTER = 10  # seconds, for a page turned away because MAX_PAGES are open
 # Nothing but this page's own files may load or run, whatever the fleet's data says.
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -55,6 +56,11 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.feed.closed:
             await Response("shutting down", 503, {"retry-after": "1"})(scope, receive, send)
+            return
+        if self.feed.full:  # each open page costs a queue of up to 4 MB: bounded
+            self.feed.turned_away += 1
+            await Response(f"{self.feed.max_pages} dashboards are open already", 503,
+                           {"retry-after": str(FULL_RETRY_AFTER)})(scope, receive, send)
             return
         async with self.feed.subscribe() as queue:
             await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})

@@ -105,6 +105,7 @@ def exit_as_cloud_run(backend: BackendProcess) -> int:
     return backend.wait_exit(timeout=CLOUD_RUN_KILL_AFTER)
 
 
+
 @pytest.mark.parametrize("reject", ["http", "close"])
 async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
         start_backend: Any, redis_server: RedisServer, namespace: str, redis_text: redis.Redis,

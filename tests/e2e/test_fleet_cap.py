@@ -99,7 +99,6 @@ async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances
             else:  # every other client: 503 + Retry-After, for a cap's reason
                 assert outcome.rejection in ("fleet_cap", "queue_full"), counts
                 assert_clean_rejection(outcome, "http", outcome.rejection)
-    assert counts[CHAT] == FLEET_CAP, counts  # the held ones, released when ready
     assert sum(v for k, v in counts.items() if "fleet_cap" in k) > 0, counts
 
     await async_wait_until(lambda: equals(redis_text.zcard(f"{namespace}:leases"), 0), 10,
@@ -107,18 +106,28 @@ async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances
     await asyncio.gather(*(asyncio.to_thread(b.wait_ready) for b in backends))
     per_backend = [await metrics_of(b) for b in backends]
     fleet_capped = sum(v for k, v in counts.items() if "fleet_cap" in k)
-    # Every hold had a lease (none fell back to the local cap), so held <= leases <= cap.
-    assert sum(metric(m, LEASE_REQUESTS, outcome="leased") for m in per_backend) == FLEET_CAP
-    assert sum(metric(m, "coordinator_admitted_total", how="after_hold")
-               for m in per_backend) == FLEET_CAP
+    leased = sum(metric(m, LEASE_REQUESTS, outcome="leased") for m in per_backend)
+    # Every hold had a lease, except where an acquire took over its 1 s and fell back to
+    # the local cap (README, "Fleet cap"; a storm on a loaded 2-core machine can cause
+    # one), counted as `local` and as a lease error. The cap bounds the leases held at
+    # once (the sampler above), not their total: on a loaded machine a handshake decided
+    # just before one instance's ready can get a lease that ready just freed. And a
+    # client that reaches an instance once it is ready is admitted at once, no lease.
+    fell_back = sum(metric(m, LEASE_REQUESTS, outcome="local") for m in per_backend)
+    held = sum(metric(m, "coordinator_admitted_total", how="after_hold") for m in per_backend)
+    at_once = sum(m.get(("coordinator_admitted_total", frozenset({("how", "immediate")})), 0)
+                  for m in per_backend)
+    assert held == leased + fell_back >= FLEET_CAP, (held, leased, fell_back)
+    assert counts[CHAT] == held + at_once, (counts, held, at_once)
     assert sum(m.get(("coordinator_rejected_total", frozenset({("reason", "fleet_cap")})), 0)
                for m in per_backend) == fleet_capped
     for m in per_backend:
-        assert metric(m, LEASE_REQUESTS, outcome="local") == 0
-        assert metric(m, "coordinator_redis_errors_total", source="leases") == 0
+        local = metric(m, LEASE_REQUESTS, outcome="local")
+        assert metric(m, "coordinator_redis_errors_total", source="leases") == local
+        if not local:
+            assert metric(m, "coordinator_fleet_cap_mode", mode="fleet") == 1
         assert metric(m, "coordinator_fleet_leases_held") == 0
         assert metric(m, "coordinator_fleet_cap") == FLEET_CAP
-        assert metric(m, "coordinator_fleet_cap_mode", mode="fleet") == 1
         # The phase sleeps 4 s: never reported shorter (10 ms for the clock's granularity).
         assert metric(m, "coordinator_phase_duration_seconds", phase="services") >= 4.0 - 0.01
         # One hold-time observation per released hold (the series exists once observed).

@@ -14,13 +14,9 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -31,8 +27,9 @@ from websockets import ConnectionClosed
 
 from coordinator.client import GaveUp, RetryPolicy, connect
 from tests.support import (
-    ROOT,
+    HAPROXY_CONFIG,
     BackendProcess,
+    HAProxy,
     Scripted,
     async_wait_until,
     free_port,
@@ -42,7 +39,7 @@ from tests.support import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-CONFIG = ROOT / "deploy" / "haproxy.cfg"
+
 # The stated bound: a client disconnected by a drain chats again within this many
 # seconds (measured: well under one; the bound leaves room for a loaded CI machine).
 RESERVED_WITHIN = 10.0
@@ -62,7 +59,7 @@ def haproxy_env(backends: list[BackendProcess], port: int, sock: Path) -> dict[s
 def test_the_config_is_valid_for_haproxy(tmp_path):
     env = {**os.environ, "BACKEND_1": "127.0.0.1:1", "BACKEND_2": "127.0.0.1:2",
            "BACKEND_3": "backend-3:8000", "HAPROXY_STATS_SOCKET": str(tmp_path / "s")}
-    result = subprocess.run(["haproxy", "-c", "-f", str(CONFIG)], env=env,
+    result = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CONFIG)], env=env,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
@@ -71,57 +68,11 @@ def test_the_config_is_valid_for_haproxy(tmp_path):
 def test_a_missing_backend_address_is_an_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKEND_")}
     env |= {"BACKEND_1": "127.0.0.1:1", "BACKEND_2": "127.0.0.1:2"}
-    result = subprocess.run(["haproxy", "-c", "-f", str(CONFIG)], env=env,
+    result = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CONFIG)], env=env,
                             capture_output=True, text=True, check=False)
-    line = CONFIG.read_text().splitlines().index('    server instance-3 "${BACKEND_3}"') + 1
+    line = HAPROXY_CONFIG.read_text().splitlines().index('    server instance-3 "${BACKEND_3}"') + 1
     assert result.returncode != 0
     assert f"haproxy.cfg:{line}] : 'server' expects <name> and <addr>" in result.stderr
-
-
-class HAProxy:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.sock = Path(env["HAPROXY_STATS_SOCKET"])
-        self.port = int(env["HAPROXY_BIND"].rsplit(":", 1)[1])
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
-                                      str(CONFIG)], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
-                       what="haproxy's stats socket")
-            assert self.proc.poll() is None, log.read_text()
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stats(self) -> dict[str, dict[str, str]]:
-        """``show stat`` on the admin socket: server name -> its row."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.sock))
-            s.sendall(b"show stat\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {r["svname"]: r for r in rows if r["pxname"] == "instances"}
-
-    def server(self, index: int) -> dict[str, str]:
-        return self.stats()[f"instance-{index + 1}"]
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        finally:
-            self._log.close()
 
 
 class Population:

@@ -3,7 +3,8 @@ connections, and no backend log line carries the signing key or the Redis passwo
 
 The follower gates real WebSocket clients under a real uvicorn; the owner runs the
 startup in this process; the attacker is a plain Redis client without the key.
-(tests/integration/test_signing.py: ACL users, TLS and the coordinator's own logs.)
+(tests/integration/test_signing.py: what else a signature binds, key rotation, ACL
+users, TLS and the coordinator's own logs.)
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator import ConnectionGate, Coordinator
 from coordinator.messages import MAX_MESSAGE_BYTES
 from tests.support import (
     ACL_PASSWORD,
     CHAT,
     AclRedis,
+    RedisServer,
     assert_chatted,
     async_wait_until,
     chat,
     event,
+    instance_settings,
+    redis_mapping,
+    run_phases,
     serving,
 )
 
@@ -37,13 +42,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 KEY = "k3y-never-in-any-log-0d5e"
 INSTANCE = "signed-1"
 PHASES = ("init", "services")
-
-
-def settings(url: str, namespace: str, **kw: Any) -> Settings:
-    # A long heartbeat: nothing but the test rewrites the hash while it is forged.
-    return Settings(redis_url=url, namespace=namespace, instance_id=INSTANCE, phases=PHASES,
-                    ready_phase="services", environment="test", heartbeat_interval=30,
-                    instance_ttl=60, **kw)
 
 
 async def welcome_app(scope: Any, receive: Any, send: Any) -> None:
@@ -77,8 +75,8 @@ async def _startup(owner: Coordinator, finish: asyncio.Event) -> None:
 @contextlib.asynccontextmanager
 async def owner_and_follower(redis_url: str, namespace: str,
                              key: str | None) -> AsyncIterator[Pair]:
-    owner = Coordinator(settings(redis_url, namespace, signing_key=key))
-    follower = Coordinator(settings(redis_url, namespace, signing_key=key), role="follower")
+    owner = Coordinator(instance_settings(redis_url, namespace, INSTANCE, key))
+    follower = Coordinator(instance_settings(redis_url, namespace, INSTANCE, key), role="follower")
     finish = asyncio.Event()
     await owner.start()
     startup = asyncio.create_task(_startup(owner, finish))
@@ -97,14 +95,9 @@ async def owner_and_follower(redis_url: str, namespace: str,
 
 def ready_message(pair: Pair, key: str | None, ts: float | None = None) -> bytes:
     """What the owner publishes when ``services`` completes, signed with ``key``."""
-    return event(INSTANCE, "phase_completed", "services", 2, ts=ts, key=key, state="ready",
+    return event(INSTANCE, "phase_completed", "services", 2, ts=ts, key=key,
+                 namespace=pair.owner.settings.namespace, state="ready",
                  started_at=pair.owner.status.started_at)
-
-
-@pytest.fixture
-def attacker(client: redis.Redis) -> redis.Redis:
-    """Can publish and write anything, and has no key."""
-    return client
 
 
 async def hold_two(pair: Pair) -> list[asyncio.Task[Any]]:
@@ -114,11 +107,11 @@ async def hold_two(pair: Pair) -> list[asyncio.Task[Any]]:
 
 
 async def test_forged_events_and_a_forged_hash_never_release_held_connections(
-        redis_server: Any, namespace: str, attacker: redis.Redis) -> None:
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
     async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
         clients = await hold_two(pair)
         tampered = json.loads(event(INSTANCE, "phase_started", "services", 2, key=KEY,
-                                    state="starting"))
+                                    namespace=namespace, state="starting"))
         tampered.update(event="phase_completed", state="ready")  # a real sig, body changed
         forged = [
             ready_message(pair, None),  # unsigned
@@ -152,7 +145,7 @@ async def test_forged_events_and_a_forged_hash_never_release_held_connections(
 
 
 async def test_without_a_key_the_same_forgery_does_release_early(
-        redis_server: Any, namespace: str, attacker: redis.Redis) -> None:
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
     """The threat the key removes: anyone who can publish can open the gate."""
     async with owner_and_follower(redis_server.url, namespace, None) as pair:
         clients = await hold_two(pair)
@@ -162,6 +155,43 @@ async def test_without_a_key_the_same_forgery_does_release_early(
         assert [o.kind for o in outcomes] == [CHAT, CHAT]
         assert pair.owner.state.value == "starting"  # released while still starting
 
+
+async def test_a_signed_record_copied_into_another_instances_hash_releases_nobody(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
+    """The copy verifies (it is a real record, really signed) but names another id."""
+    async with Coordinator(instance_settings(redis_server.url, namespace, "ready-one", KEY)) as one:
+        await run_phases(one, *PHASES)
+        async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
+            clients = await hold_two(pair)
+            copied = await attacker.hgetall(f"{namespace}:instance:ready-one")
+            target = f"{namespace}:instance:{INSTANCE}"
+            await attacker.delete(target)
+            await attacker.hset(target, mapping=redis_mapping(copied))
+            drops = pair.follower.drops.counts
+            await async_wait_until(lambda: drops["wrong_instance"] >= 2, 10,
+                                   what=f"the copy to be read and refused ({dict(drops)})")
+            assert pair.follower.state.value == "starting"
+            assert len(pair.gate.state.queue) == 2 and not any(c.done() for c in clients)
+            pair.finish.set()
+            for outcome in await asyncio.gather(*clients):
+                assert_chatted(outcome, INSTANCE)
+
+
+async def test_a_message_signed_for_another_namespace_releases_nobody(
+        redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
+    """One key for two namespaces (staging and production, say): what one publishes is
+    no signature in the other."""
+    async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
+        clients = await hold_two(pair)
+        elsewhere = event(INSTANCE, "phase_completed", "services", 2, key=KEY,
+                          namespace=namespace + "-other", state="ready",
+                          started_at=pair.owner.status.started_at)
+        assert await attacker.publish(f"{namespace}:instance:{INSTANCE}:events", elsewhere) == 2
+        await async_wait_until(lambda: pair.follower.drops.counts["bad_signature"] == 1, 10,
+                               what="the drop")
+        assert pair.follower.state.value == "starting" and not any(c.done() for c in clients)
+        pair.finish.set()
+        await asyncio.gather(*clients)
 
 
 async def test_backend_logs_carry_neither_the_key_nor_the_password(

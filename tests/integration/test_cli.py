@@ -26,8 +26,10 @@ from tests.support import (
     cli_env,
     free_port,
     instance_record,
+    keyring,
     put_instance,
     put_record,
+    redis_mapping,
     run_cli,
     subscribers,
     without_times,
@@ -54,10 +56,12 @@ def assert_one_line_error(proc: Any, *needles: str) -> str:
 
 
 def event(instance: str, name: str, phase: str | None, index: int | None,
-          key: str | None = None, ts: float | None = None, **extra: Any) -> bytes:
-    """An event of a starting instance of seven phases, as it publishes it."""
-    return message(instance, name, phase, index, key=key, ts=ts, phases_total=7,
-                   state="starting", **extra)
+          key: str | None = None, ts: float | None = None, namespace: str | None = None,
+          **extra: Any) -> bytes:
+    """An event of a starting instance of seven phases, as it publishes it (signed with
+    ``key`` for ``namespace``)."""
+    return message(instance, name, phase, index, key=key, namespace=namespace, ts=ts,
+                   phases_total=7, state="starting", **extra)
 
 
 # Older than the 30 s a signed message may be off the reader's clock (README, "Signing").
@@ -201,10 +205,40 @@ async def test_check_with_a_signing_key_refuses_an_unsigned_record(
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put_record(client, keys, {**forged, "sig": messages.sign_record(forged, "s3cret-key")})
+    await put_record(client, keys, {**forged, "sig": messages.sign_record(
+        forged, keyring("s3cret-key", namespace))})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
+
+
+async def test_check_with_a_signing_key_trusts_no_copied_id_and_no_refreshed_heartbeat(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    """Signed records bind their id and their liveness fields: a real, signed record copied
+    under an id that never existed, or a dead one with its heartbeat moved forward, is
+    not ready."""
+    keys, now, key = Keys(namespace), time.time(), "s3cret-key"
+    signed_env = {**env, "COORD_SIGNING_KEY": key}
+
+    def signed(fields: dict[str, str]) -> dict[str, str]:
+        return {**fields, "sig": messages.sign_record(fields, keyring(key, namespace))}
+
+    up = signed(instance_record("up", now, state="ready", phase="finalize", index=7))
+    await put_record(client, keys, up)
+    await client.hset(keys.instance("ghost"), mapping=redis_mapping(up))
+    proc = run_cli("check", "--instance", "ghost", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "ghost: not ready: its record is instance up's")
+
+    dead = signed(instance_record("dead", now, state="ready", phase="finalize", index=7,
+                                  beat_age=300))
+    await put_record(client, keys, dead)
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert proc.returncode == 1 and "last heartbeat 5m00s ago" in proc.stdout
+    await client.hset(keys.instance("dead"), mapping={"heartbeat_at": f"{time.time():.6f}"})
+    proc = run_cli("check", "--instance", "dead", env=signed_env)
+    assert (proc.returncode, proc.stdout.strip()) == (
+        1, "dead: not ready: its record's signature does not verify")
 
 
 async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generated_id(
@@ -275,11 +309,12 @@ async def test_events_json_prints_each_valid_message_as_received(
     proc = follow_cli("events", "--json", "--count", "4", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    signed = event("web-a", "ready", "services", 5, key)
+    signed = event("web-a", "ready", "services", 5, key, namespace=namespace)
     await client.publish(channel, event("web-a", "ready", "services", 5))
-    await client.publish(channel, event("web-a", "ready", "services", 5, "wrong-key"))
+    await client.publish(channel, event("web-a", "ready", "services", 5, "wrong-key",
+                                        namespace=namespace))
     await client.publish(channel, event("web-a", "ready", "services", 5, key,
-                                        ts=time.time() - STALE))
+                                        ts=time.time() - STALE, namespace=namespace))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr
@@ -299,8 +334,9 @@ async def test_events_with_a_key_shows_a_stale_message_as_dropped(
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
     await client.publish(channel, event("web-a", "ready", "services", 5, key,
-                                        ts=time.time() - STALE))
-    await client.publish(channel, event("web-a", "ready", "services", 5, key))
+                                        ts=time.time() - STALE, namespace=namespace))
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        namespace=namespace))
 
     assert proc.wait(10) == 0, proc.stderr
     fields = [line.split(None, 1)[1] for line in proc.lines]
@@ -354,3 +390,15 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
         assert "totals: 1 instance(s) (1 ready); ready 100%" in frames[1]
     else:
         assert all(json.loads(line)["namespace"] == namespace for line in proc.lines)
+
+
+async def test_fleet_and_check_print_no_terminal_escape_from_redis(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    keys = Keys(namespace)
+    hostile = "ready\x1b]0;owned\x07\x1b[2J"
+    await put_instance(client, keys, "web-a", state=hostile, phase="cache\x1b[31m")
+    for args in (("fleet",), ("check", "--instance", "web-a")):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode in (0, 1), proc.stderr
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout, args
+        assert "ready\\x1b]0;owned" in proc.stdout, args

@@ -138,7 +138,7 @@ async def test_signed_fleets_show_only_signed_events(client: Any, keys: Keys) ->
         await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
                                what="the subscription")
         await client.publish(keys.events, event("forged", state="starting"))
-        signed = event("real", "ready", key="k")
+        signed = event("real", "ready", key="k", namespace=keys.namespace)
         await client.publish(keys.events, signed)
         assert (await next_frame(page, "event"))["instance"] == "real"
     assert feed.drops.counts == {"unsigned": 1}
@@ -288,3 +288,27 @@ async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draini
                     pass
     assert feed.closed
     await coord.redis.aclose()
+
+
+async def test_streams_beyond_the_cap_are_turned_away_with_retry_after(
+        client: Any, keys: Keys) -> None:
+    """Each open page may hold a queue of up to 4 MB: the number of pages is capped too."""
+    feed = FleetFeed(client, keys, interval=60, max_pages=3)
+    pages = [Client() for _ in range(3)]
+    streams = [asyncio.create_task(EventStream(feed)(SCOPE, p.receive, p.send)) for p in pages]
+    await async_wait_until(lambda: all(b"event: snapshot" in p.body for p in pages), DEADLINE,
+                           what="three streams open")
+    late = Client()
+    await EventStream(feed)(SCOPE, late.receive, late.send)
+    assert late.sent[0]["status"] == 503
+    assert (b"retry-after", b"10") in late.sent[0]["headers"]
+    assert feed.turned_away == 1 and feed.pages == 3
+    pages[0].hang_up.set()
+    await asyncio.wait_for(streams[0], DEADLINE)
+    again = Client()
+    stream = asyncio.create_task(EventStream(feed)(SCOPE, again.receive, again.send))
+    await async_wait_until(lambda: b"event: snapshot" in again.body, DEADLINE,
+                           what="a place freed by a page that left")
+    for page in (*pages, again):
+        page.hang_up.set()
+    await asyncio.wait_for(asyncio.gather(*streams, stream), DEADLINE)

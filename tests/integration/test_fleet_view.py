@@ -244,3 +244,25 @@ async def test_a_record_key_of_the_wrong_type_reads_as_gone_not_as_an_outage(
     doc = await fleet_snapshot(client, keys, now=now)
     assert [r["id"] for r in doc["instances"]] == ["web-a"]
     assert await client.zscore(keys.instances, "web-b") is None  # pruned as gone
+
+
+async def test_a_snapshot_reads_a_bounded_part_of_a_huge_index_and_says_so(
+        client: redis.Redis, namespace: str) -> None:
+    """100,000 dead index members once made one snapshot take seconds and stall the
+    instance. A snapshot reads the most recent ``max_instances`` members (the live ones
+    heartbeat, so they come first), prunes the dead ones it read in batches, and says
+    that it was truncated; members that cannot be ids are pruned unread."""
+    keys, now = Keys(namespace), time.time()
+    await client.zadd(keys.instances, {f"dead-{i}": now - 600 + i / 1000 for i in range(3000)})
+    await client.zadd(keys.instances, {"x" * 5000: now + 10, "bad\x1b[2J": now + 9})
+    for name in ("web-a", "web-b"):
+        await put_instance(client, keys, name, now)
+    doc = await fleet_snapshot(client, keys, now=now, max_instances=100)
+    assert [r["id"] for r in doc["instances"]] == ["web-a", "web-b"]
+    assert (doc["index_size"], doc["truncated"]) == (3004, True)
+    assert await client.zcard(keys.instances) == 3004 - 98  # the 98 dead ones it read
+    assert not await client.zscore(keys.instances, "x" * 5000)
+    for _ in range(40):  # each snapshot prunes what it read: the index shrinks to the live
+        doc = await fleet_snapshot(client, keys, now=now, max_instances=100)
+    assert (doc["index_size"], doc["truncated"]) == (2, False)
+    assert len(doc["instances"]) == 2

@@ -358,3 +358,25 @@ async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
     assert raw == follower.held  # the follower's lease survived the owner's release
     await owner.close()
     await follower.close()
+
+
+async def test_leases_no_instance_could_have_written_are_dropped_by_the_acquire(
+        client: redis.Redis, namespace: str) -> None:
+    """A writer without the key fills the fleet cap with leases that never expire: scores
+    of 1e12, inf, or just past the longest possible hold. The next acquire drops them; a
+    real lease of another instance (expiring within its hold plus the margin) stays."""
+    key = Keys(namespace).leases
+    now = float((await client.time())[0])
+    longest = 10.0 + 2.0  # max_hold + margin below
+    await client.zadd(key, {"forged:1": 1e12, "forged:2": float("inf"),
+                            "forged:3": now + longest + 5, "forged:4": float("-inf"),
+                            "other:p.1": now + longest - 1})
+    leases = leases_for(client, namespace, "a", cap=2, max_hold=10.0, margin=2.0)
+    assert await leases.acquire(1, 10.0) == LEASED
+    assert {as_text(m) for m in await client.zrange(key, 0, -1)} == {
+        "other:p.1", next(iter(leases.held))}
+    assert await leases.acquire(2, 10.0) == REFUSED  # the cap still counts real leases
+    # A hold can never ask for more than the longest lease either.
+    assert await leases.acquire(1, 1e9) == LEASED
+    assert (await client.zscore(key, next(iter(leases.held))) or 0) <= now + longest + 1
+    await leases.close()

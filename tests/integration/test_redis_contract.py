@@ -7,13 +7,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
 from coordinator.core import Coordinator
-from coordinator.messages import SIGNED_FIELDS
 from coordinator.registry import PHASE_STATS_ALPHA
 from coordinator.settings import DEFAULT_PHASES, Settings
 from tests.support import RedisServer, async_wait_until
@@ -212,9 +212,10 @@ async def _state_is(redis_text: redis.Redis, key: str, state: str) -> bool:
     return await redis_text.hget(key, "state") == state
 
 
-def expected_sig(fields: dict[str, Any]) -> str:
-    text = json.dumps({k: v for k, v in fields.items() if k != "sig"}, sort_keys=True,
-                      separators=(",", ":"))
+def expected_sig(fields: Mapping[Any, Any], namespace: str, kind: str = "event") -> str:
+    """HMAC-SHA256 over the kind, the namespace and the canonical JSON (README: Signing)."""
+    text = f"{kind}\n{namespace}\n" + json.dumps(
+        {k: v for k, v in fields.items() if k != "sig"}, sort_keys=True, separators=(",", ":"))
     return hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
@@ -230,17 +231,16 @@ async def test_with_a_signing_key_events_and_the_hash_are_signed(
     assert {m["event"] for m in messages} == {"phase_started", "phase_completed", "ready",
                                              "stopped"}
     for msg in messages:
-        assert msg["sig"] == expected_sig(msg), msg
-    # The hash, caught while the instance was up: its sig covers its state fields.
+        assert msg["sig"] == expected_sig(msg, namespace), msg
+    # The hash, caught while the instance was up: its sig covers every other field.
     coord = await make_owner(signing_key=KEY)
     await run_phases(coord, DEFAULT_PHASES[:2])
     key = f"{namespace}:instance:{INSTANCE}"
     await async_wait_until(lambda: _phase_is(redis_text, key, "dependencies"), 5,
                            what="the hash in phase dependencies")
     record = await redis_text.hgetall(key)
-    covered = {name: record.get(name, "") for name in SIGNED_FIELDS}
-    assert {"state", "phase", "phase_index"} <= set(SIGNED_FIELDS)
-    assert record["sig"] == expected_sig(covered)
+    assert {"heartbeat_at", "ttl", "id", "state"} <= set(record)
+    assert record["sig"] == expected_sig(record, namespace, kind="record")
 
 
 async def _phase_is(redis_text: redis.Redis, key: str, phase: str) -> bool:

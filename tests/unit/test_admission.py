@@ -125,3 +125,10 @@ def test_every_rejection_carries_an_integer_retry_after_of_at_least_one() -> Non
         elif decision.action == HOLD:
             assert 0 < decision.hold_for <= MAX_HOLD
     assert rejections > 100  # the sweep really exercised the rejection rows
+
+
+def test_every_hint_is_capped_by_max_retry_after_whatever_the_estimate() -> None:
+    from coordinator.admission import retry_hint
+    assert retry_hint(1e300) == 30 and retry_hint(float("inf"), default=10 ** 9) == 30
+    assert retry_hint(1e300, cap=7) == 7 and retry_hint(None, default=4, cap=3) == 3
+    assert retry_hint(-5.0) == 1

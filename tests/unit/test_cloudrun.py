@@ -8,7 +8,6 @@ SIGTERM and its SIGKILL.
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
@@ -16,9 +15,10 @@ import pytest
 import yaml
 
 from backend.config import BackendConfig
-from coordinator.core import CLOSE_TIMEOUT, LEAVE_TIMEOUT, Coordinator
+from coordinator.core import LEAVE_TIMEOUT
+from coordinator.drain import CLOSE_WAIT
 from coordinator.settings import Settings
-from tests.support import ROOT, backend_paths, known_variables
+from tests.support import ROOT, backend_paths, known_variables, route_paths
 
 CLOUD_RUN_SIGKILL_AFTER = 10.0
 
@@ -103,10 +103,17 @@ def test_the_redis_url_comes_from_secret_manager(container):
 
 def test_the_drain_fits_in_cloud_runs_grace(container):
     """The grace the service runs with (as the backend reads the spec), then the drain's
-    two bounded steps as the coordinator bounds them (closing open connections with
-    1012, leaving the fleet), fit between Cloud Run's SIGTERM and its SIGKILL.
-    (uvicorn's own shutdown comes after them; the process's exit is the drain tests'.)"""
+    two bounded steps as the code bounds them (the last 1012 closes, coordinator.drain's
+    CLOSE_WAIT; leaving the fleet, coordinator.core's LEAVE_TIMEOUT), fit between Cloud
+    Run's SIGTERM and its SIGKILL. (uvicorn's own shutdown comes after them; the process's
+    exit within the 10 s is tests/e2e/test_drain.py's.)"""
     config = BackendConfig.from_env({**plain_env(container), "K_SERVICE": "ws-coordinator"})
-    close_timeout = inspect.signature(Coordinator.close_connections).parameters["timeout"]
-    assert close_timeout.default == CLOSE_TIMEOUT  # what drain() closes with
-    assert config.coord.drain_grace + CLOSE_TIMEOUT + LEAVE_TIMEOUT <= CLOUD_RUN_SIGKILL_AFTER
+    assert config.coord.drain_grace + CLOSE_WAIT + LEAVE_TIMEOUT <= CLOUD_RUN_SIGKILL_AFTER
+
+
+def test_the_public_service_serves_no_operator_route(container):
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["BACKEND_OPS_ROUTES"] == "off"
+    config = BackendConfig.from_env({k: v for k, v in env.items() if v is not None})
+    paths = route_paths(config)
+    assert not paths & {"/fleet", "/metrics", "/dashboard"}

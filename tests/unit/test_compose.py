@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 
 from backend.config import BackendConfig
 from demo.processes import BACKEND_COMMAND, backend_env
-from tests.support import ROOT, backend_paths, known_variables
+from tests.support import ROOT, backend_paths, known_variables, route_paths
 
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 
@@ -288,3 +288,22 @@ def test_the_dockerfile_builds_without_buildkit():
     for word, rest in dockerfile():
         assert not rest.startswith("--mount") and "<<" not in rest, (word, rest)
     assert ("COPY", "--from=build /opt/venv /opt/venv") in dockerfile()
+
+
+OPS_ROUTES = ("/fleet", "/metrics", "/dashboard")
+
+
+def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(compose):
+    """The operator routes have no authentication: compose's public entry point is
+    HAProxy's port, whose frontend turns them away (tests/e2e/test_operator_routes.py
+    shows it with a real haproxy)."""
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"haproxy"}
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    frontend = config.split("frontend websocket", 1)[1].split("\nbackend ", 1)[0]
+    deny = [line.strip() for line in frontend.splitlines()
+            if line.strip().startswith("http-request deny")]
+    assert len(deny) == 1 and "path,url_dec -m beg -i" in deny[0]
+    assert all(route in deny[0] for route in OPS_ROUTES)
+    routes = route_paths(BackendConfig.from_env({}))
+    assert {"/fleet", "/metrics", "/dashboard"} <= routes  # what it must cover exists

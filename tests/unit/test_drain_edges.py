@@ -5,6 +5,7 @@ sending after the drain closed its connection."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -39,7 +40,7 @@ async def test_a_phase_failing_during_a_drain_leaves_the_instance_draining():
 
 
 async def test_closing_connections_is_bounded_when_a_client_stops_reading():
-    gate, coord, _app = gate_for()
+    gate, _coord, _app = gate_for()
     stuck = asyncio.Event()
 
     async def never_closes(code: int, reason: str) -> None:
@@ -51,7 +52,7 @@ async def test_closing_connections_is_bounded_when_a_client_stops_reading():
         closed.append(code)
 
     gate.state.connections.update({1: never_closes, 2: closes})
-    assert await asyncio.wait_for(coord.close_connections(timeout=0.2), DEADLINE) == 1
+    assert await asyncio.wait_for(gate.close_connections(timeout=0.2), DEADLINE) == 1
     assert closed == [1012] and gate.state.connections == {}
 
 
@@ -93,8 +94,29 @@ async def test_the_drain_close_silences_the_apps_later_sends():
     client = StrictClient()
     task = handshake(gate, client)
     await asyncio.wait_for(app.running.wait(), DEADLINE)
-    assert await coord.close_connections() == 1
+    assert await gate.close_connections() == 1
     await asyncio.wait_for(task, DEADLINE)
     assert app.errors == []
     closes = [m for m in client.sent if m["type"] == "websocket.close"]
-    assert closes == [{"type": "websocket.close", "code": 1012, "reason": "draining"}]
+    assert [(m["code"], json.loads(m["reason"])) for m in closes] == [
+        (1012, {"reason": "draining", "retry_after": 1})]
+
+
+async def test_closes_are_paced_evenly_over_the_spread_each_with_the_rejection_json():
+    gate, _coord, _app = gate_for()
+    loop = asyncio.get_running_loop()
+    at: list[float] = []
+    reasons: list[dict[str, Any]] = []
+
+    async def closer(code: int, reason: str) -> None:
+        at.append(loop.time())
+        reasons.append({"code": code, **json.loads(reason)})
+
+    gate.state.connections.update(dict.fromkeys(range(5), closer))
+    started = loop.time()
+    assert await asyncio.wait_for(gate.close_connections(spread=0.5), DEADLINE) == 5
+    gaps = [b - a for a, b in zip([started, *at], at, strict=False)]
+    # Five closes over 0.5 s: the first at once, then one every 0.1 s (the loop's timer
+    # may fire late under load, never early).
+    assert gaps[0] < 0.05 and all(gap >= 0.099 for gap in gaps[1:]), gaps
+    assert all(r == {"code": 1012, "reason": "draining", "retry_after": 1} for r in reasons)

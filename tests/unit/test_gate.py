@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.drain import DRAINS
 from coordinator.logs import HandshakeNoiseFilter
 from coordinator.middleware import ConnectionGate
 from coordinator.phases import State
@@ -32,10 +33,9 @@ def assert_app_served(client: FakeWebSocket) -> None:
     assert client.sent[-1]["code"] == 1000
 
 
-@pytest.mark.parametrize("scope_type", ["http", "lifespan"])
-async def test_other_scopes_pass_through_untouched(scope_type: str) -> None:
+async def test_http_passes_through_untouched() -> None:
     gate, coord, app = gate_for()
-    scope = {"type": scope_type, "path": "/health/live"}
+    scope = {"type": "http", "path": "/health/live"}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request"}
@@ -49,6 +49,33 @@ async def test_other_scopes_pass_through_untouched(scope_type: str) -> None:
     passed_scope, passed_receive, passed_send = app.calls[0]
     assert passed_scope is scope and passed_receive is receive and passed_send is send
     assert len(gate.state.queue) == 0 and not gate.state.rejected and not gate.state.admitted
+
+
+async def test_lifespan_messages_pass_through_and_the_drain_is_attached_while_it_runs(
+        ) -> None:
+    gate, coord, _app = gate_for()
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    app_saw: list[str] = []
+    server_saw: list[str] = []
+    attached: list[bool] = []
+
+    async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+        for reply in ("lifespan.startup.complete", "lifespan.shutdown.complete"):
+            app_saw.append((await receive())["type"])
+            await send({"type": reply})
+            attached.append(coord in DRAINS.coordinators)
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        server_saw.append(message["type"])
+
+    gate.app = lifespan_app
+    await gate({"type": "lifespan"}, receive, send)
+    assert app_saw == ["lifespan.startup", "lifespan.shutdown"]
+    assert server_saw == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert attached == [True, False]  # from startup complete until shutdown began
 
 
 async def test_ready_fast_path_calls_the_app_without_redis() -> None:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 
 import pytest
 
@@ -13,14 +14,17 @@ from coordinator.exceptions import InvalidMessage
 from coordinator.messages import (
     MAX_MESSAGE_BYTES,
     DropCounter,
+    Keyring,
     Message,
     decode,
     encode,
     record_signature_ok,
     sign_record,
 )
+from tests.support import keyring
 
 KEY = "test-signing-key"
+KR = keyring(KEY, "coord")
 NOW = 1_700_000_000.0
 
 
@@ -112,8 +116,10 @@ def test_required_fields_must_be_present(field: str) -> None:
 
 
 def test_non_finite_ts_is_dropped() -> None:
+    # NaN and Infinity are not JSON (Python's parser accepts them unless told not to).
     assert reason_of(b'{"v":1,"instance":"a","event":"ready","phase":null,'
-                     b'"phase_index":null,"ts":NaN}') == "invalid_schema"
+                     b'"phase_index":null,"ts":NaN}') == "invalid_json"
+    assert reason_of(raw(body(ts=0)).replace(b'"ts": 0', b'"ts": 1e400')) == "invalid_schema"
 
 
 def test_message_for_another_instance_is_dropped() -> None:
@@ -122,53 +128,88 @@ def test_message_for_another_instance_is_dropped() -> None:
     assert reason_of(data, expected_instance="web-2") == "wrong_instance"
 
 
-def expected_signature(obj: dict[str, object]) -> str:
+def expected_signature(obj: Mapping[str, object], kind: str = "event", key: str = KEY,
+                       namespace: str = "coord") -> str:
     unsigned = {k: v for k, v in obj.items() if k != "sig"}
-    text = json.dumps(unsigned, sort_keys=True, separators=(",", ":"))
-    return hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
+    text = f"{kind}\n{namespace}\n" + json.dumps(unsigned, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-def test_signed_message_carries_an_hmac_over_its_canonical_json() -> None:
-    data = encode(message(state="ready"), KEY)
+def test_signed_message_carries_an_hmac_over_its_namespace_and_canonical_json() -> None:
+    data = encode(message(state="ready"), KR)
     obj = json.loads(data)
     assert obj["sig"] == expected_signature(obj)
     assert len(obj["sig"]) == 64
-    assert decode(data, signing_key=KEY, now=NOW + 1) == message(state="ready")
+    assert "namespace" not in obj  # bound, not transmitted
+    assert decode(data, keyring=KR, now=NOW + 1) == message(state="ready")
+
+
+def test_a_message_signed_for_another_namespace_is_forged_here() -> None:
+    elsewhere = encode(message(), Keyring.of(KEY, "staging"))
+    assert reason_of(elsewhere, keyring=KR, now=NOW) == "bad_signature"
 
 
 def test_unsigned_message_is_dropped_when_a_key_is_set() -> None:
-    assert reason_of(encode(message()), signing_key=KEY, now=NOW) == "unsigned"
-    assert reason_of(raw(body(sig=123)), signing_key=KEY, now=NOW) == "unsigned"
+    assert reason_of(encode(message()), keyring=KR, now=NOW) == "unsigned"
+    assert reason_of(raw(body(sig=123)), keyring=KR, now=NOW) == "unsigned"
 
 
 def test_forged_or_tampered_message_is_dropped() -> None:
-    forged = encode(message(), "another-key")
-    assert reason_of(forged, signing_key=KEY, now=NOW) == "bad_signature"
-    obj = json.loads(encode(message(), KEY))
+    forged = encode(message(), Keyring.of("another-key", "coord"))
+    assert reason_of(forged, keyring=KR, now=NOW) == "bad_signature"
+    obj = json.loads(encode(message(), KR))
     obj["phase"] = "cache"  # tampered after signing
-    assert reason_of(raw(obj), signing_key=KEY, now=NOW) == "bad_signature"
+    assert reason_of(raw(obj), keyring=KR, now=NOW) == "bad_signature"
 
 
 @pytest.mark.parametrize("skew", [-31.0, 31.0, 3600.0])
 def test_stale_signed_message_is_dropped(skew: float) -> None:
-    data = encode(message(), KEY)
-    assert reason_of(data, signing_key=KEY, now=NOW + skew) == "stale"
-    assert decode(data, signing_key=KEY, now=NOW + skew / abs(skew) * 29.0)
+    data = encode(message(), KR)
+    assert reason_of(data, keyring=KR, now=NOW + skew) == "stale"
+    assert decode(data, keyring=KR, now=NOW + skew / abs(skew) * 29.0)
 
 
 def test_unsigned_reader_ignores_a_signature() -> None:
-    assert decode(encode(message(), KEY)) == message()
+    assert decode(encode(message(), KR)) == message()
 
 
-def test_record_signature_covers_the_state_fields() -> None:
-    record = {"id": "web-1", "state": "starting", "phase": "cache", "phase_index": "4",
-              "phases_total": "7", "started_at": "1.5", "updated_at": "2.5", "host": "h"}
-    signed = {**record, "sig": sign_record(record, KEY)}
-    assert record_signature_ok(signed, KEY)
-    assert record_signature_ok(record, None)  # no key: nothing to check
-    assert not record_signature_ok(record, KEY)  # unsigned
-    assert not record_signature_ok({**signed, "state": "ready"}, KEY)  # tampered
-    assert not record_signature_ok(signed, "another-key")
+def test_several_keys_rotate_the_first_signs_and_every_one_verifies() -> None:
+    old, both, new = (Keyring.of(k, "coord") for k in ("old", " new , old ", "new"))
+    assert both is not None and len(both.keys) == 2
+    by_old, by_both = encode(message(), old), encode(message(), both)
+    assert json.loads(by_both)["sig"] == expected_signature(json.loads(by_both), key="new")
+    for data in (by_old, by_both):
+        assert decode(data, keyring=both, now=NOW) == message()
+    assert decode(by_both, keyring=new, now=NOW) == message()
+    assert reason_of(by_old, keyring=new, now=NOW) == "bad_signature"  # rotation done
+    assert Keyring.of(None, "coord") is None and Keyring.of(" , ", "coord") is None
+    assert "new" not in repr(both) and "old" not in repr(both)
+
+
+RECORD = {"id": "web-1", "state": "starting", "phase": "cache", "phase_index": "4",
+          "phases_total": "7", "started_at": "1.5", "updated_at": "2.5", "host": "h",
+          "heartbeat_at": "3.5", "ttl": "10"}
+
+
+def test_record_signature_covers_every_field_and_the_namespace() -> None:
+    signed = {**RECORD, "sig": sign_record(RECORD, KR)}
+    assert signed["sig"] == expected_signature(RECORD, kind="record")
+    assert record_signature_ok(signed, KR)
+    assert record_signature_ok(RECORD, None)  # no key: nothing to check
+    assert not record_signature_ok(RECORD, KR)  # unsigned
+    for field, forged in [("state", "ready"), ("heartbeat_at", "9999999999"), ("ttl", "1e9"),
+                          ("id", "web-2"), ("host", "elsewhere")]:
+        assert not record_signature_ok({**signed, field: forged}, KR), field
+    assert not record_signature_ok({**signed, "extra": "added"}, KR)
+    assert not record_signature_ok(signed, Keyring.of(KEY, "staging"))
+    assert not record_signature_ok(signed, Keyring.of("another-key", "coord"))
+
+
+def test_a_record_signature_is_no_message_signature_and_back() -> None:
+    obj = json.loads(encode(message(), KR))
+    assert not record_signature_ok(obj, KR)
+    as_record = {**obj, "sig": sign_record(obj, KR)}
+    assert reason_of(raw(as_record), keyring=KR, now=NOW) == "bad_signature"
 
 
 class FakeClock:
@@ -205,3 +246,51 @@ def test_drop_counter_counts_by_reason_and_rate_limits_its_log(
 def test_a_timestamp_no_clock_can_show_is_dropped(ts: float) -> None:
     # Finite, but time.localtime() overflows on it: readers that print it would crash.
     assert reason_of(raw(body(ts=ts))) == "invalid_schema"
+
+
+# -- hostile input: every one of these once escaped as something other than a drop -----
+
+def test_deep_nesting_is_invalid_json_not_a_recursion_error() -> None:
+    assert reason_of(b"[" * 4000) == "invalid_json"
+    assert reason_of(b"[" * 1100 + b"]" * 1100) == "invalid_json"  # well-formed, too deep
+
+
+def test_a_signature_that_is_not_ascii_is_a_bad_signature_not_a_type_error() -> None:
+    obj = {**json.loads(encode(message(), KR)), "sig": "\u00e9"}
+    assert reason_of(raw(obj), keyring=KR, now=NOW) == "bad_signature"
+    assert reason_of(raw({**obj, "sig": "ab" * 31 + "\u00e9\u00e9"}), keyring=KR,
+                     now=NOW) == "bad_signature"
+    record = {"id": "web-1", "state": "ready"}
+    assert not record_signature_ok({**record, "sig": "\u00e9"}, KR)
+    assert not record_signature_ok({**record, "sig": "\ud800"}, KR)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_anywhere_are_invalid_json(text: str) -> None:
+    data = raw(body(started_at=0)).replace(b'"started_at": 0', f'"started_at": {text}'.encode())
+    assert reason_of(data) == "invalid_json"
+
+
+@pytest.mark.parametrize("changes", [
+    {"started_at": 10 ** 400}, {"started_at": -1},
+    {"started_at": "yesterday"}, {"started_at": True},
+    {"phases_total": 10 ** 30}, {"phases_total": 0}, {"phases_total": 7.0},
+    {"duration": -1}, {"duration": 10 ** 30}, {"duration": "2s"},
+    {"state": 1}, {"error": ["boom"]},
+    {"anything": [1]}, {"anything": {"deep": {}}},
+    {"phase_index": 10 ** 30}, {"ts": 10 ** 400},
+    {"instance": "web-1\x1b[2J"}, {"instance": "\ud800"},
+    {"instance": "x" * 129}, {"phase": "services\n"}, {"phase": ""},
+])
+def test_wrong_types_and_sizes_are_invalid_schema(changes: dict[str, object]) -> None:
+    assert reason_of(raw(body(**changes))) == "invalid_schema"
+
+
+def test_a_number_too_large_for_a_float_is_invalid_schema() -> None:
+    started = raw(body(started_at=0)).replace(b'"started_at": 0', b'"started_at": 1e400')
+    assert reason_of(started) == "invalid_schema"  # Python parses it as inf
+
+
+def test_bad_utf8_and_lone_surrogates_are_dropped() -> None:
+    assert reason_of(raw(body()).replace(b"web-1", b"web-\xff")) == "invalid_json"
+    assert reason_of(raw(body()).decode().replace("web-1", "web-\ud800")) == "invalid_schema"

@@ -125,3 +125,15 @@ def test_the_same_incarnation_at_hash_precision_is_still_the_same(started_at: fl
     late = Status(State.STARTING, "cache", 4, None, started_at)
     assert advance(Status(State.READY, "services", 5, None, from_hash), late).state \
         is State.READY
+
+
+def test_untrusted_evidence_moves_the_view_within_starting_but_never_out_of_it() -> None:
+    unknown = Status()
+    replayed_ready = Status(State.READY, "services", 5, None, BORN)
+    assert advance(unknown, replayed_ready, trusted=False) == unknown
+    assert advance(unknown, replayed_ready).state is State.READY  # trusted: as before
+    assert advance(starting("init"), starting("cache"), trusted=False).phase == "cache"
+    assert advance(starting("cache"), Status(State.DRAINING, "cache", 4, None, BORN),
+                   trusted=False) == starting("cache")
+    reborn = starting("init", started_at=BORN + 60)
+    assert advance(replayed_ready, reborn, trusted=False) == reborn  # a newer life holds

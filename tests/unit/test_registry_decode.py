@@ -37,3 +37,9 @@ def test_decode_fields_refuses_a_field_without_a_value() -> None:
 def test_raw_record_replaces_bytes_that_are_not_utf8_in_names_too() -> None:
     assert raw_record({b"\xfe": b"ok", b"state": b"\xffready"}) == {
         "\ufffd": "ok", "state": "\ufffdready"}
+
+
+def test_numbers_no_reader_could_use_are_none() -> None:
+    raw = {"phase_index": "9" * 4000, "queue_depth": "-5", "admitted": str(2 ** 60),
+           "heartbeat_at": "1e300", "ttl": "-1", "started_at": "1e400", "pid": "0x10"}
+    assert decode_record(raw) == dict.fromkeys(raw)

@@ -279,12 +279,12 @@ def test_ops_routes_can_be_switched_off_and_nothing_else_is_accepted():
     from backend.config import BackendConfig
 
     off = create_app(BackendConfig.from_env({"BACKEND_OPS_ROUTES": "off"}))
-    paths = {getattr(route, "path", None) for route in off.api.routes}
+    paths = {getattr(route, "path", None) for route in off.routes}
     assert {"/health", "/ws"} <= paths  # /health: the library's HealthApp, mounted
     assert not paths & {"/fleet", "/metrics"}
     assert not any(str(p).startswith("/dashboard") for p in paths)
     on = create_app(BackendConfig.from_env({}))
-    assert {"/fleet", "/metrics"} <= {getattr(r, "path", None) for r in on.api.routes}
+    assert {"/fleet", "/metrics"} <= {getattr(r, "path", None) for r in on.routes}
     with pytest.raises(ConfigError) as caught:
         BackendConfig.from_env({"BACKEND_OPS_ROUTES": "maybe"})
     assert caught.value.variable == "BACKEND_OPS_ROUTES"
@@ -301,3 +301,52 @@ def test_a_generated_instance_id_is_recognised_as_this_hosts_and_no_other_id_is(
 def test_a_password_given_as_a_query_option_is_redacted_too() -> None:
     s = Settings.from_env({"COORD_REDIS_URL": "redis://redis:6379/0?password=s3cret&db=1"})
     assert s.redis_url_redacted == "redis://redis:6379/0?password=***&db=1"
+
+
+def test_several_signing_keys_make_one_keyring_bound_to_the_namespace() -> None:
+    s = Settings.from_env({"COORD_SIGNING_KEY": "new-key, old-key", "COORD_NAMESPACE": "prod"})
+    assert s.keyring is not None
+    assert (s.keyring.keys, s.keyring.namespace) == ((b"new-key", b"old-key"), "prod")
+    assert Settings().keyring is None
+
+
+@pytest.mark.parametrize("raw", ["new-key,,old-key", "new-key, ", ",old-key"])
+def test_an_empty_signing_key_in_the_list_is_an_error_that_shows_no_key(raw: str) -> None:
+    error = error_for({"COORD_SIGNING_KEY": raw})
+    assert error.variable == "COORD_SIGNING_KEY"
+    assert "new-key" not in str(error) and "old-key" not in str(error)
+
+
+def test_max_retry_after_is_an_integer_from_1_to_a_day() -> None:
+    assert Settings().max_retry_after == 30
+    assert Settings.from_env({"COORD_MAX_RETRY_AFTER": "7"}).max_retry_after == 7
+    for raw in ("0", "86401", "1.5", "x"):
+        assert error_for({"COORD_MAX_RETRY_AFTER": raw}).variable == "COORD_MAX_RETRY_AFTER"
+
+
+def test_the_launcher_bounds_what_uvicorn_can_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.__main__ as launcher
+    from backend.config import BackendConfig
+
+    seen: dict[str, object] = {}
+
+    class Captured:
+        def __init__(self, config: object) -> None:
+            seen["config"] = config
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr("backend.__main__.uvicorn.Server", Captured)
+    monkeypatch.setattr("backend.__main__.signal.signal", lambda *_args: None)  # not pytest's
+    for name in ("BACKEND_LIMIT_CONCURRENCY", "BACKEND_KEEPALIVE", "BACKEND_WS_MAX_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BACKEND_WS_MAX_SIZE", "4096")
+    assert launcher.main() == 0
+    config = seen["config"]
+    assert (config.limit_concurrency, config.timeout_keep_alive, config.ws_max_size,  # type: ignore[attr-defined]
+            config.h11_max_incomplete_event_size) == (4000, 5, 4096, 16384)  # type: ignore[attr-defined]
+    for var, bad in [("BACKEND_WS_MAX_SIZE", "100"), ("BACKEND_LIMIT_CONCURRENCY", "0"),
+                     ("BACKEND_KEEPALIVE", "x")]:
+        with pytest.raises(ConfigError, match=var):
+            BackendConfig.from_env({var: bad})

@@ -1,0 +1,147 @@
+"""The drain: what SIGTERM does to a gated instance, under whatever server runs it.
+
+On the first SIGTERM the instance turns ``draining`` at once (held handshakes are
+rejected, new ones too, ``draining`` is published and ``/health/ready`` answers 503),
+keeps listening for ``COORD_DRAIN_GRACE`` seconds so that late arrivals get a clean 503
+instead of a refused connection, closes its open connections with 1012 spread over the
+last ``COORD_DRAIN_SPREAD`` seconds of the grace, leaves the fleet (record, index entry
+and leases removed, ``stopped`` published), and only then hands the signal to the
+server, whose own shutdown finds nothing left to cut. A second SIGTERM, or a SIGINT,
+ends the drain at once: what is still open is closed with 1012 now, and the server's own
+handling of that signal runs.
+
+The gate starts this when its application's lifespan starts (:meth:`Drains.attach`), so
+no launcher is needed: ``uvicorn app:app``, ``fastapi run``, gunicorn's uvicorn workers,
+hypercorn and granian are all covered; :mod:`coordinator.signals` says how each server's
+handler is found. Without a lifespan (``--lifespan off``) there is no drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from . import signals
+from .phases import State
+
+if TYPE_CHECKING:
+    from .core import Coordinator
+
+log = logging.getLogger("coordinator.drain")
+CLOSE_WAIT = 1.0  # seconds the last closes may take before the drain moves on
+
+
+async def drain(coord: Coordinator, grace: float | None = None,
+                spread: float | None = None) -> None:
+    """Drain ``coord`` now: reject, wait out the grace, close paced, leave the fleet."""
+    settings = coord.settings
+    grace = settings.drain_grace if grace is None else grace
+    spread = settings.drain_spread_seconds if spread is None else min(spread, grace)
+    coord.begin_drain()
+    log.info("instance %s draining: rejecting new handshakes for %.1fs, closing open "
+             "connections over the last %.1fs", coord.id, grace, spread)
+    if grace - spread > 0:
+        await asyncio.sleep(grace - spread)
+    closed = await asyncio.gather(*(g.close_connections(timeout=CLOSE_WAIT, spread=spread)
+                                    for g in coord.gates))
+    log.info("instance %s drained: %d connection(s) closed with 1012", coord.id, sum(closed))
+    await coord.stop()
+
+
+class Drains:
+    """The drains of this process, run on the shutdown signal the server would have had.
+
+    One per process (:data:`DRAINS`): every coordinator whose gate's lifespan started is
+    attached, and one SIGTERM drains them all together before the server hears of it.
+    """
+
+    def __init__(self) -> None:
+        self.coordinators: list[Coordinator] = []
+        self._taken: dict[int, signals.Taken] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def hooked(self) -> str | None:
+        """How SIGTERM was taken over (None: it was not)."""
+        taken = self._taken.get(signal.SIGTERM)
+        return taken.how if taken is not None else None
+
+    def attach(self, coord: Coordinator) -> None:
+        """Drain ``coord`` on SIGTERM (called when its gate's lifespan starts)."""
+        if coord not in self.coordinators:
+            self.coordinators.append(coord)
+        if self._taken:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._task = None
+        for sig, handler in ((signal.SIGTERM, self._on_term), (signal.SIGINT, self._on_int),
+                             (signal.SIGQUIT, self._on_quit)):
+            taken = signals.take(self._loop, sig, handler)
+            if taken is not None:
+                self._taken[sig] = taken
+        if signal.SIGTERM not in self._taken:
+            log.warning("no server SIGTERM handler found in this process: instance %s will "
+                        "not drain on SIGTERM (README: Drain)", coord.id)
+        else:
+            log.debug("SIGTERM taken over through %s", self.hooked)
+
+    def detach(self, coord: Coordinator) -> None:
+        """``coord``'s lifespan ended; the last one gives the signals back."""
+        with contextlib.suppress(ValueError):
+            self.coordinators.remove(coord)
+        if not self.coordinators:
+            for taken in self._taken.values():
+                taken.restore()
+            self._taken.clear()
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    # -- the signals ------------------------------------------------------------------
+
+    def _on_term(self) -> None:
+        if self._task is None:
+            log.info("SIGTERM: draining before the server shuts down")
+            self._task = asyncio.get_running_loop().create_task(self._drain_all(),
+                                                                name="coordinator-drain")
+            return
+        log.info("second SIGTERM: ending the drain now")
+        self._end_now(signal.SIGTERM)
+
+    def _on_int(self) -> None:
+        self._end_now(signal.SIGINT)
+
+    def _on_quit(self) -> None:  # gunicorn's quick shutdown
+        self._end_now(signal.SIGQUIT)
+        self._chain(signal.SIGTERM)
+
+    async def _drain_all(self) -> None:
+        try:
+            await asyncio.gather(*(drain(c) for c in list(self.coordinators)))
+        finally:
+            self._chain(signal.SIGTERM)
+
+    def _end_now(self, sig: int) -> None:
+        """Stop draining: reject what is held, close what is open with 1012, and let the
+        server handle ``sig`` as it would have."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        for coord in self.coordinators:
+            coord.begin_drain()  # held handshakes are rejected on the next turns of the loop
+            if coord.state is not State.STOPPED:
+                for gate in coord.gates:
+                    asyncio.get_running_loop().create_task(gate.close_connections(timeout=0.5))
+        self._chain(sig)
+
+    def _chain(self, sig: int) -> None:
+        """The server's own handling of ``sig``, every time (a second SIGINT is uvicorn's
+        "force exit")."""
+        taken = self._taken.get(sig)
+        if taken is not None:
+            taken.chain()
+
+
+DRAINS = Drains()

@@ -1,0 +1,128 @@
+"""Taking over a server's shutdown signal, whatever the server, and handing it back.
+
+The gate runs inside somebody else's server. To drain on SIGTERM it must act first, yet
+let the server's own shutdown run afterwards. Servers install their handlers in one of
+two ways, and both are in place by the time the application's lifespan starts:
+
+- ``signal.signal`` (uvicorn's ``Server.capture_signals``, so also ``fastapi run``,
+  ``uvicorn --workers N`` in each worker, gunicorn's ``UvicornWorker``): the previous
+  handler is ``signal.getsignal(sig)``, a plain function to call later;
+- ``loop.add_signal_handler`` (hypercorn, granian's workers): asyncio keeps the callback
+  in ``loop._signal_handlers``; uvloop keeps it in a C-level dict that only the garbage
+  collector's referents reach.
+
+:func:`take` installs our handler either way and returns a :class:`Taken` whose
+``chain()`` runs the server's handler as if the signal had just arrived, and whose
+``restore()`` puts it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+# What a process has when no server installed anything: nothing to chain to.
+_NOT_A_SERVER = (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler)
+
+
+@dataclass
+class Taken:
+    """Our handler is installed for ``sig``; ``how`` says where the server's was found."""
+
+    sig: int
+    how: str
+    chain: Callable[[], None]
+    restore: Callable[[], None]
+
+
+def take(loop: asyncio.AbstractEventLoop, sig: int,
+         handler: Callable[[], None]) -> Taken | None:
+    """Route ``sig`` to ``handler`` (run on ``loop``), keeping the server's for ``chain``.
+
+    None when there is nothing to take over: not the main thread (signals are delivered
+    there only), or no server handler for ``sig`` in this process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    found = _loop_handler(loop, sig)
+    if found is not None:
+        callback, args, context = found
+        loop.add_signal_handler(sig, handler)
+
+        def chain_loop() -> None:
+            if context is not None:
+                context.run(callback, *args)
+            else:
+                callback(*args)
+
+        def restore_loop() -> None:
+            loop.add_signal_handler(sig, callback, *args)
+
+        return Taken(sig, f"loop.add_signal_handler ({type(loop).__module__})", chain_loop,
+                     restore_loop)
+    previous = signal.getsignal(sig)
+    if not callable(previous) or previous in _NOT_A_SERVER or _is_loop_stub(previous):
+        return None
+    server_handler: Callable[[int, FrameType | None], Any] = previous
+
+    def ours(_signum: int, _frame: FrameType | None) -> None:
+        # A Python-level handler runs between two bytecodes of the main thread, perhaps in
+        # the middle of the event loop's own code: hand over to the loop, do nothing here.
+        loop.call_soon_threadsafe(handler)
+
+    signal.signal(sig, ours)
+
+    def chain_signal() -> None:
+        server_handler(sig, None)
+
+    def restore_signal() -> None:
+        if signal.getsignal(sig) is ours:
+            signal.signal(sig, server_handler)
+
+    return Taken(sig, "signal.signal", chain_signal, restore_signal)
+
+
+def _loop_handler(loop: asyncio.AbstractEventLoop,
+                  sig: int) -> tuple[Callable[..., Any], tuple[Any, ...],
+                                     contextvars.Context | None] | None:
+    """(callback, args, context) given to ``loop.add_signal_handler(sig, ...)``, or None."""
+    handlers = getattr(loop, "_signal_handlers", None)  # asyncio's unix event loop
+    if isinstance(handlers, dict):
+        handle = handlers.get(sig)
+        if handle is None:
+            return None
+        return handle._callback, tuple(handle._args or ()), getattr(handle, "_context", None)
+    if type(loop).__module__.startswith("uvloop"):
+        # uvloop.Loop's `cdef dict _signal_handlers` is no Python attribute, but Cython's
+        # tp_traverse shows it to gc.get_referents(); its values are uvloop Handles whose
+        # referents are the loop, the context, the callback and its arguments.
+        for ref in gc.get_referents(loop):
+            if not isinstance(ref, dict) or sig not in ref:
+                continue
+            handle = ref[sig]
+            if type(handle).__name__ != "Handle":
+                continue
+            parts = [r for r in gc.get_referents(handle) if r is not loop]
+            callback = next((r for r in parts if callable(r)), None)
+            if callback is None:
+                continue
+            context = next((r for r in parts if isinstance(r, contextvars.Context)), None)
+            args = next((r for r in parts if isinstance(r, tuple)), ())
+            return callback, args, context
+    return None
+
+
+def _is_loop_stub(handler: object) -> bool:
+    """Python-level handlers an event loop installs only to wake itself (not a server's)."""
+    name = getattr(handler, "__qualname__", "") or getattr(handler, "__name__", "")
+    if name == "_sighandler_noop":  # asyncio
+        return True
+    owner = getattr(handler, "__self__", None)  # uvloop: a bound method of the loop
+    return owner is not None and type(owner).__module__.startswith("uvloop")

@@ -1,0 +1,141 @@
+"""Taking over a server's SIGTERM and handing it back, both ways servers install one, and
+the drain that runs in between: real signals sent to this process, a stand-in "server"
+handler that records when it is called."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coordinator import signals
+from coordinator.drain import Drains
+from coordinator.phases import State
+from tests.support import FakeWebSocket, gate_for, handshake, run_phases
+
+DEADLINE = 5.0
+
+
+@contextlib.contextmanager
+def server_handler(sig: int) -> Iterator[list[int]]:
+    """A Python-level handler as uvicorn's capture_signals installs; restored after."""
+    calls: list[int] = []
+    previous = signal.signal(sig, lambda signum, _frame: calls.append(signum))
+    try:
+        yield calls
+    finally:
+        signal.signal(sig, previous)
+
+
+async def until(predicate: Any) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(poll(), DEADLINE)
+
+
+async def test_a_signal_signal_handler_is_taken_chained_and_restored() -> None:
+    loop = asyncio.get_running_loop()
+    ours: list[str] = []
+    with server_handler(signal.SIGUSR1) as theirs:
+        taken = signals.take(loop, signal.SIGUSR1, lambda: ours.append("ours"))
+        assert taken is not None and taken.how == "signal.signal"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await until(lambda: ours)
+        assert theirs == []  # the server did not hear of it
+        taken.chain()
+        assert theirs == [signal.SIGUSR1]
+        taken.restore()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await until(lambda: len(theirs) == 2)
+        assert ours == ["ours"]
+
+
+async def test_a_loop_handler_is_taken_chained_and_restored() -> None:
+    loop = asyncio.get_running_loop()
+    theirs: list[str] = []
+    ours: list[str] = []
+    loop.add_signal_handler(signal.SIGUSR2, theirs.append, "theirs")
+    try:
+        taken = signals.take(loop, signal.SIGUSR2, lambda: ours.append("ours"))
+        assert taken is not None and taken.how.startswith("loop.add_signal_handler")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await until(lambda: ours)
+        assert theirs == []
+        taken.chain()
+        assert theirs == ["theirs"]
+        taken.restore()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await until(lambda: len(theirs) == 2)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR2)
+
+
+async def test_nothing_is_taken_where_no_server_handler_is_installed() -> None:
+    loop = asyncio.get_running_loop()
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        assert signals.take(loop, signal.SIGUSR1, lambda: None) is None
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+async def open_app(scope: Any, receive: Any, send: Any) -> None:
+    """Accepts and stays open until the client is gone."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@pytest.fixture
+def sigterm() -> Iterator[list[int]]:
+    with server_handler(signal.SIGTERM) as calls, server_handler(signal.SIGINT):
+        yield calls
+
+
+async def test_sigterm_drains_first_then_hands_the_signal_to_the_server(sigterm) -> None:
+    gate, coord, _app = gate_for(drain_grace=0.3, drain_spread=0.1)
+    gate.app = open_app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    client = FakeWebSocket()
+    task = handshake(gate, client)
+    await until(lambda: gate.state.connections)
+    drains = Drains()
+    drains.attach(coord)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: coord.state is State.DRAINING)
+        assert sigterm == [] and not task.done()  # open through the grace
+        await until(lambda: sigterm)  # handed over only once the drain is done
+        assert coord.state is State.STOPPED
+        await asyncio.wait_for(task, DEADLINE)
+        assert client.sent[-1]["code"] == 1012
+    finally:
+        drains.detach(coord)
+
+
+async def test_a_second_sigterm_ends_the_drain_at_once(sigterm) -> None:
+    gate, coord, _app = gate_for(drain_grace=30)
+    gate.app = open_app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    client = FakeWebSocket()
+    task = handshake(gate, client)
+    await until(lambda: gate.state.connections)
+    drains = Drains()
+    drains.attach(coord)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: coord.state is State.DRAINING)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: sigterm)  # not 30 s later
+        await asyncio.wait_for(task, DEADLINE)
+        assert client.sent[-1]["code"] == 1012
+    finally:
+        drains.detach(coord)
