@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -367,12 +368,22 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
 
     print(f"coordinator: dashboard of namespace {settings.namespace!r} on "
           f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
+    # uvicorn shuts down cleanly on SIGTERM, then raises the signal again under the
+    # handler it found; with the default one the process would end by the signal. A
+    # clean stop is a success: SIGTERM exits 0, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _exit_ok)
     try:
         serve(settings.redis_url, settings.namespace, args.host, args.port,
               signing_key=settings.signing_key)
     except SystemExit as exc:  # uvicorn's start-up failure (e.g. the port is taken), logged
         return EXIT_ERROR if exc.code else EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+def _exit_ok(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_OK)
 
 
 def redis_problem(exc: BaseException, url: str) -> str:

@@ -37,6 +37,7 @@ from .tasks import TaskSet
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
+LEAVE_TIMEOUT = 2.0  # seconds a clean stop may take to remove the record, index entry, leases
 NOPERM_LINK = ("redis at %s refused a command (NOPERM): %s; this instance's ACL lacks a "
                "permission it needs (README: Security); gating on local state meanwhile")
 
@@ -268,7 +269,7 @@ class Coordinator:
             await gate.aclose()
         if self.redis_ok:
             with contextlib.suppress(*REDIS_ERRORS):
-                await asyncio.wait_for(self._role.leave(), 2.0)
+                await asyncio.wait_for(self._role.leave(), LEAVE_TIMEOUT)
         await self.tasks.cancel()
         if self._owns_client:
             with contextlib.suppress(*REDIS_ERRORS):

@@ -117,9 +117,12 @@ def assert_clean_rejection(outcome: Outcome, mode: str, reason: str) -> None:
         assert outcome.kind == CLOSE and outcome.code == 1013, outcome
 
 
-def backend_env(namespace: str, redis_url: str, **extra: str) -> dict[str, str]:
+def backend_env(*, redis_url: str, namespace: str, instance: str | None = None,
+                **extra: str) -> dict[str, str]:
+    """A backend's environment: its Redis, namespace and instance id (``<namespace>-i1``
+    unless named), and ``extra`` variables. Keyword-only: the two strings cannot swap."""
     return {"COORD_REDIS_URL": redis_url, "COORD_NAMESPACE": namespace,
-            "COORD_INSTANCE_ID": f"{namespace}-i1", **extra}
+            "COORD_INSTANCE_ID": instance or f"{namespace}-i1", **extra}
 
 
 def health(backend: BackendProcess) -> tuple[int, dict[str, Any]]:

@@ -89,6 +89,17 @@ class RedisServer:
             self.proc.wait(10)
         wait_until(lambda: not port_open(self.port), 10, what="redis-server to stop")
 
+    def freeze(self) -> None:
+        """SIGSTOP: a Redis that hangs. Its connections stay open and the kernel still
+        completes new ones (up to the listen backlog), but nothing is ever answered."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the frozen Redis answers again, its data intact."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         self.kill()
         self.start()

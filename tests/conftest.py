@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 
-from tests.support import BackendProcess, CliProcess, RedisServer
+from coordinator.connections import make_redis
+from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,39 @@ def redis_server() -> Iterator[RedisServer]:
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: fast)."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca",
+        "-days", "2")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return {name: d / name for name in ("ca.crt", "server.crt", "server.key")}
+
+
+@pytest.fixture(scope="session")
+def acl_redis(tls_files: dict[str, Path]) -> Iterator[AclRedis]:
+    """redis-server with the default user off, an ACL user ``coord``, and a TLS port."""
+    tls_port = free_port()
+    server = RedisServer(extra=(
+        "--user", "default", "off",
+        "--user", "coord", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all",
+        "--tls-port", str(tls_port), "--tls-cert-file", str(tls_files["server.crt"]),
+        "--tls-key-file", str(tls_files["server.key"]),
+        "--tls-ca-cert-file", str(tls_files["ca.crt"]), "--tls-auth-clients", "no",
+    )).start()
+    yield AclRedis(server, tls_port, tls_files["ca.crt"])
+    server.kill()
+
+
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone, free to kill and restart."""
@@ -25,6 +61,45 @@ def own_redis() -> Iterator[RedisServer]:
     yield server
     with contextlib.suppress(Exception):
         server.kill()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the session's redis-server, replies as bytes (the coordinator's own
+    client settings: short timeouts, no retries)."""
+    client = make_redis(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def attacker(client: redis.Redis) -> redis.Redis:
+    """``client`` in the role of anyone who can publish and write to the namespace but
+    has no signing key."""
+    return client
+
+
+@pytest.fixture
+async def redis_text(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    """A client of the session's redis-server whose replies are decoded to text."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def connect_redis() -> AsyncIterator[Callable[..., redis.Redis]]:
+    """Makes clients of any Redis (``own_redis`` ones too); closes them afterwards."""
+    made: list[redis.Redis] = []
+
+    def connect(url: str, decode_responses: bool = False) -> redis.Redis:
+        made.append(redis.Redis.from_url(url, decode_responses=decode_responses))
+        return made[-1]
+
+    yield connect
+    for client in made:
+        with contextlib.suppress(Exception):
+            await client.aclose()
 
 
 @pytest.fixture
@@ -65,6 +140,31 @@ def follow_cli() -> Iterator[Callable[..., CliProcess]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+# Fixtures that mean a test needs a redis-server, or starts backend processes: a test
+# that uses one carries the marker, so that `-m "not redis"` and `-m "not e2e"` select
+# what they say. And the folders agree with the markers: every test under tests/e2e/
+# (and the benchmarks' smoke tests) is `e2e`, and no other is.
+NEEDS_REDIS = {"redis_server", "own_redis", "acl_redis", "client", "redis_text", "attacker"}
+STARTS_BACKENDS = {"start_backend", "backends"}
+E2E_FOLDERS = ("e2e", "bench")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        fixtures = set(getattr(item, "fixturenames", ()))
+        in_e2e = Path(item.path).parent.name in E2E_FOLDERS
+        if fixtures & NEEDS_REDIS and "redis" not in marks:
+            wrong.append(f"{item.nodeid}: uses {sorted(fixtures & NEEDS_REDIS)}, lacks `redis`")
+        if fixtures & STARTS_BACKENDS and "e2e" not in marks:
+            wrong.append(f"{item.nodeid}: starts backends, lacks `e2e`")
+        if in_e2e != ("e2e" in marks):
+            wrong.append(f"{item.nodeid}: marked e2e {'e2e' in marks}, in tests/e2e {in_e2e}")
+    if wrong:
+        raise pytest.UsageError("tests with the wrong markers:\n" + "\n".join(wrong))
 
 
 def pytest_report_header() -> str:

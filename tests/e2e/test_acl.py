@@ -17,8 +17,17 @@ import redis.asyncio as redis
 
 from coordinator.dashboard import FleetFeed
 from coordinator.keys import Keys
-from tests.support import (CHAT, ROOT, RedisServer, async_wait_until, chat, cli_env, run_cli,
-                           wait_for_phase, wait_until)
+from tests.support import (
+    CHAT,
+    ROOT,
+    RedisServer,
+    async_wait_until,
+    chat,
+    cli_env,
+    run_cli,
+    wait_for_phase,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

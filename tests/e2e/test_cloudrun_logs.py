@@ -15,8 +15,7 @@ import pytest
 from websockets import ConnectionClosedError
 from websockets.asyncio.client import connect
 
-from tests.support import wait_for_phase
-from tests.support import ROOT, BackendProcess, free_port, wait_until
+from tests.support import ROOT, BackendProcess, free_port, wait_for_phase, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

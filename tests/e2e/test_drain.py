@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import pytest
@@ -15,9 +14,21 @@ import redis.asyncio as redis
 from websockets import ConnectionClosed
 from websockets.asyncio.client import connect
 
-from tests.support import BackendProcess, RedisServer, async_wait_until
-
-from tests.support import CLOSE, HTTP, NEAR_READY_DURATIONS, Outcome, backend_env, chat, wait_for_phase
+from coordinator.registry import as_text
+from tests.support import (
+    CLOSE,
+    HTTP,
+    NEAR_READY_DURATIONS,
+    BackendProcess,
+    Outcome,
+    RedisServer,
+    async_wait_until,
+    backend_env,
+    chat,
+    equals,
+    subscribers,
+    wait_for_phase,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -41,8 +52,7 @@ class Events:
         return self
 
     async def _subscribed(self) -> bool:
-        counts = dict(await self.client.pubsub_numsub(self.channel))
-        return bool(counts.get(self.channel))
+        return await subscribers(self.client, self.channel) > 0
 
     async def _read(self) -> None:
         async for message in self.pubsub.listen():
@@ -56,13 +66,6 @@ class Events:
 
     def events(self, instance: str) -> list[str]:
         return [e["event"] for e in self.seen if e["instance"] == instance]
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield c
-    await c.aclose()
 
 
 async def open_chat(url: str) -> tuple[Any, asyncio.Task[int | None]]:
@@ -84,7 +87,7 @@ async def gone_from_redis(client: redis.Redis, namespace: str, instance: str) ->
     leases = await client.zrange(f"{namespace}:leases", 0, -1)
     return {"hash": await client.exists(f"{namespace}:instance:{instance}"),
             "index": await client.zscore(f"{namespace}:instances", instance),
-            "leases": [m for m in leases if m.startswith(f"{instance}:")]}
+            "leases": [m for m in map(as_text, leases) if m.startswith(f"{instance}:")]}
 
 
 def draining_rejection(outcome: Outcome, mode: str) -> None:
@@ -105,10 +108,10 @@ def exit_as_cloud_run(backend: BackendProcess) -> int:
 
 @pytest.mark.parametrize("reject", ["http", "close"])
 async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
-        start_backend: Any, redis_server: RedisServer, namespace: str, client: redis.Redis,
+        start_backend: Any, redis_server: RedisServer, namespace: str, redis_text: redis.Redis,
         reject: str) -> None:
     instance = f"{namespace}-i1"
-    env = backend_env(namespace, redis_server.url, COORD_REJECT=reject,
+    env = backend_env(namespace=namespace, redis_url=redis_server.url, COORD_REJECT=reject,
                       COORD_FLEET_MAX_QUEUE="10",  # so that leases exist and must go too
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=0.1")
     if reject == "close":
@@ -117,7 +120,7 @@ async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
     backend.wait_ready()
     opened = [await open_chat(backend.ws_url) for _ in range(3)]
     try:
-        await drain_during_traffic(backend, client, namespace, instance, reject, opened)
+        await drain_during_traffic(backend, redis_text, namespace, instance, reject, opened)
     finally:
         for ws, task in opened:
             task.cancel()
@@ -155,9 +158,9 @@ async def drain_during_traffic(backend: BackendProcess, client: redis.Redis, nam
 
 async def test_sigterm_while_starting_rejects_held_handshakes_and_frees_their_leases(
         start_backend: Any, redis_server: RedisServer, namespace: str,
-        client: redis.Redis) -> None:
+        redis_text: redis.Redis) -> None:
     instance = f"{namespace}-i1"
-    env = backend_env(namespace, redis_server.url, COORD_FLEET_MAX_QUEUE="10",
+    env = backend_env(namespace=namespace, redis_url=redis_server.url, COORD_FLEET_MAX_QUEUE="10",
                       COORD_DRAIN_GRACE="1",
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=60")
     backend = start_backend(env)
@@ -165,17 +168,15 @@ async def test_sigterm_while_starting_rejects_held_handshakes_and_frees_their_le
     held = [asyncio.create_task(chat(backend.ws_url)) for _ in range(4)]
 
     async def leased() -> int:
-        return len((await gone_from_redis(client, namespace, instance))["leases"])
+        return len((await gone_from_redis(redis_text, namespace, instance))["leases"])
 
-    await async_wait_until(lambda: _eq(leased(), 4), 10, what="four held with leases")
+    await async_wait_until(lambda: equals(leased(), 4), 10, what="four held with leases")
     backend.signal(signal.SIGTERM)
     outcomes = await asyncio.wait_for(asyncio.gather(*held), 5)  # at once, not at a timeout
     for outcome in outcomes:
         draining_rejection(outcome, "http")
     assert exit_as_cloud_run(backend) == 0
-    assert await gone_from_redis(client, namespace, instance) == \
+    assert await gone_from_redis(redis_text, namespace, instance) == \
         {"hash": 0, "index": None, "leases": []}
 
 
-async def _eq(value: Any, expected: Any) -> bool:
-    return await value == expected

@@ -6,8 +6,17 @@ import asyncio
 
 import pytest
 
-from tests.support import NEAR_READY_DURATIONS, assert_clean_rejection, backend_env, chat, \
-    counters, health, storm, tally, wait_for_phase
+from tests.support import (
+    NEAR_READY_DURATIONS,
+    assert_clean_rejection,
+    backend_env,
+    chat,
+    counters,
+    health,
+    storm,
+    tally,
+    wait_for_phase,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -21,7 +30,8 @@ MAX_QUEUE_TIME = 30  # a hold left to expire would take this long; "failed" must
 ])
 async def test_failed_phase_rejects_held_clients_at_once(start_backend, redis_server,
                                                          namespace, ws, reject):
-    env = backend_env(namespace, redis_server.url, BACKEND_WS=ws, COORD_REJECT=reject,
+    env = backend_env(namespace=namespace, redis_url=redis_server.url, BACKEND_WS=ws,
+                      COORD_REJECT=reject,
                       COORD_MAX_QUEUE_TIME=str(MAX_QUEUE_TIME), BACKEND_FAIL_PHASE="services",
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services=3")
     backend = start_backend(env, wait=True)

@@ -4,6 +4,7 @@ and the ``coordinator`` command watching from outside, as an operator would."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -13,62 +14,41 @@ import redis.asyncio as redis
 
 from coordinator.keys import Keys
 from coordinator.settings import DEFAULT_PHASES
-from tests.support import Outcome, assert_chatted, chat
-from tests.integration.test_cli import TIME_FIELDS
 from tests.support import (
+    TIME_FIELDS,
     BackendProcess,
     CliProcess,
+    Outcome,
     RedisServer,
+    assert_chatted,
     async_wait_until,
+    backend_env,
+    chat,
     cli_env,
+    get,
+    reach_services,
     run_cli,
+    start_all,
+    subscribers,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 # Fields that move between two reads of an unchanged fleet (the heartbeat, and the ages).
 MOVING = (*TIME_FIELDS, "heartbeat_at")
 
 
-def backend_env(redis_url: str, namespace: str, instance: str, services: float) -> dict[str, str]:
-    return {"COORD_REDIS_URL": redis_url, "COORD_NAMESPACE": namespace,
-            "COORD_INSTANCE_ID": instance, "COORD_HEARTBEAT_INTERVAL": "0.2",
-            "BACKEND_PHASE_DURATIONS": f"services={services}"}
-
-
-async def get(backend: BackendProcess, path: str) -> tuple[int, Any]:
-    return await asyncio.to_thread(backend.get, path)
+def instance_env(redis_url: str, namespace: str, instance: str,
+                 services: float) -> dict[str, str]:
+    return backend_env(redis_url=redis_url, namespace=namespace, instance=instance,
+                       COORD_HEARTBEAT_INTERVAL="0.2",
+                       BACKEND_PHASE_DURATIONS=f"services={services}")
 
 
 async def fleet_view(backend: BackendProcess) -> dict[str, dict[str, Any]]:
     """``/fleet`` from ``backend``, by instance id ({} while Redis is unavailable)."""
     status, doc = await get(backend, "/fleet")
     return {r["id"]: r for r in doc["instances"]} if status == 200 else {}
-
-
-async def start_all(start_backend: Callable[..., BackendProcess],
-                    envs: list[dict[str, str]]) -> list[BackendProcess]:
-    """Start the backends together, then wait until each one listens."""
-    backends = [start_backend(env, wait=False) for env in envs]
-    for backend in backends:
-        await async_wait_until(lambda b=backend: _live(b), 30, what="the backend to listen")
-    return backends
-
-
-async def _live(backend: BackendProcess) -> bool:
-    if backend.proc is not None and backend.proc.poll() is not None:
-        raise AssertionError(f"backend exited:\n{backend.log()}")
-    return (await get(backend, "/health/live"))[0] == 200
-
-
-async def reach_services(backend: BackendProcess) -> None:
-    async def there() -> bool:
-        body = (await get(backend, "/health/ready"))[1]
-        if not isinstance(body, dict):
-            return False
-        assert body["state"] == "starting", f"left starting before services: {body}"
-        return bool(body["phase"] == "services")
-    await async_wait_until(there, 30, what="the services phase")
 
 
 async def hold(backend: BackendProcess, instance: str, count: int) -> list[asyncio.Task[Outcome]]:
@@ -83,10 +63,6 @@ async def shows_held(viewer: BackendProcess, instance: str, count: int) -> dict[
     if row and row["state"] == "starting" and row["queue_depth"] == count:
         return row
     return None
-
-
-async def subscribers(client: redis.Redis, channel: str) -> int:
-    return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
 
 
 def frames(watch: CliProcess) -> list[list[str]]:
@@ -125,7 +101,7 @@ async def test_three_instances_through_their_phases_to_ready_with_held_clients(
                                what="the CLI's events and watch subscribed")
 
         backends = await start_all(start_backend, [
-            backend_env(redis_server.url, namespace, name, services=5) for name in held])
+            instance_env(redis_server.url, namespace, name, services=5) for name in held])
         views = {name: backends[(i + 1) % 3] for i, name in enumerate(held)}  # another's /fleet
 
         async def hold_and_watch(backend: BackendProcess, name: str) -> list[Outcome]:
@@ -141,10 +117,11 @@ async def test_three_instances_through_their_phases_to_ready_with_held_clients(
                 10, what=f"the watch showing {name} holding {held[name]}")
             return list(await asyncio.gather(*clients))
 
-        outcomes = await asyncio.gather(*(hold_and_watch(b, n) for b, n in zip(backends, held, strict=True)))
-        for name, seen in zip(held, outcomes, strict=True):
-            assert len(seen) == held[name]
-            for outcome in seen:
+        outcomes = await asyncio.gather(*(hold_and_watch(b, n)
+                                          for b, n in zip(backends, held, strict=True)))
+        for name, chatted in zip(held, outcomes, strict=True):
+            assert len(chatted) == held[name]
+            for outcome in chatted:
                 assert_chatted(outcome, name)
 
         async def all_done() -> dict[str, dict[str, Any]] | None:
@@ -201,11 +178,11 @@ async def test_redis_restart_mid_startup_the_fleet_view_recovers_and_held_client
     names = ("restart-a", "restart-b")
     env = cli_env(own_redis.url, namespace)
     backends = await start_all(start_backend, [
-        backend_env(own_redis.url, namespace, name, services=6) for name in names])
+        instance_env(own_redis.url, namespace, name, services=6) for name in names])
     watch = follow_cli("fleet", "--watch", "--interval", "0.3", env=env)
     clients = [await hold(b, name, 2) for b, name in zip(backends, names, strict=True)]
     for name in names:
-        await async_wait_until(lambda n=name: shows_held(backends[0], n, 2), 10,
+        await async_wait_until(functools.partial(shows_held, backends[0], name, 2), 10,
                                what=f"{name} holding 2 in the fleet view")
 
     own_redis.kill()
@@ -224,8 +201,9 @@ async def test_redis_restart_mid_startup_the_fleet_view_recovers_and_held_client
         for name in names:  # the full state came back, whichever side of ready it is on
             row = view[name]
             assert (row["state"], row["queue_depth"]) in (("starting", 2), ("ready", 0)), row
-            await async_wait_until(lambda n=name: _subscribed(
-                client, Keys(namespace).instance_events(n), 1), 15, what=f"{name} re-subscribed")
+            await async_wait_until(functools.partial(
+                _subscribed, client, Keys(namespace).instance_events(name), 1), 15,
+                what=f"{name} re-subscribed")
     finally:
         await client.aclose()
 
@@ -243,7 +221,7 @@ async def test_started_with_redis_down_the_instance_gates_alone_then_joins_the_f
     own_redis.kill()
     env = cli_env(own_redis.url, namespace)
     (backend,) = await start_all(start_backend, [
-        backend_env(own_redis.url, namespace, "lonely", services=4)])
+        instance_env(own_redis.url, namespace, "lonely", services=4)])
 
     unreachable = await asyncio.to_thread(run_cli, "fleet", env=env)
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr

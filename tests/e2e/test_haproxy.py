@@ -14,13 +14,9 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -30,12 +26,20 @@ import pytest
 from websockets import ConnectionClosed
 
 from coordinator.client import GaveUp, RetryPolicy, connect
-from tests.integration.scripted import Scripted, serving
-from tests.support import ROOT, BackendProcess, async_wait_until, free_port, wait_until
+from tests.support import (
+    HAPROXY_CONFIG,
+    BackendProcess,
+    HAProxy,
+    Scripted,
+    async_wait_until,
+    free_port,
+    serving,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-CONFIG = ROOT / "deploy" / "haproxy.cfg"
+
 # The stated bound: a client disconnected by a drain chats again within this many
 # seconds (measured: well under one; the bound leaves room for a loaded CI machine).
 RESERVED_WITHIN = 10.0
@@ -55,7 +59,7 @@ def haproxy_env(backends: list[BackendProcess], port: int, sock: Path) -> dict[s
 def test_the_config_is_valid_for_haproxy(tmp_path):
     env = {**os.environ, "BACKEND_1": "127.0.0.1:1", "BACKEND_2": "127.0.0.1:2",
            "BACKEND_3": "backend-3:8000", "HAPROXY_STATS_SOCKET": str(tmp_path / "s")}
-    result = subprocess.run(["haproxy", "-c", "-f", str(CONFIG)], env=env,
+    result = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CONFIG)], env=env,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
@@ -64,57 +68,11 @@ def test_the_config_is_valid_for_haproxy(tmp_path):
 def test_a_missing_backend_address_is_an_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKEND_")}
     env |= {"BACKEND_1": "127.0.0.1:1", "BACKEND_2": "127.0.0.1:2"}
-    result = subprocess.run(["haproxy", "-c", "-f", str(CONFIG)], env=env,
+    result = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CONFIG)], env=env,
                             capture_output=True, text=True, check=False)
-    line = CONFIG.read_text().splitlines().index('    server instance-3 "${BACKEND_3}"') + 1
+    line = HAPROXY_CONFIG.read_text().splitlines().index('    server instance-3 "${BACKEND_3}"') + 1
     assert result.returncode != 0
     assert f"haproxy.cfg:{line}] : 'server' expects <name> and <addr>" in result.stderr
-
-
-class HAProxy:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.sock = Path(env["HAPROXY_STATS_SOCKET"])
-        self.port = int(env["HAPROXY_BIND"].rsplit(":", 1)[1])
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
-                                      str(CONFIG)], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
-                       what="haproxy's stats socket")
-            assert self.proc.poll() is None, log.read_text()
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stats(self) -> dict[str, dict[str, str]]:
-        """``show stat`` on the admin socket: server name -> its row."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.sock))
-            s.sendall(b"show stat\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {r["svname"]: r for r in rows if r["pxname"] == "instances"}
-
-    def server(self, index: int) -> dict[str, str]:
-        return self.stats()[f"instance-{index + 1}"]
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        finally:
-            self._log.close()
 
 
 class Population:
@@ -131,6 +89,12 @@ class Population:
         self.retried = 0  # connections that took more than one handshake
 
     async def steady(self, index: int) -> None:
+        try:
+            await self._steady(index)
+        finally:  # however it ended (an exception included), this client chats no more
+            self.chatting.discard(index)
+
+    async def _steady(self, index: int) -> None:
         lost_at: float | None = None
         while not self.stop.is_set():
             try:
@@ -234,20 +198,32 @@ async def test_rolling_restart_behind_haproxy(tmp_path, redis_server, namespace,
 
     population = Population(proxy.url)
     tasks = [asyncio.create_task(population.steady(i)) for i in range(POPULATION)]
+
+    def everyone_chatting(tasks: list[asyncio.Task[None]]) -> bool:
+        for task in tasks:  # a client that raised says why at once, not at the deadline
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise AssertionError(f"a client failed: {task.exception()!r}")
+        assert population.failures == []  # a client that gave up, or saw another close
+        return len(population.chatting) == POPULATION
+
     tasks.append(asyncio.create_task(population.trickle()))
     report: list[dict[str, object]] = []
     try:
-        await async_wait_until(lambda: len(population.chatting) == POPULATION, 30,
+        await async_wait_until(lambda: everyone_chatting(tasks), 30,
                                what="the population to chat")
         for i in range(3):
             report.append(await _restart(i, fleet, backends, proxy, tmp_path,
                                          redis_server.url, namespace))
-        await async_wait_until(lambda: len(population.chatting) == POPULATION, 30,
+        await async_wait_until(lambda: everyone_chatting(tasks), 30,
                                what="every client to chat again")
     finally:
         population.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
 
+    # A client that raised (a wrong echo fails _chat_once's assertion) ended its task
+    # with that exception: none may have.
+    crashed = [repr(e) for e in ended if isinstance(e, BaseException)]
+    assert crashed == [], crashed
     print(f"rolling restart: {report}; closes {dict(population.closes)}; newcomers "
           f"{population.newcomers}; retried {population.retried}; re-served after max "
           f"{max(population.reserved_after, default=0):.2f}s")

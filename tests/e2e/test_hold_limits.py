@@ -21,10 +21,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import BackendProcess, wait_until
-
-from tests.support import assert_chatted, assert_clean_rejection, backend_env, chat, \
-    counters, wait_for_phase
+from tests.support import (
+    BackendProcess,
+    assert_chatted,
+    assert_clean_rejection,
+    backend_env,
+    chat,
+    counters,
+    wait_for_phase,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -73,7 +79,8 @@ def held(redis_server, tmp_path_factory) -> Iterator[dict[str, Held]]:
     try:
         for name, extra in SCENARIOS.items():
             namespace = f"t-hold-limits-{name}"
-            env = backend_env(namespace, redis_server.url, COORD_ENVIRONMENT="test",
+            env = backend_env(namespace=namespace, redis_url=redis_server.url,
+                              COORD_ENVIRONMENT="test",
                               BACKEND_PHASE_DURATIONS=f"init=0,dependencies=0,database=0,"
                               f"cache=0,services={HOLD}", **extra)
             backends[name] = BackendProcess(env, logs / f"{name}.log").start(wait=False)
@@ -95,6 +102,8 @@ def test_backend_caps_holds_below_the_legacy_open_timeout(held):
     # 9 s under it, so the held client gets a clean rejection before that happens.
     seen = held["websockets"]
     assert_clean_rejection(seen.outcome, "http", "timeout")
+    # The rejection is the cap's (9 s: never sooner, less 0.5 s for the client's and
+    # the server's clocks and timers) and comes before the legacy 10 s drop (the promise).
     assert LEGACY_CAP - 0.5 <= seen.outcome.elapsed < LEGACY_OPEN_TIMEOUT, seen.outcome
     assert seen.status == 503 and seen.health["state"] == "starting", seen.health
     assert counters(seen.health)["rejected"] == {"timeout": 1}
@@ -111,6 +120,8 @@ def test_legacy_websockets_with_hold_capped_below_it_rejects_cleanly(held):
 def test_sansio_and_wsproto_hold_past_the_legacy_limit(held, ws):
     seen = held[ws]
     assert_chatted(seen.outcome, seen.instance)
+    # Held past the 10 s the legacy implementation allows: a lower bound (the client
+    # connected as `services` began, so its hold lasted the phase's 13 s, less the poll).
     assert seen.outcome.elapsed > LEGACY_OPEN_TIMEOUT, seen.outcome
     assert seen.status == 200, seen.health
     assert counters(seen.health) == {"admitted": {"after_hold": 1}, "rejected": {},

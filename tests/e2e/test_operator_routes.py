@@ -5,7 +5,6 @@ one shared snapshot however many read it at once (Redis commands counted)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 from pathlib import Path
@@ -15,8 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from tests.e2e.test_haproxy import HAProxy
-from tests.support import CHAT, RedisServer, chat, free_port
+from tests.support import CHAT, HAProxy, RedisServer, chat, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -23,7 +23,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from websockets import ConnectionClosed
 from websockets.asyncio.client import ClientConnection, connect
 
 from coordinator.drain import SAME_SIGNAL
+from coordinator.registry import as_text
 from harness.processes import BACKEND_COMMAND
 from tests.support import (
     CHAT,
@@ -112,7 +113,7 @@ async def open_chat(url: str) -> Open | Outcome:
 
 
 def server_env(namespace: str, redis_url: str, services: float) -> dict[str, str]:
-    env = backend_env(namespace, redis_url, COORD_DRAIN_GRACE=str(GRACE),
+    env = backend_env(namespace=namespace, redis_url=redis_url, COORD_DRAIN_GRACE=str(GRACE),
                       COORD_HEARTBEAT_INTERVAL="0.5", COORD_INSTANCE_TTL="3",
                       BACKEND_PHASE_DURATIONS=f"{NEAR_READY_DURATIONS},services={services}")
     # Each worker of a multi-process server runs the app, its startup included: an
@@ -125,15 +126,16 @@ async def held_in_redis(client: redis.Redis, namespace: str) -> int:
     """Handshakes held, summed over the instances (a multi-worker server has several)."""
     total = 0
     for member in await client.zrange(f"{namespace}:instances", 0, -1):
-        depth = await client.hget(f"{namespace}:instance:{member.decode()}", "queue_depth")
+        depth = await client.hget(f"{namespace}:instance:{as_text(member)}", "queue_depth")
         total += int(depth or 0)
     return total
 
 
 async def in_services(client: redis.Redis, namespace: str, instances: int) -> bool:
     members = await client.zrange(f"{namespace}:instances", 0, -1)
-    phases = [await client.hget(f"{namespace}:instance:{m.decode()}", "phase") for m in members]
-    return len(members) >= instances and all(p == b"services" for p in phases)
+    phases = [await client.hget(f"{namespace}:instance:{as_text(m)}", "phase")
+              for m in members]
+    return len(members) >= instances and all(p == "services" for p in phases)
 
 
 def workers(name: str) -> int:
@@ -147,14 +149,7 @@ def assert_clean_503(outcome: Outcome, what: str) -> None:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> AsyncIterator[Callable[..., BackendProcess]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., BackendProcess]]:
     started: list[BackendProcess] = []
 
     def start(name: str, env: dict[str, str], tag: str) -> BackendProcess:
@@ -229,12 +224,12 @@ async def _at_least(value: Any, n: int) -> bool:
 @pytest.mark.parametrize("name", list(SERVERS))
 async def test_sigterm_under_each_server_gives_clean_answers_and_exits_in_time(
         name: str, serve: Callable[..., BackendProcess], redis_server: RedisServer,
-        client: redis.Redis, namespace: str) -> None:
+        redis_text: redis.Redis, namespace: str) -> None:
     ready_soon = serve(name, server_env(f"{namespace}-a", redis_server.url, 2.0), "a")
     never_ready = serve(name, server_env(f"{namespace}-b", redis_server.url, 60.0), "b")
     await asyncio.gather(
-        held_then_open_then_sigterm(name, ready_soon, client, f"{namespace}-a"),
-        held_at_sigterm(name, never_ready, client, f"{namespace}-b"))
+        held_then_open_then_sigterm(name, ready_soon, redis_text, f"{namespace}-a"),
+        held_at_sigterm(name, never_ready, redis_text, f"{namespace}-b"))
     for proc in (ready_soon, never_ready):
         log = proc.log()
         assert " 500" not in log and "1011" not in log, log[-3000:]

@@ -15,8 +15,7 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.keys import Keys
-from tests.integration.test_leases import FakeSocket, echo_app, knock
-from tests.support import RedisServer, async_wait_until
+from tests.support import FakeWebSocket, RedisServer, async_wait_until, echo_app, knock
 
 pytestmark = pytest.mark.redis
 
@@ -45,7 +44,7 @@ async def ready_gates(url: str, namespace: str, count: int,
             await coord.stop()
 
 
-async def admitted_within_the_rate(sockets: list[FakeSocket]) -> None:
+async def admitted_within_the_rate(sockets: list[FakeWebSocket]) -> None:
     """Wait until all are admitted, checking at every step that no more than the burst
     plus the rate times the time since the first admission got in (the bound only ever
     gets looser under load: a slow machine admits later, never more)."""
@@ -75,7 +74,7 @@ async def test_two_instances_share_one_bucket_and_hold_the_excess_until_a_token(
         assert all(g.state.rejected == {} for g in gates)  # held, not rejected
         assert sum(g.pacer.paced for g in gates) >= 30 - BURST
         for s in a + b:
-            s.leave()
+            s.disconnect()
         await asyncio.gather(*a_tasks, *b_tasks)
 
 
@@ -88,7 +87,7 @@ async def test_absurd_bucket_data_in_redis_starts_from_a_full_bucket_not_a_large
         sockets, tasks = knock(gate, 12)
         await admitted_within_the_rate(sockets)
         for s in sockets:
-            s.leave()
+            s.disconnect()
         await asyncio.gather(*tasks)
 
 
@@ -99,7 +98,7 @@ async def test_with_redis_unreachable_each_instance_admits_at_its_share(namespac
         await admitted_within_the_rate(sockets)  # the one live instance: the whole rate
         assert all(s.accepted for s in sockets)
         for s in sockets:
-            s.leave()
+            s.disconnect()
         await asyncio.gather(*tasks)
 
 
@@ -110,5 +109,5 @@ async def test_the_bucket_counts_the_live_instances_for_their_share(
         await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
         assert gates[0].pacer.live == 3  # what the local share divides by if Redis goes
         for s in sockets:
-            s.leave()
+            s.disconnect()
         await asyncio.gather(*tasks)

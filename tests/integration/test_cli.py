@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,37 +19,29 @@ from coordinator import messages
 from coordinator.keys import Keys
 from coordinator.registry import fleet_snapshot
 from coordinator.settings import default_id_prefix
-from tests.integration.test_fleet_view import put, record
-from tests.support import RedisServer, async_wait_until, cli_env, free_port, run_cli
+from tests.support import (
+    COORDINATOR_CLI,
+    RedisServer,
+    async_wait_until,
+    cli_env,
+    free_port,
+    instance_record,
+    keyring,
+    put_instance,
+    put_record,
+    redis_mapping,
+    run_cli,
+    subscribers,
+    without_times,
+)
+from tests.support import event as message
 
 pytestmark = pytest.mark.redis
-
-# Derived from the reader's clock, so they differ between two reads of the same fleet.
-TIME_FIELDS = ("generated_at", "heartbeat_age", "time_in_phase", "expected_ready_in")
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.url)
-    yield conn
-    await conn.aclose()
-
-
-def signed_by(key: str, namespace: str) -> messages.Keyring:
-    keyring = messages.Keyring.of(key, namespace)
-    assert keyring is not None
-    return keyring
 
 
 @pytest.fixture
 def env(redis_server: RedisServer, namespace: str) -> dict[str, str]:
     return cli_env(redis_server.url, namespace)
-
-
-def without_times(doc: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: v for k, v in doc.items() if k not in TIME_FIELDS},
-            "instances": [{k: v for k, v in r.items() if k not in TIME_FIELDS}
-                          for r in doc["instances"]]}
 
 
 def assert_one_line_error(proc: Any, *needles: str) -> str:
@@ -61,14 +55,48 @@ def assert_one_line_error(proc: Any, *needles: str) -> str:
     return str(lines[0])
 
 
-async def subscribers(client: redis.Redis, channel: str) -> int:
-    return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
-
-
 def event(instance: str, name: str, phase: str | None, index: int | None,
-          **extra: Any) -> messages.Message:
-    return messages.Message(instance, name, phase, index, time.time(),
-                            {"phases_total": 7, "state": "starting", **extra})
+          key: str | None = None, ts: float | None = None, namespace: str | None = None,
+          **extra: Any) -> bytes:
+    """An event of a starting instance of seven phases, as it publishes it (signed with
+    ``key`` for ``namespace``)."""
+    return message(instance, name, phase, index, key=key, namespace=namespace, ts=ts,
+                   phases_total=7, state="starting", **extra)
+
+
+# Older than the 30 s a signed message may be off the reader's clock (README, "Signing").
+STALE = 31.0
+
+
+# -- the command itself -----------------------------------------------------------------
+
+def test_the_installed_console_script_is_what_the_tests_run(env: dict[str, str]) -> None:
+    """Every test here runs ``coordinator`` as pip installed it: the entry point of
+    pyproject's [project.scripts], in this virtualenv, not ``python -m coordinator``."""
+    script = Path(COORDINATOR_CLI[0])
+    assert script.parent == Path(sys.executable).parent and script.name == "coordinator"
+    text = script.read_text()
+    assert text.startswith(f"#!{sys.executable}\n"), text
+    assert "from coordinator.cli import main" in text  # coordinator = "coordinator.cli:main"
+    usage = run_cli("--help", env=env)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: coordinator "), usage
+
+
+async def test_python_dash_m_coordinator_is_the_same_command(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    await put_instance(client, Keys(namespace), "web-a", state="ready", phase="finalize",
+                       index=7)
+    for args in (("fleet", "--json"), ("check", "--instance", "web-a")):
+        script = run_cli(*args, env=env)
+        module = subprocess.run([sys.executable, "-m", "coordinator", *args], env=env,
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert (script.returncode, script.stderr) == (module.returncode, module.stderr) == \
+            (0, ""), (script, module)
+        if args[0] == "fleet":
+            assert without_times(json.loads(script.stdout)) == \
+                without_times(json.loads(module.stdout))
+        else:
+            assert script.stdout == module.stdout
 
 
 # -- fleet ----------------------------------------------------------------------------
@@ -76,9 +104,9 @@ def event(instance: str, name: str, phase: str | None, index: int | None,
 async def test_fleet_prints_a_table_of_every_live_instance(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, state="ready", phase="finalize", index=7,
-                                   admitted=5))
-    await put(client, keys, record("web-b", now, depth=2))
+    await put_instance(client, keys, "web-a", now, state="ready", phase="finalize", index=7,
+                       admitted=5)
+    await put_instance(client, keys, "web-b", now, depth=2)
 
     proc = run_cli("fleet", env=env)
 
@@ -98,9 +126,9 @@ async def test_fleet_prints_a_table_of_every_live_instance(
 async def test_fleet_json_is_the_fleet_snapshot_and_the_options_override_the_env(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, fleet_cap=8))
-    await put(client, keys, record("web-b", now, state="ready", phase="finalize", index=7,
-                                   fleet_cap=8))
+    await put_instance(client, keys, "web-a", now, fleet_cap=8)
+    await put_instance(client, keys, "web-b", now, state="ready", phase="finalize", index=7,
+                       fleet_cap=8)
     wrong = cli_env(f"redis://127.0.0.1:{free_port()}/0", "elsewhere")
 
     proc = run_cli("fleet", "--json", "--redis-url", redis_server.url, "--namespace", namespace,
@@ -147,9 +175,9 @@ def test_bad_options_and_settings_are_one_line_errors(env: dict[str, str]) -> No
 async def test_check_exits_0_only_for_a_live_ready_instance(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("up", now, state="ready", phase="websocket", index=6))
-    await put(client, keys, record("booting", now))
-    await put(client, keys, record("frozen", now, state="ready", beat_age=7200))
+    await put_instance(client, keys, "up", now, state="ready", phase="websocket", index=6)
+    await put_instance(client, keys, "booting", now)
+    await put_instance(client, keys, "frozen", now, state="ready", beat_age=7200)
 
     cases = {
         ("--instance", "up"): (0, "up: ready (phase websocket 6/7)"),
@@ -169,15 +197,16 @@ async def test_check_exits_0_only_for_a_live_ready_instance(
 async def test_check_with_a_signing_key_refuses_an_unsigned_record(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
     keys, now = Keys(namespace), time.time()
-    forged = record("up", now, state="ready", phase="finalize", index=7)
-    await put(client, keys, forged)
+    forged = instance_record("up", now, state="ready", phase="finalize", index=7)
+    await put_record(client, keys, forged)
     signed_env = {**env, "COORD_SIGNING_KEY": "s3cret-key"}
 
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put(client, keys, {**forged, "sig": messages.sign_record(forged, signed_by("s3cret-key", namespace))})
+    await put_record(client, keys, {**forged, "sig": messages.sign_record(
+        forged, keyring("s3cret-key", namespace))})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
     assert "s3cret-key" not in proc.stdout + proc.stderr
@@ -192,17 +221,18 @@ async def test_check_with_a_signing_key_trusts_no_copied_id_and_no_refreshed_hea
     signed_env = {**env, "COORD_SIGNING_KEY": key}
 
     def signed(fields: dict[str, str]) -> dict[str, str]:
-        return {**fields, "sig": messages.sign_record(fields, signed_by(key, namespace))}
+        return {**fields, "sig": messages.sign_record(fields, keyring(key, namespace))}
 
-    up = signed(record("up", now, state="ready", phase="finalize", index=7))
-    await put(client, keys, up)
-    await client.hset(keys.instance("ghost"), mapping=up)
+    up = signed(instance_record("up", now, state="ready", phase="finalize", index=7))
+    await put_record(client, keys, up)
+    await client.hset(keys.instance("ghost"), mapping=redis_mapping(up))
     proc = run_cli("check", "--instance", "ghost", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "ghost: not ready: its record is instance up's")
 
-    dead = signed(record("dead", now, state="ready", phase="finalize", index=7, beat_age=300))
-    await put(client, keys, dead)
+    dead = signed(instance_record("dead", now, state="ready", phase="finalize", index=7,
+                                  beat_age=300))
+    await put_record(client, keys, dead)
     proc = run_cli("check", "--instance", "dead", env=signed_env)
     assert proc.returncode == 1 and "last heartbeat 5m00s ago" in proc.stdout
     await client.hset(keys.instance("dead"), mapping={"heartbeat_at": f"{time.time():.6f}"})
@@ -217,29 +247,29 @@ async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generat
     mine = f"{default_id_prefix(host)}4242-a1b2c3"
     # An explicit id that merely starts like a generated one; a generated-looking id whose
     # record names another host (two host names can sanitize to one prefix).
-    await put(client, keys, record(f"{default_id_prefix(host)}admin", now, state="ready",
-                                   host=host))
-    await put(client, keys, record(f"{default_id_prefix(host)}9-abcdef", now, state="ready",
-                                   host=f"{host} "))
-    await put(client, keys, record(f"{default_id_prefix('elsewhere')}1-ffffff", now,
-                                   state="ready", host="elsewhere"))
-    await put(client, keys, record(f"{default_id_prefix(host)}7-dead00", now, state="ready",
-                                   host=host, beat_age=7200))  # an earlier life, not live
+    await put_instance(client, keys, f"{default_id_prefix(host)}admin", now, state="ready",
+                       host=host)
+    await put_instance(client, keys, f"{default_id_prefix(host)}9-abcdef", now, state="ready",
+                       host=f"{host} ")
+    await put_instance(client, keys, f"{default_id_prefix('elsewhere')}1-ffffff", now,
+                       state="ready", host="elsewhere")
+    await put_instance(client, keys, f"{default_id_prefix(host)}7-dead00", now, state="ready",
+                       host=host, beat_age=7200)  # an earlier life, not live
     alone = run_cli("check", env=env)
     assert (alone.returncode, alone.stdout.strip(), alone.stderr) == (
         1, f"{host}: not ready: no live instance of this host in namespace {namespace!r}", "")
 
-    await put(client, keys, record(mine, now, host=host))
+    await put_instance(client, keys, mine, now, host=host)
     starting = run_cli("check", env=env)
     assert (starting.returncode, starting.stdout.strip()) == (
         1, f"{mine}: not ready: starting (phase services 5/7)")
-    await put(client, keys, record(mine, now, state="ready", phase="websocket", index=6,
-                                   host=host))
+    await put_instance(client, keys, mine, now, state="ready", phase="websocket", index=6,
+                       host=host)
     ready = run_cli("check", env=env)
     assert (ready.returncode, ready.stdout.strip()) == (0, f"{mine}: ready (phase websocket 6/7)")
 
     twin = f"{default_id_prefix(host)}4243-d4e5f6"
-    await put(client, keys, record(twin, now, host=host))
+    await put_instance(client, keys, twin, now, host=host)
     line = assert_one_line_error(run_cli("check", env=env), "2 live instances of host",
                                  mine, twin, "pass --instance")
     assert line.startswith(f"coordinator: error: 2 live instances of host {host} (")
@@ -253,11 +283,11 @@ async def test_events_prints_one_line_per_event_and_stops_after_count(
     proc = follow_cli("events", "--count", "4", env=env)
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    await client.publish(channel, messages.encode(event("web-a", "phase_started", "services", 5)))
-    await client.publish(channel, messages.encode(
-        event("web-a", "phase_completed", "services", 5, duration=4.25)))
+    await client.publish(channel, event("web-a", "phase_started", "services", 5))
+    await client.publish(channel, event("web-a", "phase_completed", "services", 5,
+                                        duration=4.25))
     await client.publish(channel, b"{not json")
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
+    await client.publish(channel, event("web-a", "ready", "services", 5))
 
     assert proc.wait(10) == 0, proc.stderr
     assert proc.stderr.strip() == f"following {channel} (Ctrl-C to stop)"
@@ -276,19 +306,43 @@ async def test_events_json_prints_each_valid_message_as_received(
         client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
     channel = Keys(namespace).events
     key = "events-key"
-    proc = follow_cli("events", "--json", "--count", "3", env={**env, "COORD_SIGNING_KEY": key})
+    proc = follow_cli("events", "--json", "--count", "4", env={**env, "COORD_SIGNING_KEY": key})
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
 
-    signed = messages.encode(event("web-a", "ready", "services", 5), signed_by(key, namespace))
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5)))
-    await client.publish(channel, messages.encode(event("web-a", "ready", "services", 5),
-                                                  signed_by("wrong-key", namespace)))
+    signed = event("web-a", "ready", "services", 5, key, namespace=namespace)
+    await client.publish(channel, event("web-a", "ready", "services", 5))
+    await client.publish(channel, event("web-a", "ready", "services", 5, "wrong-key",
+                                        namespace=namespace))
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        ts=time.time() - STALE, namespace=namespace))
     await client.publish(channel, signed)
 
     assert proc.wait(10) == 0, proc.stderr
     assert proc.lines == [signed.decode()]
     assert "dropped invalid message (unsigned)" in proc.stderr
     assert "dropped invalid message (bad_signature)" in proc.stderr
+    assert "dropped invalid message (stale: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_events_with_a_key_shows_a_stale_message_as_dropped(
+        client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any) -> None:
+    """A correctly signed message whose ts is over 30 s old: a replay, shown as dropped."""
+    channel = Keys(namespace).events
+    key = "events-key"
+    proc = follow_cli("events", "--count", "2", env={**env, "COORD_SIGNING_KEY": key})
+    await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
+
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        ts=time.time() - STALE, namespace=namespace))
+    await client.publish(channel, event("web-a", "ready", "services", 5, key,
+                                        namespace=namespace))
+
+    assert proc.wait(10) == 0, proc.stderr
+    fields = [line.split(None, 1)[1] for line in proc.lines]
+    assert len(fields) == 2, proc.lines
+    assert fields[0].startswith("-  dropped invalid message (stale: "), fields[0]
+    assert fields[1].split() == ["web-a", "ready", "services", "5/7"]
     assert "Traceback" not in proc.stderr
 
 
@@ -297,7 +351,7 @@ async def test_events_follows_until_ctrl_c_and_exits_0(
     channel = Keys(namespace).events
     proc = follow_cli("events", env=env)
     await async_wait_until(lambda: subscribers(client, channel), 10, what="the subscription")
-    await client.publish(channel, messages.encode(event("web-b", "draining", "finalize", 7)))
+    await client.publish(channel, event("web-b", "draining", "finalize", 7))
     await async_wait_until(lambda: proc.lines, 10, what="the event line")
 
     assert proc.interrupt() == 0
@@ -312,7 +366,7 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
         client: redis.Redis, namespace: str, env: dict[str, str], follow_cli: Any,
         mode: str) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, depth=1))
+    await put_instance(client, keys, "web-a", now, depth=1)
     # A refresh period far beyond the test: every redraw after the first is an event's.
     proc = follow_cli("fleet", "--watch", "--interval", "600",
                   *(["--json"] if mode == "json" else []), env=env)
@@ -324,9 +378,8 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
 
     await async_wait_until(lambda: states() == ["starting"], 10, what="the first frame")
     await async_wait_until(lambda: subscribers(client, keys.events), 10, what="subscription")
-    await put(client, keys, record("web-a", time.time(), state="ready", phase="finalize",
-                                   index=7))
-    await client.publish(keys.events, messages.encode(event("web-a", "ready", "services", 5)))
+    await put_instance(client, keys, "web-a", time.time(), state="ready", phase="finalize", index=7)
+    await client.publish(keys.events, event("web-a", "ready", "services", 5))
     await async_wait_until(lambda: states() == ["starting", "ready"], 10, what="a redraw")
 
     assert proc.interrupt() == 0
@@ -341,9 +394,9 @@ async def test_watch_redraws_on_each_event_and_exits_0_on_ctrl_c(
 
 async def test_fleet_and_check_print_no_terminal_escape_from_redis(
         client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
-    keys, now = Keys(namespace), time.time()
+    keys = Keys(namespace)
     hostile = "ready\x1b]0;owned\x07\x1b[2J"
-    await put(client, keys, record("web-a", now, state=hostile, phase="cache\x1b[31m"))
+    await put_instance(client, keys, "web-a", state=hostile, phase="cache\x1b[31m")
     for args in (("fleet",), ("check", "--instance", "web-a")):
         proc = run_cli(*args, env=env)
         assert proc.returncode in (0, 1), proc.stderr

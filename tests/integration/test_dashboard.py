@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, MutableMapping
 from importlib import resources
 from typing import Any
 
@@ -17,21 +17,26 @@ import pytest
 import redis.asyncio as redis
 from fastapi import FastAPI
 
-from coordinator import messages
 from coordinator.connections import make_redis
 from coordinator.core import Coordinator
 from coordinator.dashboard import FleetFeed, create_app, mount_dashboard, sse_frame
 from coordinator.dashboard.feed import PAGE_QUEUE_BYTES
 from coordinator.dashboard.web import EventStream
 from coordinator.keys import Keys
-from coordinator.registry import encode_record, write_record
 from coordinator.settings import Settings
-from tests.support import RedisServer, async_wait_until, free_port
+from tests.support import (
+    RedisServer,
+    async_wait_until,
+    event,
+    free_port,
+    instance_record,
+    put_record,
+    subscribers,
+)
 
 pytestmark = pytest.mark.redis
 
 DEADLINE = 5.0
-KEYS = Keys("dash")
 
 
 def parse_frames(data: bytes) -> list[tuple[str, Any]]:
@@ -60,31 +65,12 @@ async def next_frame(queue: asyncio.Queue[bytes | None], kind: str,
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    """A client of the session's redis-server, with the ``dash`` namespace emptied."""
-    real = redis.Redis.from_url(redis_server.url)
-    stale = [k async for k in real.scan_iter(match=f"{KEYS.namespace}:*")]
-    if stale:
-        await real.delete(*stale)
-    yield real
-    await real.aclose()
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
 
 
-async def add_instance(client: Any, instance_id: str, **fields: Any) -> None:
-    now = time.time()
-    record = {"id": instance_id, "state": "starting", "phase": "services", "phase_index": 5,
-              "phases_total": 7, "heartbeat_at": now, "ttl": 10.0, "queue_depth": 2,
-              "queue_max": 50, "admitted": 0, "rejected": 0, **fields}
-    await write_record(client, KEYS, encode_record(record), 10.0, now)
-
-
-def event(instance: str, name: str = "phase_started", **extra: Any) -> bytes:
-    return messages.encode(messages.Message(instance, name, "services", 5, time.time(),
-                                            {"state": "starting", **extra}))
-
-
-async def subscribers(client: Any) -> int:
-    return int((await client.pubsub_numsub(KEYS.events))[0][1])
+async def add_instance(client: Any, keys: Keys, instance_id: str) -> None:
+    await put_record(client, keys, instance_record(instance_id, time.time(), depth=2))
 
 
 def test_a_frame_keeps_untrusted_text_on_one_data_line() -> None:
@@ -93,34 +79,37 @@ def test_a_frame_keeps_untrusted_text_on_one_data_line() -> None:
     assert (kind, parsed) == ("event", body)
 
 
-async def test_a_page_gets_a_snapshot_then_live_events(client: Any) -> None:
-    await add_instance(client, "a")
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_a_page_gets_a_snapshot_then_live_events(client: Any, keys: Keys) -> None:
+    await add_instance(client, keys, "a")
+    feed = FleetFeed(client, keys, interval=60)
     async with feed.subscribe() as page:
         snapshot = await next_frame(page, "snapshot")
         assert [i["id"] for i in snapshot["instances"]] == ["a"]
         assert snapshot["totals"]["held"] == 2
-        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
-        await client.publish(KEYS.events, event("a", "ready", state="ready"))
+        await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
+                               what="the subscription")
+        await client.publish(keys.events, event("a", "ready", state="ready"))
         body = await next_frame(page, "event")
         assert (body["instance"], body["event"], body["state"]) == ("a", "ready", "ready")
         # An event asks for a fresh snapshot, well before the 60 s interval.
-        await add_instance(client, "b")
-        await client.publish(KEYS.events, event("b"))
+        await add_instance(client, keys, "b")
+        await client.publish(keys.events, event("b", state="starting"))
         await next_frame(page, "snapshot", lambda s: len(s["instances"]) == 2)
 
 
-async def test_pages_share_one_subscription_and_the_last_to_leave_ends_it(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_pages_share_one_subscription_and_the_last_to_leave_ends_it(
+        client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60)
     async with feed.subscribe() as first:
         async with feed.subscribe() as second:
-            await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
-            await client.publish(KEYS.events, event("a"))
+            await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
+                                   what="the subscription")
+            await client.publish(keys.events, event("a", state="starting"))
             assert (await next_frame(first, "event"))["instance"] == "a"
             assert (await next_frame(second, "event"))["instance"] == "a"
-            assert await subscribers(client) == 1
+            assert await subscribers(client, keys.events) == 1
             assert len(dashboard_tasks()) == 2
-        assert feed.pages == 1 and await subscribers(client) == 1
+        assert feed.pages == 1 and await subscribers(client, keys.events) == 1
     assert feed.pages == 0
     assert not dashboard_tasks()
 
@@ -130,41 +119,45 @@ def dashboard_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("dashboard-")]
 
 
-async def test_invalid_events_are_dropped_and_counted(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_invalid_events_are_dropped_and_counted(client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60)
     async with feed.subscribe() as page:
-        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
+        await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
+                               what="the subscription")
         for junk in (b"not json", b"[]", b"x" * 5000, json.dumps({"v": 9}).encode()):
-            await client.publish(KEYS.events, junk)
-        await client.publish(KEYS.events, event("good"))
+            await client.publish(keys.events, junk)
+        await client.publish(keys.events, event("good", state="starting"))
         assert (await next_frame(page, "event"))["instance"] == "good"
     assert feed.drops.counts == {"invalid_json": 1, "invalid_schema": 1, "oversized": 1,
                                  "unknown_version": 1}
 
 
-async def test_signed_fleets_show_only_signed_events(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60, signing_key="k")
+async def test_signed_fleets_show_only_signed_events(client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60, signing_key="k")
     async with feed.subscribe() as page:
-        await async_wait_until(lambda: subscribers(client), DEADLINE, what="the subscription")
-        await client.publish(KEYS.events, event("forged"))
-        signed = messages.encode(messages.Message("real", "ready", "services", 5, time.time()),
-                                 messages.Keyring.of("k", KEYS.namespace))
-        await client.publish(KEYS.events, signed)
+        await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
+                               what="the subscription")
+        await client.publish(keys.events, event("forged", state="starting"))
+        signed = event("real", "ready", key="k", namespace=keys.namespace)
+        await client.publish(keys.events, signed)
         assert (await next_frame(page, "event"))["instance"] == "real"
     assert feed.drops.counts == {"unsigned": 1}
 
 
-async def test_a_slow_page_loses_its_oldest_frames_never_the_newest(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60, queue_size=3)
+async def test_a_slow_page_loses_its_oldest_frames_never_the_newest(
+        client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60, queue_size=3)
     async with feed.subscribe() as page:
         for n in range(5):  # no await in between: the feed's tasks have not run yet
             feed.broadcast(sse_frame("event", {"n": n}))
         assert page.qsize() == 3 and feed.lagged == 2
-        assert [parse_frames(page.get_nowait())[0][1]["n"] for _ in range(3)] == [2, 3, 4]
+        frames = [page.get_nowait() for _ in range(3)]
+        assert [parse_frames(f or b"")[0][1]["n"] for f in frames] == [2, 3, 4]
 
 
-async def test_a_slow_page_holds_a_bounded_number_of_bytes_too(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_a_slow_page_holds_a_bounded_number_of_bytes_too(
+        client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60)
     big = sse_frame("snapshot", {"pad": "x" * (1 << 20)})  # a fleet of ~2,000 instances
     async with feed.subscribe() as page:
         for _ in range(20):
@@ -176,9 +169,9 @@ async def test_a_slow_page_holds_a_bounded_number_of_bytes_too(client: Any) -> N
         assert page.bytes == 0
 
 
-async def test_with_redis_down_pages_are_told_so(client: Any) -> None:
+async def test_with_redis_down_pages_are_told_so(client: Any, keys: Keys) -> None:
     down = make_redis(f"redis://127.0.0.1:{free_port()}/0")
-    feed = FleetFeed(down, KEYS, interval=60)
+    feed = FleetFeed(down, keys, interval=60)
     try:
         async with feed.subscribe() as page:
             assert await next_frame(page, "status") == {"redis": "down",
@@ -187,8 +180,8 @@ async def test_with_redis_down_pages_are_told_so(client: Any) -> None:
         await down.aclose()
 
 
-async def test_close_ends_every_stream(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_close_ends_every_stream(client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60)
     async with feed.subscribe() as page:
         feed.close()
         async with asyncio.timeout(DEADLINE):
@@ -210,8 +203,8 @@ class Client:
         await self.hang_up.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
 
     @property
     def body(self) -> bytes:
@@ -221,9 +214,10 @@ class Client:
 SCOPE = {"type": "http", "method": "GET", "path": "/events", "headers": []}
 
 
-async def test_a_stream_ends_its_tasks_when_the_client_disconnects(client: Any) -> None:
-    await add_instance(client, "a")
-    feed = FleetFeed(client, KEYS, interval=0.05)
+async def test_a_stream_ends_its_tasks_when_the_client_disconnects(
+        client: Any, keys: Keys) -> None:
+    await add_instance(client, keys, "a")
+    feed = FleetFeed(client, keys, interval=0.05)
     http = Client()
     stream = asyncio.create_task(EventStream(feed)(SCOPE, http.receive, http.send))
     await async_wait_until(lambda: b"event: snapshot" in http.body, DEADLINE,
@@ -238,8 +232,9 @@ async def test_a_stream_ends_its_tasks_when_the_client_disconnects(client: Any) 
     assert feed.pages == 0 and not dashboard_tasks()
 
 
-async def test_a_closed_feed_ends_the_stream_and_turns_new_ones_away(client: Any) -> None:
-    feed = FleetFeed(client, KEYS, interval=60)
+async def test_a_closed_feed_ends_the_stream_and_turns_new_ones_away(
+        client: Any, keys: Keys) -> None:
+    feed = FleetFeed(client, keys, interval=60)
     http = Client()
     stream = asyncio.create_task(EventStream(feed)(SCOPE, http.receive, http.send))
     await async_wait_until(lambda: b"event: snapshot" in http.body, DEADLINE,
@@ -295,9 +290,10 @@ async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draini
     await coord.redis.aclose()
 
 
-async def test_streams_beyond_the_cap_are_turned_away_with_retry_after(client: Any) -> None:
+async def test_streams_beyond_the_cap_are_turned_away_with_retry_after(
+        client: Any, keys: Keys) -> None:
     """Each open page may hold a queue of up to 4 MB: the number of pages is capped too."""
-    feed = FleetFeed(client, KEYS, interval=60, max_pages=3)
+    feed = FleetFeed(client, keys, interval=60, max_pages=3)
     pages = [Client() for _ in range(3)]
     streams = [asyncio.create_task(EventStream(feed)(SCOPE, p.receive, p.send)) for p in pages]
     await async_wait_until(lambda: all(b"event: snapshot" in p.body for p in pages), DEADLINE,

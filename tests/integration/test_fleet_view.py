@@ -7,45 +7,20 @@ these tests pin the reader to the contract, not to one instance's habits.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
-from coordinator.render import render_fleet_table
+from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.keys import Keys
-from coordinator.registry import PRUNE_INDEX, encode_record, fleet_snapshot, write_record
-from tests.support import RedisServer
+from coordinator.registry import PRUNE_INDEX, as_text, fleet_snapshot
+from coordinator.render import render_fleet_table
+from tests.support import RedisServer, async_wait_until, echo_app, put_instance
 
 pytestmark = pytest.mark.redis
 
 TTL = 10.0
-
-
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.url)
-    yield conn
-    await conn.aclose()
-
-
-def record(instance_id: str, now: float, *, state: str = "starting", phase: str = "services",
-           index: int = 5, depth: int = 0, beat_age: float = 0.5, **extra: Any) -> dict[str, str]:
-    fields: dict[str, Any] = {
-        "id": instance_id, "state": state, "phase": phase, "phase_index": index,
-        "phases_total": 7, "started_at": now - 20, "updated_at": now - 2,
-        "heartbeat_at": now - beat_age, "phase_started_at": now - 2.0, "ready_at": None,
-        "expected_ready_at": None, "ttl": TTL, "queue_depth": depth, "queue_max": 50,
-        "held_leases": 0, "fleet_cap": None, "admitted": 0, "rejected": 0, "redis": "ok",
-        "host": "node-1", "pid": 1234, "version": "0.1.0",
-    }
-    fields.update(extra)
-    return encode_record(fields)
-
-
-async def put(client: redis.Redis, keys: Keys, fields: dict[str, str]) -> None:
-    await write_record(client, keys, fields, TTL, float(fields["heartbeat_at"]))
 
 
 async def server_time(client: redis.Redis) -> float:
@@ -57,11 +32,11 @@ async def test_every_live_instance_with_its_fields_and_the_fleet_totals(
         client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
     now = time.time()
-    await put(client, keys, record("web-a", now, state="ready", phase="finalize", index=7,
-                                   admitted=12, rejected=1, fleet_cap=10))
-    await put(client, keys, record("web-b", now, depth=3, expected_ready_at=now + 2.5,
-                                   admitted=1, fleet_cap=10, sig="deadbeef"))
-    await put(client, keys, record("web-c", now, state="draining", beat_age=9.0, fleet_cap=10))
+    await put_instance(client, keys, "web-a", now, state="ready", phase="finalize", index=7,
+                       admitted=12, rejected=1, fleet_cap=10)
+    await put_instance(client, keys, "web-b", now, depth=3, expected_ready_at=now + 2.5,
+                       admitted=1, fleet_cap=10, sig="deadbeef")
+    await put_instance(client, keys, "web-c", now, state="draining", beat_age=9.0, fleet_cap=10)
     server_now = await server_time(client)
     await client.zadd(keys.leases, {
         "web-b:1": server_now + 30, "web-b:2": server_now + 30, "web-b:3": server_now + 30,
@@ -104,26 +79,42 @@ async def test_every_live_instance_with_its_fields_and_the_fleet_totals(
 
 
 async def test_the_fleet_cap_is_the_instances_not_the_readers(
-        client: redis.Redis, namespace: str) -> None:
+        redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
+    # A real instance with COORD_FLEET_MAX_QUEUE=7 and its gate: a reader that knows no
+    # cap of its own shows the one the instance wrote.
+    coord = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
+                                 instance_id="capped", fleet_max_queue=7))
+    ConnectionGate(echo_app, coord)
+    await coord.start()
+    try:
+        doc = await async_wait_until(lambda: _listed(client, keys, "capped"), 5,
+                                     what="the instance in the fleet view")
+        assert doc["totals"]["fleet_cap"] == 7
+    finally:
+        await coord.stop()
     now = time.time()
-    assert (await fleet_snapshot(client, keys, fleet_cap=7))["totals"]["fleet_cap"] == 7
-    await put(client, keys, record("web-a", now))
+    await put_instance(client, keys, "web-a", now)  # reports no cap
     doc = await fleet_snapshot(client, keys, now=now)
     assert doc["totals"]["fleet_cap"] is None
-    await put(client, keys, record("web-b", now, fleet_cap=25))
-    await put(client, keys, record("web-c", now, fleet_cap=20))
+    await put_instance(client, keys, "web-b", now, fleet_cap=25)
+    await put_instance(client, keys, "web-c", now, fleet_cap=20)
     doc = await fleet_snapshot(client, keys, fleet_cap=99, now=now)
     assert doc["totals"]["fleet_cap"] == 20  # the most restrictive cap in force
+
+
+async def _listed(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, Any] | None:
+    doc = await fleet_snapshot(client, keys)
+    return doc if [r["id"] for r in doc["instances"]] == [instance_id] else None
 
 
 async def test_stale_members_are_pruned_and_never_shown(
         client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
     now = time.time()
-    await put(client, keys, record("live", now))
-    await put(client, keys, record("stale", now, beat_age=TTL + 1))  # heartbeat too old
-    await put(client, keys, record("gone", now))
+    await put_instance(client, keys, "live", now)
+    await put_instance(client, keys, "stale", now, beat_age=TTL + 1)  # heartbeat too old
+    await put_instance(client, keys, "gone", now)
     await client.delete(keys.instance("gone"))  # hash expired, index entry left behind
     await client.hset(keys.instance("garbage"), mapping={"state": "ready", "ttl": "soon"})
     await client.zadd(keys.instances, {"garbage": now})
@@ -132,9 +123,9 @@ async def test_stale_members_are_pruned_and_never_shown(
 
     assert [r["id"] for r in doc["instances"]] == ["live"]
     assert doc["totals"]["instances"] == 1
-    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"live"}
+    assert {as_text(m) for m in await client.zrange(keys.instances, 0, -1)} == {"live"}
 
-    await put(client, keys, record("stale", now, beat_age=TTL + 1))
+    await put_instance(client, keys, "stale", now, beat_age=TTL + 1)
     doc = await fleet_snapshot(client, keys, now=now, prune=False)
     assert [r["id"] for r in doc["instances"]] == ["live"]
     assert await client.zscore(keys.instances, "stale") is not None
@@ -148,7 +139,7 @@ async def test_pruning_spares_an_instance_that_heartbeat_since_it_was_read(
     prune = client.register_script(PRUNE_INDEX)
     removed = await prune(keys=[keys.instances], args=["back", "100.0", "still-gone", "100.0"])
     assert removed == 1
-    assert {m.decode() for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
+    assert {as_text(m) for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
 
 
 async def test_one_pipelined_round_trip_per_page_not_one_per_instance(
@@ -156,7 +147,7 @@ async def test_one_pipelined_round_trip_per_page_not_one_per_instance(
     keys = Keys(namespace)
     now = time.time()
     for i in range(7):
-        await put(client, keys, record(f"web-{i}", now))
+        await put_instance(client, keys, f"web-{i}", now)
 
     class Counting(redis.Connection):
         sent = 0
@@ -233,15 +224,15 @@ def test_the_table_of_an_empty_fleet_and_of_a_fleet_without_a_cap() -> None:
                      "ready_ratio": 0.0, "held": 0, "queue_max": 0, "leases": 0,
                      "fleet_cap": None, "admitted": 0, "rejected": 0}
     assert render_fleet_table(doc).splitlines()[1:] == [
-        "totals: 0 instance(s) (none); ready 0%; held 0/0; open 0; no fleet cap; admitted 0; "
-        "rejected 0"]
+        ("totals: 0 instance(s) (none); ready 0%; held 0/0; open 0; no fleet cap; "
+         "admitted 0; rejected 0")]
 
 
 async def test_an_index_member_that_is_not_utf8_does_not_break_the_view(
         client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
     now = time.time()
-    await put(client, keys, record("web-1", now))
+    await put_instance(client, keys, "web-1", now)
     await client.zadd(keys.instances, {b"\xff\xfe": now})  # garbage written by hand
     doc = await fleet_snapshot(client, keys, now=now)
     assert [r["id"] for r in doc["instances"]] == ["web-1"]
@@ -250,7 +241,7 @@ async def test_an_index_member_that_is_not_utf8_does_not_break_the_view(
 async def test_a_record_key_of_the_wrong_type_reads_as_gone_not_as_an_outage(
         client: redis.Redis, namespace: str) -> None:
     keys, now = Keys(namespace), time.time()
-    await put(client, keys, record("web-a", now, state="ready"))
+    await put_instance(client, keys, "web-a", now, state="ready")
     await client.set(keys.instance("web-b"), "not a hash")
     await client.zadd(keys.instances, {"web-b": now})
     doc = await fleet_snapshot(client, keys, now=now)
@@ -268,7 +259,7 @@ async def test_a_snapshot_reads_a_bounded_part_of_a_huge_index_and_says_so(
     await client.zadd(keys.instances, {f"dead-{i}": now - 600 + i / 1000 for i in range(3000)})
     await client.zadd(keys.instances, {"x" * 5000: now + 10, "bad\x1b[2J": now + 9})
     for name in ("web-a", "web-b"):
-        await put(client, keys, record(name, now))
+        await put_instance(client, keys, name, now)
     doc = await fleet_snapshot(client, keys, now=now, max_instances=100)
     assert [r["id"] for r in doc["instances"]] == ["web-a", "web-b"]
     assert (doc["index_size"], doc["truncated"]) == (3004, True)

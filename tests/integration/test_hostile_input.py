@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import sys
-import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,12 +18,17 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.messages import Keyring, Message, encode
 from coordinator.middleware import reason_payload
 from coordinator.registry import MAX_PHASE_SECONDS
 from coordinator.settings import DEFAULT_PHASES
-from tests.integration.scripted import serving
-from tests.support import CLOSE, HTTP, RedisServer, async_wait_until, chat
+from tests.support import (
+    DENIAL,
+    FakeWebSocket,
+    RedisServer,
+    async_wait_until,
+    event,
+    redis_mapping,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -55,7 +59,7 @@ async def starting_instance(url: str, namespace: str, **kw: Any) -> AsyncIterato
     """An owner parked in ``services`` and a follower (with a gate) that knows it."""
     owner = Coordinator(settings(url, namespace, **kw))
     follower = Coordinator(settings(url, namespace, **kw), role="follower")
-    gate = ConnectionGate(nothing, follower)  # type: ignore[arg-type]
+    gate = ConnectionGate(nothing, follower)
     finish = asyncio.Event()
 
     async def startup() -> None:
@@ -75,13 +79,6 @@ async def starting_instance(url: str, namespace: str, **kw: Any) -> AsyncIterato
         task.cancel()
         await follower.stop()
         await owner.stop()
-
-
-@pytest.fixture
-async def attacker(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def hostile_messages(signed_body: dict[str, Any]) -> dict[str, bytes]:
@@ -107,9 +104,8 @@ async def test_malformed_messages_are_counted_drops_and_the_link_stays_up(
     caplog.set_level(logging.WARNING)
     async with starting_instance(redis_server.url, namespace, signing_key=KEY,
                                  fleet_max_queue=2) as inst:
-        body = json.loads(encode(Message(INSTANCE, "ready", "services", 2, time.time(),
-                                         {"state": "ready", "started_at": 1.0}),
-                                 Keyring.of(KEY, namespace)))
+        body = json.loads(event(INSTANCE, "ready", "services", 2, key=KEY, namespace=namespace,
+                                state="ready", started_at=1.0))
         channel = f"{namespace}:instance:{INSTANCE}:events"
         kinds = hostile_messages(body)
         link_samples: list[bool] = []
@@ -185,23 +181,26 @@ async def test_absurd_phase_statistics_give_a_bounded_hint_and_a_valid_close_rea
     """``N:phase_stats`` of 1e300 once gave a 301-digit Retry-After and a close reason cut
     mid-JSON. Statistics are clamped when read, hints to COORD_MAX_RETRY_AFTER."""
     junk = {f"junk-{n}": "1" for n in range(2000)}  # fields no phase has: never read
-    await attacker.hset(f"{namespace}:phase_stats", mapping={
+    await attacker.hset(f"{namespace}:phase_stats", mapping=redis_mapping({
         **junk, **dict.fromkeys(DEFAULT_PHASES, "1e300"), "websocket": "inf",
-        "finalize": "nan"})
+        "finalize": "nan"}))
     owner = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
                                  instance_id=INSTANCE, environment="test", reject=reject,
                                  max_retry_after=7))
-    gate = ConnectionGate(nothing, owner)  # type: ignore[arg-type]
-    async with owner, serving(gate) as url:  # type: ignore[arg-type]
+    gate = ConnectionGate(nothing, owner)
+    handshake = FakeWebSocket(DENIAL)  # as uvicorn presents one: the denial is offered
+    async with owner:
         assert set(owner.phase_stats) == set(DEFAULT_PHASES) - {"websocket", "finalize"}
         assert max(owner.phase_stats.values()) == MAX_PHASE_SECONDS
         async with owner.phase("init"):  # far from ready: rejected with a hint
-            outcome = await chat(url)
+            await gate(handshake.scope, handshake.receive, handshake.send)
     if reject == "http":
-        assert (outcome.kind, outcome.status, outcome.retry_after) == (HTTP, 503, "7")
+        status, headers, reason = handshake.denial()
+        assert (status, headers[b"retry-after"]) == (503, b"7")
     else:
-        assert (outcome.kind, outcome.code) == (CLOSE, 1013)
-    assert outcome.reason == {"reason": "starting", "retry_after": 7}
+        code, reason = handshake.close_reason()  # a valid JSON of at most 123 bytes
+        assert code == 1013
+    assert reason == {"reason": "starting", "retry_after": 7}
 
 
 def test_a_close_reason_is_valid_json_within_123_bytes_whatever_it_is_given() -> None:

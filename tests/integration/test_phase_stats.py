@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from tests.integration.test_leases import FakeSocket, echo_app
-from tests.support import RedisServer, async_wait_until
+from coordinator.admission import Reason
+from tests.support import (
+    DENIAL,
+    FakeWebSocket,
+    RedisServer,
+    async_wait_until,
+    echo_app,
+    handshake,
+    record_of,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -51,11 +58,11 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     gate = ConnectionGate(echo_app, first)
     await first.start()
     async with first.phase("init"):  # nothing learned yet: no estimate, no hold
-        early = FakeSocket()
+        early = FakeWebSocket(DENIAL)
         await gate(early.scope, early.receive, early.send)
         assert early.status == 503
         assert json.loads(early.sent[1]["body"])["reason"] == "starting"
-        assert first.owner.record()["expected_ready_at"] == ""
+        assert record_of(first)["expected_ready_at"] == ""
     await run_startup(first)
     await async_wait_until(lambda: _has_all(stats(url, namespace)), 5,
                            what="the first startup folded into N:phase_stats")
@@ -66,17 +73,19 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     await second.start()
     assert set(second.phase_stats) == set(PHASES)
     async with second.phase("init"):
-        now = time.time()
-        expected_at = float(second.owner.record()["expected_ready_at"])
-        assert now < expected_at < now + 1.0  # about sum(DURATIONS) away
-        early = FakeSocket()
-        held = asyncio.create_task(gate(early.scope, early.receive, early.send))
+        record = record_of(second)
+        # Ready expected when the phases still to come have taken their fleet averages,
+        # counted from the start of this one.
+        expected_at = float(record["phase_started_at"]) + sum(second.phase_stats.values())
+        assert float(record["expected_ready_at"]) == pytest.approx(expected_at, abs=1e-3)
+        early = FakeWebSocket(DENIAL)
+        held = handshake(gate, early)
         await async_wait_until(lambda: len(gate.state.queue) == 1, 5, what="the early one held")
     startup = asyncio.create_task(run_startup(second))
     await async_wait_until(lambda: early.sent, 5, what="the answer")
     assert early.sent[0]["type"] == "websocket.accept"  # released when ready, not rejected
     assert gate.state.admitted["after_hold"] == 1
-    early.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    early.disconnect()
     await asyncio.gather(held, startup)
     await second.stop()
 
@@ -92,13 +101,13 @@ async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_sta
     gate = ConnectionGate(echo_app, coord)
     await coord.start()
     async with coord.phase("init"):
-        early = FakeSocket()
+        early = FakeWebSocket(DENIAL)
         await gate(early.scope, early.receive, early.send)
         body = json.loads(early.sent[1]["body"])
         assert body["reason"] == "starting"
         # The estimate, rounded up (come back when ready), plus a spread of its own.
         assert 8 <= body["retry_after"] <= 12
-        assert gate.state.rejected["starting"] == 1
+        assert gate.state.rejected[Reason.STARTING] == 1
     await coord.stop()
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.typing import EncodableT
 
 from coordinator.connections import make_redis
 from coordinator.core import Coordinator
-from coordinator.messages import MAX_MESSAGE_BYTES, Message, encode
+from coordinator.messages import MAX_MESSAGE_BYTES
 from coordinator.settings import DEFAULT_PHASES, Settings
-from tests.support import ROOT, RedisServer, async_wait_until
+from tests.support import ROOT, RedisServer, async_wait_until, event, subscribers
 
 pytestmark = pytest.mark.redis
 
@@ -56,7 +57,7 @@ class Follower:
             remaining = deadline - time.monotonic()
             try:
                 raw = await asyncio.wait_for(self.proc.stdout.readline(), max(remaining, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"no {what!r} line within {timeout}s; got {self.lines}; "
                                      f"stderr: {self.log_path.read_text()}") from None
             if not raw:
@@ -90,23 +91,10 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Any]:
         await follower.close()
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Any]:
-    clients: list[redis.Redis] = []
-
-    def make(url: str) -> redis.Redis:
-        clients.append(redis.Redis.from_url(url, decode_responses=True))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        await client.aclose()
-
-
 STARTED_AT = time.time()
 
 
-def starting_record() -> dict[str, str]:
+def starting_record() -> dict[EncodableT, EncodableT]:
     """An owner's hash, as it stands while it runs the ready phase."""
     return {"id": INSTANCE, "state": "starting", "phase": "services",
             "phase_index": str(READY_INDEX), "phases_total": str(len(DEFAULT_PHASES)),
@@ -115,27 +103,22 @@ def starting_record() -> dict[str, str]:
 
 
 def ready_message(instance: str = INSTANCE, **extra: Any) -> bytes:
-    return encode(Message(instance, "phase_completed", "services", READY_INDEX, time.time(),
-                          {"state": "ready", "started_at": STARTED_AT, **extra}))
+    return event(instance, "phase_completed", "services", READY_INDEX, state="ready",
+                 started_at=STARTED_AT, **extra)
 
 
 async def write_starting(client: redis.Redis, namespace: str) -> None:
     await client.hset(f"{namespace}:instance:{INSTANCE}", mapping=starting_record())
 
 
-async def subscribers(client: redis.Redis, namespace: str) -> int:
-    channel = f"{namespace}:instance:{INSTANCE}:events"
-    return dict(await client.pubsub_numsub(channel))[channel]
-
-
 async def _subscribed(client: redis.Redis, namespace: str) -> bool:
-    return await subscribers(client, namespace) == 1
+    return await subscribers(client, f"{namespace}:instance:{INSTANCE}:events") == 1
 
 
-async def waiting_follower(spawn: Any, connect: Any, url: str, namespace: str,
+async def waiting_follower(spawn: Any, connect_redis: Any, url: str, namespace: str,
                            poll: bool = True) -> tuple[redis.Redis, Follower]:
     """A hash that says "starting, in services", and a follower subscribed and waiting."""
-    client = connect(url)
+    client = connect_redis(url, decode_responses=True)
     await write_starting(client, namespace)
     follower = await spawn(url, namespace, poll=poll)
     await follower.expect("waiting", state="starting", phase="services", redis_ok=True)
@@ -160,8 +143,9 @@ async def test_a_waiter_in_another_process_is_released_over_pubsub(
             assert (waiting["state"], waiting["phase"]) == ("starting", "services")
         released = await follower.expect("released")
         assert released["state"] == "ready"
-        # One subscription from start to release: no re-subscribe (and no hash read) came
-        # between the phase completing here and the release there.
+        # Released by the message itself: the follower read the hash when its link came
+        # up, before it waited, and never again (no poll, no re-subscribe).
+        assert released["hash_reads"] == waiting["hash_reads"] >= 1
         assert released["redis_errors"] == 0
         assert not any(line["what"] == "redis" and not line["redis_ok"]
                        for line in follower.lines)
@@ -170,8 +154,8 @@ async def test_a_waiter_in_another_process_is_released_over_pubsub(
 
 
 async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
-        redis_server: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client, follower = await waiting_follower(spawn, connect, redis_server.url, namespace)
+        redis_server: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
+    client, follower = await waiting_follower(spawn, connect_redis, redis_server.url, namespace)
     # The transition lands in the hash, but its message never goes out.
     await client.hset(f"{namespace}:instance:{INSTANCE}", "state", "ready")
     released = await follower.expect("released")
@@ -180,8 +164,8 @@ async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
 
 
 async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
-        own_redis: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client, follower = await waiting_follower(spawn, connect, own_redis.url, namespace)
+        own_redis: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
+    client, follower = await waiting_follower(spawn, connect_redis, own_redis.url, namespace)
     key = f"{namespace}:instance:{INSTANCE}"
     channel = f"{namespace}:instance:{INSTANCE}:events"
     async with client.pipeline(transaction=True) as pipe:  # atomic: no re-subscribe between
@@ -196,8 +180,8 @@ async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
 
 
 async def test_bad_messages_are_dropped_counted_and_never_release(
-        redis_server: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    client, follower = await waiting_follower(spawn, connect, redis_server.url, namespace)
+        redis_server: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
+    client, follower = await waiting_follower(spawn, connect_redis, redis_server.url, namespace)
     channel = f"{namespace}:instance:{INSTANCE}:events"
     unknown_version = json.loads(ready_message())
     unknown_version["v"] = 2
@@ -222,12 +206,12 @@ async def test_bad_messages_are_dropped_counted_and_never_release(
 
 
 async def test_the_follower_resubscribes_after_a_redis_restart(
-        own_redis: RedisServer, namespace: str, spawn: Any, connect: Any) -> None:
-    _, follower = await waiting_follower(spawn, connect, own_redis.url, namespace, poll=False)
+        own_redis: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
+    _, follower = await waiting_follower(spawn, connect_redis, own_redis.url, namespace, poll=False)
     await asyncio.to_thread(own_redis.restart)  # the hash is gone with it (no persistence)
     await follower.expect("redis", redis_ok=False)
     await follower.expect("redis", redis_ok=True)
-    client = connect(own_redis.url)
+    client = connect_redis(own_redis.url, decode_responses=True)
     await async_wait_until(lambda: _subscribed(client, namespace), 10, what="re-subscribed")
     assert await client.exists(f"{namespace}:instance:{INSTANCE}") == 0
     # No hash to re-read and no poll: only the new subscription can carry this.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -48,8 +49,9 @@ def test_starting_near_ready_without_a_slot_rejects_queue_full(phase: str | None
 def test_near_ready_window_follows_the_plan() -> None:
     wide = PhasePlan(DEFAULT_PHASES, "services", near_ready_phases=3)
     narrow = PhasePlan(DEFAULT_PHASES, "services", near_ready_phases=0)
-    common = dict(state=State.STARTING, has_slot=True, expected_ready_in=None,
-                  wait_budget=BUDGET, max_queue_time=MAX_HOLD)
+    common: dict[str, Any] = {"state": State.STARTING, "has_slot": True,
+                              "expected_ready_in": None, "wait_budget": BUDGET,
+                              "max_queue_time": MAX_HOLD}
     assert decide(phase="dependencies", plan=wide, **common).action == HOLD
     assert decide(phase="init", plan=wide, **common).action == REJECT
     assert decide(phase="services", plan=narrow, **common).action == HOLD

@@ -15,63 +15,18 @@ import re
 import shlex
 import subprocess
 import tomllib
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from starlette.routing import Mount, Route, WebSocketRoute
 
-from backend.app import create_app
 from backend.config import BackendConfig
-from coordinator.health import PATHS as HEALTH_PATHS
-from coordinator.health import HealthApp
 from demo.processes import BACKEND_COMMAND, backend_env
-from tests.support import ROOT
+from tests.support import ROOT, backend_paths, known_variables, route_paths
 
 BACKENDS = ("backend-1", "backend-2", "backend-3")
-
-
-class _Recorder(Mapping[str, str]):
-    """An empty environment that notes every name it is asked for."""
-
-    def __init__(self) -> None:
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.asked.add(key)
-        return default
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-def known_variables() -> set[str]:
-    """Every environment variable the backend (and its COORD_* settings) reads."""
-    recorder = _Recorder()
-    BackendConfig.from_env(recorder)
-    return recorder.asked
-
-
-def backend_paths() -> set[str]:
-    """Every path the backend answers: its routes, and what its mounted apps serve."""
-    paths = set()
-    for route in create_app(BackendConfig.from_env({})).routes:
-        assert isinstance(route, Route | WebSocketRoute | Mount)
-        if isinstance(route, Mount) and isinstance(route.app, HealthApp):
-            paths.update(HEALTH_PATHS)
-        else:
-            paths.add(route.path)
-    return paths
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -350,5 +305,5 @@ def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(c
             if line.strip().startswith("http-request deny")]
     assert len(deny) == 1 and "path,url_dec -m beg -i" in deny[0]
     assert all(route in deny[0] for route in OPS_ROUTES)
-    routes = {r.path for r in create_app(BackendConfig.from_env({})).routes}
+    routes = route_paths(BackendConfig.from_env({}))
     assert {"/fleet", "/metrics", "/dashboard"} <= routes  # what it must cover exists

@@ -6,31 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 from coordinator.phases import State
-
-from .test_gate import Client, connect, in_phase, make, run_phases
+from tests.support import FakeWebSocket, gate_for, handshake, in_phase, run_phases
 
 DEADLINE = 5.0
 
 
 async def test_ready_phase_completing_during_a_drain_does_not_reopen_admission():
-    gate, coord, _app = make()
+    gate, coord, _app = gate_for()
     async with in_phase(coord, "services"):
         coord.begin_drain()
     assert coord.state is State.DRAINING
     assert coord.ready_at is None
-    events = [coord.owner.outbox.get_nowait().event for _ in range(coord.owner.outbox.qsize())]
+    assert coord.owner is not None
+    outbox = coord.owner.outbox
+    events = [outbox.get_nowait().event for _ in range(outbox.qsize())]
     assert "ready" not in events and events[-2:] == ["draining", "phase_completed"]
-    client = Client()
-    await asyncio.wait_for(connect(gate, client), DEADLINE)
+    client = FakeWebSocket()
+    await asyncio.wait_for(handshake(gate, client), DEADLINE)
     code, reason = client.close_reason()  # rejected as draining, not admitted
     assert (code, reason["reason"]) == (1012, "draining")
 
 
 async def test_a_phase_failing_during_a_drain_leaves_the_instance_draining():
-    _gate, coord, _app = make()
+    _gate, coord, _app = gate_for()
     await run_phases(coord, "init")
     coord.begin_drain()
     coord.fail("database raised")
@@ -38,7 +40,7 @@ async def test_a_phase_failing_during_a_drain_leaves_the_instance_draining():
 
 
 async def test_closing_connections_is_bounded_when_a_client_stops_reading():
-    gate, _coord, _app = make()
+    gate, _coord, _app = gate_for()
     stuck = asyncio.Event()
 
     async def never_closes(code: int, reason: str) -> None:
@@ -75,22 +77,22 @@ class ChattyApp:
             raise
 
 
-class StrictClient(Client):
+class StrictClient(FakeWebSocket):
     """Raises like uvicorn does on a send after the close."""
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if any(m["type"] == "websocket.close" for m in self.sent):
             raise RuntimeError(f"Unexpected ASGI message {message['type']!r} after close")
         await super().send(message)
 
 
 async def test_the_drain_close_silences_the_apps_later_sends():
-    gate, coord, _ = make()
+    gate, coord, _ = gate_for()
     app = ChattyApp()
     gate.app = app
     await run_phases(coord, "init", "dependencies", "database", "cache", "services")
     client = StrictClient()
-    task = connect(gate, client)
+    task = handshake(gate, client)
     await asyncio.wait_for(app.running.wait(), DEADLINE)
     assert await gate.close_connections() == 1
     await asyncio.wait_for(task, DEADLINE)
@@ -102,7 +104,7 @@ async def test_the_drain_close_silences_the_apps_later_sends():
 
 
 async def test_closes_are_paced_evenly_over_the_spread_each_with_the_rejection_json():
-    gate, _coord, _app = make()
+    gate, _coord, _app = gate_for()
     loop = asyncio.get_running_loop()
     at: list[float] = []
     reasons: list[dict[str, Any]] = []

@@ -16,8 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator.exceptions import InvalidMessage
-from coordinator.messages import (MAX_MESSAGE_BYTES, Keyring, Message, decode, encode,
-                                  record_signature_ok)
+from coordinator.messages import (
+    MAX_MESSAGE_BYTES,
+    Keyring,
+    Message,
+    decode,
+    encode,
+    record_signature_ok,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +91,7 @@ def test_decode_of_anything_is_a_message_or_a_drop(data: bytes) -> None:
     for kwargs in ({}, {"keyring": KEY, "now": NOW}, {"expected_instance": "web-1"}):
         for raw in (data, data.decode("utf-8", "surrogateescape")):
             try:
-                msg = decode(raw, **kwargs)  # type: ignore[arg-type]
+                msg = decode(raw, **kwargs)
             except InvalidMessage:
                 continue
             check_message(msg)
@@ -104,11 +110,19 @@ def test_a_record_signature_check_of_anything_is_true_or_false(record: dict[str,
 
 from coordinator.cli import check_record  # noqa: E402
 from coordinator.phases import PhasePlan, State  # noqa: E402
-from coordinator.readiness import (Status, advance, status_from_message,  # noqa: E402
-                                   status_from_record)
-from coordinator.registry import (FLOAT_FIELDS, INT_FIELDS, _view, decode_fields,  # noqa: E402
-                                  decode_page, decode_record, fleet_totals, is_live,
-                                  parse_phase_stats, raw_record)
+from coordinator.readiness import Status, advance, status_from_message, status_from_record  # noqa: E402
+from coordinator.registry import (  # noqa: E402
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    _view,
+    decode_fields,
+    decode_page,
+    decode_record,
+    fleet_totals,
+    is_live,
+    parse_phase_stats,
+    raw_record,
+)
 from coordinator.render import render_event, render_fleet_table  # noqa: E402
 from coordinator.settings import DEFAULT_PHASES  # noqa: E402
 
@@ -123,7 +137,7 @@ raw_bytes_records = st.dictionaries(st.binary(max_size=12), st.binary(max_size=3
 
 
 def controls_free(text: str) -> bool:
-    return not any(ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) < 0xa0 for c in text)
+    return not any((ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) < 0xa0 for c in text)
 
 
 @FUZZ

@@ -4,114 +4,21 @@ started (its Redis client fails on any use), phases driven by the test."""
 from __future__ import annotations
 
 import asyncio
-import logging
-import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
 
-from coordinator.core import Coordinator
 from coordinator.drain import DRAINS
 from coordinator.logs import HandshakeNoiseFilter
-from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate
+from coordinator.middleware import ConnectionGate
 from coordinator.phases import State
-from coordinator.settings import DEFAULT_PHASES, Settings
+from coordinator.settings import DEFAULT_PHASES
+from tests.support import DENIAL, FakeWebSocket, gate_for, handshake, in_phase, run_phases
 
 DEADLINE = 5.0
-DENIAL = {"websocket.http.response": {}}
-
-
-class NoRedis:
-    """A Redis client that fails on any use: proof that a path makes no Redis call.
-
-    Registering a Lua script is no call (nothing is sent), so it is allowed; running one
-    fails like every command.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"Redis used: .{name}")
-
-    def register_script(self, script: str) -> Any:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            raise AssertionError("Redis used: a Lua script")
-        return run
-
-
-class Client:
-    """One WebSocket handshake as an ASGI server would drive it."""
-
-    def __init__(self, extensions: dict[str, Any] | None = None) -> None:
-        self.scope: dict[str, Any] = {"type": "websocket", "path": "/ws", "headers": [],
-                                      "extensions": extensions or {}}
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.inbox.put_nowait({"type": "websocket.connect"})
-        self.sent: list[dict[str, Any]] = []
-
-    async def receive(self) -> dict[str, Any]:
-        return await self.inbox.get()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
-        if message["type"] in ("websocket.close", "websocket.http.response.body"):
-            self.disconnect()  # as a server does once the exchange is over
-
-    def disconnect(self) -> None:
-        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
-
-    @property
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.sent]
-
-    def close_reason(self) -> tuple[int, dict[str, Any]]:
-        assert self.types == ["websocket.accept", "websocket.close"], self.sent
-        close = self.sent[1]
-        assert len(close["reason"].encode()) <= MAX_REASON_BYTES
-        return close["code"], json.loads(close["reason"])
-
-
-class App:
-    """Accepts, says hello, closes; records every call and what it received."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, Any, Any]] = []
-        self.received: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.calls.append((scope, receive, send))
-        if scope["type"] != "websocket":
-            return
-        self.received.append(await receive())
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": "hello"})
-        await send({"type": "websocket.close", "code": 1000})
-        self.received.append(await receive())
-
-
-def make(**overrides: Any) -> tuple[ConnectionGate, Coordinator, App]:
-    settings = Settings(instance_id="gate-test", environment="test", **overrides)
-    coord = Coordinator(settings, client=NoRedis())  # type: ignore[arg-type]
-    app = App()
-    return ConnectionGate(app, coord), coord, app
-
-
-async def run_phases(coord: Coordinator, *names: str) -> None:
-    for name in names:
-        async with coord.phase(name):
-            pass
-
-
-@contextlib.asynccontextmanager
-async def in_phase(coord: Coordinator, name: str) -> AsyncIterator[None]:
-    """Run the phases before ``name``, then stay inside ``name`` until the block exits."""
-    await run_phases(coord, *DEFAULT_PHASES[:DEFAULT_PHASES.index(name)])
-    async with coord.phase(name):
-        yield
-
-
-def connect(gate: ConnectionGate, client: Client) -> asyncio.Task[None]:
-    return asyncio.create_task(gate(client.scope, client.receive, client.send))
 
 
 async def until_held(gate: ConnectionGate, depth: int) -> None:
@@ -121,19 +28,19 @@ async def until_held(gate: ConnectionGate, depth: int) -> None:
     await asyncio.wait_for(check(), DEADLINE)
 
 
-def assert_app_served(client: Client) -> None:
+def assert_app_served(client: FakeWebSocket) -> None:
     assert client.types == ["websocket.accept", "websocket.send", "websocket.close"]
     assert client.sent[-1]["code"] == 1000
 
 
 async def test_http_passes_through_untouched() -> None:
-    gate, coord, app = make()
+    gate, coord, app = gate_for()
     scope = {"type": "http", "path": "/health/live"}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         pass
 
     assert coord.state is State.STARTING  # a WebSocket would be held now
@@ -146,7 +53,7 @@ async def test_http_passes_through_untouched() -> None:
 
 async def test_lifespan_messages_pass_through_and_the_drain_is_attached_while_it_runs(
         ) -> None:
-    gate, coord, _app = make()
+    gate, coord, _app = gate_for()
     inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     app_saw: list[str] = []
     server_saw: list[str] = []
@@ -161,7 +68,7 @@ async def test_lifespan_messages_pass_through_and_the_drain_is_attached_while_it
     async def receive() -> dict[str, Any]:
         return inbox.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         server_saw.append(message["type"])
 
     gate.app = lifespan_app
@@ -172,10 +79,10 @@ async def test_lifespan_messages_pass_through_and_the_drain_is_attached_while_it
 
 
 async def test_ready_fast_path_calls_the_app_without_redis() -> None:
-    gate, coord, app = make()
+    gate, coord, app = gate_for()
     await run_phases(coord, *DEFAULT_PHASES[:5])
     assert coord.is_ready
-    client = Client()
+    client = FakeWebSocket()
     await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     assert_app_served(client)
     assert app.calls[0][0] is client.scope
@@ -185,9 +92,9 @@ async def test_ready_fast_path_calls_the_app_without_redis() -> None:
 
 
 async def test_rejection_is_503_with_retry_after_where_the_server_offers_it() -> None:
-    gate, coord, app = make()
+    gate, coord, app = gate_for()
     async with in_phase(coord, "init"):  # earlier phase, no statistics: reject "starting"
-        client = Client(DENIAL)
+        client = FakeWebSocket(DENIAL)
         await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     assert not app.calls
     assert client.types == ["websocket.http.response.start", "websocket.http.response.body"]
@@ -202,9 +109,9 @@ async def test_rejection_is_503_with_retry_after_where_the_server_offers_it() ->
 
 
 async def test_without_the_denial_extension_the_gate_accepts_and_closes_1013() -> None:
-    gate, coord, app = make()
+    gate, coord, app = gate_for()
     async with in_phase(coord, "dependencies"):
-        client = Client()
+        client = FakeWebSocket()
         await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     code, reason = client.close_reason()
     assert code == 1013
@@ -214,21 +121,21 @@ async def test_without_the_denial_extension_the_gate_accepts_and_closes_1013() -
 
 
 async def test_reject_close_mode_closes_even_where_a_denial_response_is_offered() -> None:
-    gate, coord, app = make(reject="close")
+    gate, coord, _app = gate_for(reject="close")
     async with in_phase(coord, "init"):
-        client = Client(DENIAL)
+        client = FakeWebSocket(DENIAL)
         await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     code, reason = client.close_reason()
     assert (code, reason["reason"]) == (1013, "starting")
 
 
-@pytest.mark.parametrize("extensions,expected", [({}, "close"), (DENIAL, "http")])
+@pytest.mark.parametrize(("extensions", "expected"), [({}, "close"), (DENIAL, "http")])
 async def test_draining_rejects_with_1012_or_503(extensions: dict[str, Any],
                                                  expected: str) -> None:
-    gate, coord, app = make()
+    gate, coord, app = gate_for()
     await run_phases(coord, *DEFAULT_PHASES)
     coord.begin_drain()
-    client = Client(extensions)
+    client = FakeWebSocket(extensions)
     await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     if expected == "close":
         code, reason = client.close_reason()
@@ -240,11 +147,11 @@ async def test_draining_rejects_with_1012_or_503(extensions: dict[str, Any],
 
 
 async def test_failed_instance_rejects_new_handshakes() -> None:
-    gate, coord, app = make()
+    gate, coord, _app = gate_for()
     with pytest.raises(RuntimeError):
         async with in_phase(coord, "database"):
             raise RuntimeError("database unreachable")
-    client = Client()
+    client = FakeWebSocket()
     await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     code, reason = client.close_reason()
     assert (code, reason["reason"]) == (1013, "failed")
@@ -252,12 +159,12 @@ async def test_failed_instance_rejects_new_handshakes() -> None:
 
 
 async def test_held_connections_are_released_in_order_when_the_ready_phase_completes() -> None:
-    gate, coord, app = make()
-    clients = [Client() for _ in range(3)]
+    gate, coord, app = gate_for()
+    clients = [FakeWebSocket() for _ in range(3)]
     async with in_phase(coord, "services"):
         tasks = []
         for n, client in enumerate(clients, start=1):
-            tasks.append(connect(gate, client))
+            tasks.append(handshake(gate, client))
             await until_held(gate, n)
         assert not app.calls and all(c.sent == [] for c in clients)  # held, not accepted
         assert gate.state.queue.status()["depth"] == 3
@@ -271,9 +178,9 @@ async def test_held_connections_are_released_in_order_when_the_ready_phase_compl
 
 
 async def test_connection_before_any_phase_is_held_too() -> None:
-    gate, coord, app = make()
-    client = Client()
-    task = connect(gate, client)
+    gate, coord, _app = gate_for()
+    client = FakeWebSocket()
+    task = handshake(gate, client)
     await until_held(gate, 1)  # phase unknown: held
     await run_phases(coord, *DEFAULT_PHASES[:5])
     await asyncio.wait_for(task, DEADLINE)
@@ -281,18 +188,18 @@ async def test_connection_before_any_phase_is_held_too() -> None:
 
 
 async def test_a_client_that_gives_up_while_held_frees_its_slot() -> None:
-    gate, coord, app = make(max_queue=1)
+    gate, coord, app = gate_for(max_queue=1)
     async with in_phase(coord, "services"):
-        quitter = Client()
-        task = connect(gate, quitter)
+        quitter = FakeWebSocket()
+        task = handshake(gate, quitter)
         await until_held(gate, 1)
         assert not gate.state.queue.has_room
         quitter.disconnect()
         await asyncio.wait_for(task, DEADLINE)
         assert len(gate.state.queue) == 0 and gate.state.rejected == {"gave_up": 1}
         assert quitter.sent == []  # nobody to answer
-        stayer = Client()
-        held = connect(gate, stayer)
+        stayer = FakeWebSocket()
+        held = handshake(gate, stayer)
         await until_held(gate, 1)  # the freed slot is usable
     await asyncio.wait_for(held, DEADLINE)
     assert_app_served(stayer)
@@ -300,12 +207,12 @@ async def test_a_client_that_gives_up_while_held_frees_its_slot() -> None:
 
 
 async def test_a_full_queue_rejects_with_queue_full() -> None:
-    gate, coord, app = make(max_queue=1)
+    gate, coord, _app = gate_for(max_queue=1)
     async with in_phase(coord, "services"):
-        first = Client()
-        held = connect(gate, first)
+        first = FakeWebSocket()
+        held = handshake(gate, first)
         await until_held(gate, 1)
-        second = Client()
+        second = FakeWebSocket()
         await asyncio.wait_for(gate(second.scope, second.receive, second.send), DEADLINE)
         code, reason = second.close_reason()
         assert (code, reason["reason"]) == (1013, "queue_full")
@@ -314,13 +221,18 @@ async def test_a_full_queue_rejects_with_queue_full() -> None:
 
 
 async def test_a_failed_phase_rejects_held_connections_at_once() -> None:
-    gate, coord, app = make()  # holds last up to 30 s: only the failure can end them now
-    clients = [Client(), Client(DENIAL)]
-    with pytest.raises(RuntimeError):
+    gate, coord, app = gate_for()  # holds last up to 30 s: only the failure can end them now
+    clients = [FakeWebSocket(), FakeWebSocket(DENIAL)]
+    tasks: list[asyncio.Task[None]] = []
+
+    async def services_explodes_while_holding() -> None:
         async with in_phase(coord, "services"):
-            tasks = [connect(gate, c) for c in clients]
+            tasks.extend(handshake(gate, c) for c in clients)
             await until_held(gate, 2)
             raise RuntimeError("services exploded")
+
+    with pytest.raises(RuntimeError, match="services exploded"):
+        await services_explodes_while_holding()
     await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
     code, reason = clients[0].close_reason()
     assert (code, reason["reason"]) == (1013, "failed")
@@ -330,9 +242,9 @@ async def test_a_failed_phase_rejects_held_connections_at_once() -> None:
 
 
 async def test_a_hold_that_runs_out_is_rejected_with_timeout() -> None:
-    gate, coord, app = make(max_queue_time=0.1)
+    gate, coord, app = gate_for(max_queue_time=0.1)
     async with in_phase(coord, "services"):
-        client = Client()
+        client = FakeWebSocket()
         await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
         code, reason = client.close_reason()
         assert (code, reason["reason"]) == (1013, "timeout")
@@ -340,10 +252,10 @@ async def test_a_hold_that_runs_out_is_rejected_with_timeout() -> None:
 
 
 async def test_draining_rejects_held_connections_with_1012() -> None:
-    gate, coord, app = make()
+    gate, coord, _app = gate_for()
     async with in_phase(coord, "services"):
-        client = Client()
-        task = connect(gate, client)
+        client = FakeWebSocket()
+        task = handshake(gate, client)
         await until_held(gate, 1)
         coord.begin_drain()
         await asyncio.wait_for(task, DEADLINE)
@@ -352,8 +264,8 @@ async def test_draining_rejects_held_connections_with_1012() -> None:
 
 
 async def test_gate_off_passes_websockets_through() -> None:
-    gate, coord, app = make(gate=False)
-    client = Client()
+    gate, coord, app = gate_for(gate=False)
+    client = FakeWebSocket()
     await asyncio.wait_for(gate(client.scope, client.receive, client.send), DEADLINE)
     assert coord.state is State.STARTING
     assert_app_served(client)

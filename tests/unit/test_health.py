@@ -13,8 +13,7 @@ from coordinator.core import Coordinator
 from coordinator.health import HealthApp
 from coordinator.middleware import ConnectionGate
 from coordinator.settings import Settings
-
-from .test_gate import NoRedis
+from tests.support import NoRedis
 
 
 def make(**overrides: object) -> tuple[httpx.AsyncClient, Coordinator]:

@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from backend.config import BackendConfig
-from tests.support import ROOT
-from tests.unit.test_compose import backend_paths, known_variables
+from tests.support import ROOT, backend_paths, known_variables
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
 # After the grace the instance closes what is still open and leaves the fleet: allow this.

@@ -6,15 +6,25 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 
 import pytest
 
 from coordinator.exceptions import InvalidMessage
-from coordinator.messages import (MAX_MESSAGE_BYTES, DropCounter, Keyring, Message, decode,
-                                  encode, record_signature_ok, sign_record)
+from coordinator.messages import (
+    MAX_MESSAGE_BYTES,
+    DropCounter,
+    Keyring,
+    Message,
+    decode,
+    encode,
+    record_signature_ok,
+    sign_record,
+)
+from tests.support import keyring
 
 KEY = "test-signing-key"
-KR = Keyring.of(KEY, "coord")
+KR = keyring(KEY, "coord")
 NOW = 1_700_000_000.0
 
 
@@ -118,7 +128,7 @@ def test_message_for_another_instance_is_dropped() -> None:
     assert reason_of(data, expected_instance="web-2") == "wrong_instance"
 
 
-def expected_signature(obj: dict[str, object], kind: str = "event", key: str = KEY,
+def expected_signature(obj: Mapping[str, object], kind: str = "event", key: str = KEY,
                        namespace: str = "coord") -> str:
     unsigned = {k: v for k, v in obj.items() if k != "sig"}
     text = f"{kind}\n{namespace}\n" + json.dumps(unsigned, sort_keys=True, separators=(",", ":"))

@@ -9,10 +9,9 @@ import random
 from collections import Counter
 from typing import Any
 
-from coordinator.admission import spread
+from coordinator.admission import Reason, spread
 from coordinator.pacing import Bucket
-
-from .test_gate import Client, connect, make, run_phases
+from tests.support import FakeWebSocket, gate_for, handshake, run_phases
 
 DEADLINE = 10.0
 BEFORE_READY = ("init", "dependencies", "database", "cache")
@@ -57,17 +56,17 @@ class OpenApp:
 
 
 async def test_slow_start_releases_the_held_ones_in_order_at_a_ramp_not_all_at_once() -> None:
-    gate, coord, _app = make(slowstart=2.0, max_queue=20)  # 10/s, doubling every 0.2 s
+    gate, coord, _app = gate_for(slowstart=2.0, max_queue=20)  # 10/s, doubling every 0.2 s
     app = OpenApp()
     gate.app = app
     clients = []
     await run_phases(coord, *BEFORE_READY)
     async with coord.phase("services"):
         for n in range(12):
-            client = Client()
+            client = FakeWebSocket()
             client.scope["path"] = f"/ws/{n}"
             clients.append(client)
-            connect(gate, client)
+            handshake(gate, client)
             await asyncio.sleep(0)
         await asyncio.wait_for(_until(lambda: len(gate.state.queue) == 12), DEADLINE)
     await asyncio.sleep(0)  # one turn of the loop after ready
@@ -80,18 +79,18 @@ async def test_slow_start_releases_the_held_ones_in_order_at_a_ramp_not_all_at_o
 
 
 async def test_a_connection_closes_at_its_maximum_age_with_1012_and_a_hint() -> None:
-    gate, coord, _app = make()
+    gate, coord, _app = gate_for()
     gate.app = OpenApp()
     gate._max_age = 0.2  # the setting's floor is 10 s; the mechanism is the same
     await run_phases(coord, *BEFORE_READY, "services")
-    client = Client()
-    task = connect(gate, client)
+    client = FakeWebSocket()
+    task = handshake(gate, client)
     await asyncio.wait_for(_until(lambda: client.types[-1:] == ["websocket.close"]), DEADLINE)
     close = client.sent[-1]
     reason = json.loads(close["reason"])
     assert close["code"] == 1012 and reason["reason"] == "max_age"
     assert reason["retry_after"] in (1, 2)  # healthy instance: come back soon, spread
-    assert gate.state.rejected["max_age"] == 1 and not gate.state.connections
+    assert gate.state.rejected[Reason.MAX_AGE] == 1 and not gate.state.connections
     await asyncio.wait_for(task, DEADLINE)
 
 

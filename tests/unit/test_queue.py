@@ -6,9 +6,20 @@ import asyncio
 
 import pytest
 
-from coordinator.queue import ADMIT, HoldQueue
+from coordinator.admission import Reason
+from coordinator.queue import ADMIT, Hold, HoldQueue
 
 DEADLINE = 5.0  # generous: only bounds a test that would otherwise hang
+
+
+def held(entry: Hold | None) -> Hold:
+    assert entry is not None, "the queue had no room"
+    return entry
+
+
+def has_room(queue: HoldQueue) -> bool:
+    """Read afresh after each change (an assert on the property would pin its type)."""
+    return queue.has_room
 
 
 async def test_max_size_bounds_the_queue() -> None:
@@ -18,7 +29,7 @@ async def test_max_size_bounds_the_queue() -> None:
     assert len(queue) == 2 and not queue.has_room
     assert queue.hold(30) is None
     assert queue.status()["depth"] == 2 and queue.status()["max"] == 2
-    queue.reject_all("draining")
+    queue.reject_all(Reason.DRAINING)
 
 
 async def test_zero_size_holds_nothing() -> None:
@@ -32,18 +43,18 @@ async def test_forget_frees_a_slot_and_cancels_the_hold() -> None:
     entry = queue.hold(30)
     assert entry is not None and not queue.has_room
     queue.forget(entry)
-    assert queue.has_room and len(queue) == 0
+    assert has_room(queue) and len(queue) == 0
     assert entry.future.cancelled()
     replacement = queue.hold(30)
     assert replacement is not None
     queue.forget(entry)  # forgetting twice is harmless and frees nothing else
     assert len(queue) == 1
-    queue.reject_all("draining")
+    queue.reject_all(Reason.DRAINING)
 
 
 async def test_release_all_resolves_every_hold_in_arrival_order() -> None:
     queue = HoldQueue(max_size=10)
-    entries = [queue.hold(30) for _ in range(5)]
+    entries = [held(queue.hold(30)) for _ in range(5)]
     resumed: list[int] = []
 
     async def waiter(entry) -> None:
@@ -69,7 +80,7 @@ async def test_a_hold_expires_on_its_own_timer() -> None:
     # No other call on the queue: only its timer can resolve the short hold.
     assert await asyncio.wait_for(short.future, DEADLINE) == "timeout"
     assert len(queue) == 1 and not long.done
-    queue.reject_all("draining")
+    queue.reject_all(Reason.DRAINING)
     assert long.future.result() == "draining"
 
 
@@ -108,8 +119,8 @@ async def test_released_holds_never_time_out() -> None:
 
 async def test_reject_all_resolves_every_hold_with_the_reason() -> None:
     queue = HoldQueue(max_size=5)
-    entries = [queue.hold(30) for _ in range(3)]
-    assert queue.reject_all("failed") == 3
+    entries = [held(queue.hold(30)) for _ in range(3)]
+    assert queue.reject_all(Reason.FAILED) == 3
     assert [e.future.result() for e in entries] == ["failed"] * 3
     assert len(queue) == 0 and queue.has_room
 
@@ -124,4 +135,4 @@ async def test_oldest_wait_reports_the_first_hold() -> None:
     clock[0] = 13.0
     assert queue.oldest_wait() == pytest.approx(3.0)
     assert queue.status()["oldest_wait"] == pytest.approx(3.0)
-    queue.reject_all("draining")
+    queue.reject_all(Reason.DRAINING)

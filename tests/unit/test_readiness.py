@@ -9,8 +9,13 @@ import pytest
 
 from coordinator.messages import Message
 from coordinator.phases import PhasePlan, State
-from coordinator.readiness import (Status, advance, progressive_intervals, status_from_message,
-                                   status_from_record)
+from coordinator.readiness import (
+    Status,
+    advance,
+    progressive_intervals,
+    status_from_message,
+    status_from_record,
+)
 from coordinator.settings import DEFAULT_PHASES
 
 PLAN = PhasePlan(DEFAULT_PHASES, "services")
@@ -80,7 +85,7 @@ def msg(event: str, phase: str | None, **extra: object) -> Message:
     return Message("web-1", event, phase, PLAN.index(phase), BORN + 1, extra)
 
 
-@pytest.mark.parametrize("event,phase,state", [
+@pytest.mark.parametrize(("event", "phase", "state"), [
     ("phase_started", "cache", State.STARTING),
     ("phase_completed", "cache", State.STARTING),
     ("phase_started", "services", State.STARTING),

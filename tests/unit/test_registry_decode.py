@@ -30,7 +30,7 @@ def test_decode_fields_of_the_flat_text_equals_decode_record() -> None:
 
 
 def test_decode_fields_refuses_a_field_without_a_value() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shorter"):  # zip(strict=True): a field left over
         decode_fields(["state", "ready", "phase"])
 
 

@@ -82,7 +82,7 @@ def test_every_variable_is_read() -> None:
     assert s.log_format == "json"
 
 
-@pytest.mark.parametrize("raw,expected", [("on", True), ("TRUE", True), ("1", True),
+@pytest.mark.parametrize(("raw", "expected"), [("on", True), ("TRUE", True), ("1", True),
                                           ("yes", True), ("off", False), ("False", False),
                                           ("0", False), ("no", False)])
 def test_gate_accepts_the_usual_booleans(raw: str, expected: bool) -> None:
@@ -94,7 +94,7 @@ def test_blank_values_keep_the_default() -> None:
     assert (s.max_queue, s.fleet_max_queue) == (50, None)
 
 
-@pytest.mark.parametrize("env,variable", [
+@pytest.mark.parametrize(("env", "variable"), [
     ({"COORD_READY_PHASE": "warmup"}, "COORD_READY_PHASE"),
     ({"COORD_PHASES": "a,b,c"}, "COORD_READY_PHASE"),  # the default ready phase is gone
     ({"COORD_PHASES": "a,b,a", "COORD_READY_PHASE": "b"}, "COORD_PHASES"),
@@ -174,7 +174,7 @@ def test_redis_password_never_appears_in_settings_repr() -> None:
     assert s.redis_url_redacted == "redis://app:***@redis:6379/0"
 
 
-@pytest.mark.parametrize("environment,budget", [("local", 1.0), ("test", 1.0),
+@pytest.mark.parametrize(("environment", "budget"), [("local", 1.0), ("test", 1.0),
                                                 ("development", 3.0), ("staging", 3.0),
                                                 ("production", 5.0)])
 def test_wait_budget_by_environment(environment: str, budget: float) -> None:
@@ -244,7 +244,7 @@ def test_backend_durations_follow_custom_phases() -> None:
         BackendConfig.from_env({**env, "BACKEND_PHASE_DURATIONS": "database=1"})
 
 
-@pytest.mark.parametrize("env,variable", [
+@pytest.mark.parametrize(("env", "variable"), [
     ({"COORD_MAX_QUEUE": "-5"}, "COORD_MAX_QUEUE"),
     ({"COORD_REDIS_URL": f"http://u:{PASSWORD}@h/0"}, "COORD_REDIS_URL"),
     ({"BACKEND_PHASE_DURATIONS": "warmup=1"}, "BACKEND_PHASE_DURATIONS"),
@@ -337,8 +337,8 @@ def test_the_launcher_bounds_what_uvicorn_can_bound(monkeypatch: pytest.MonkeyPa
         def run(self) -> None:
             pass
 
-    monkeypatch.setattr(launcher.uvicorn, "Server", Captured)
-    monkeypatch.setattr(launcher.signal, "signal", lambda *_args: None)  # not pytest's own
+    monkeypatch.setattr("backend.__main__.uvicorn.Server", Captured)
+    monkeypatch.setattr("backend.__main__.signal.signal", lambda *_args: None)  # not pytest's
     for name in ("BACKEND_LIMIT_CONCURRENCY", "BACKEND_KEEPALIVE", "BACKEND_WS_MAX_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BACKEND_WS_MAX_SIZE", "4096")

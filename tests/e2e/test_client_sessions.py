@@ -10,7 +10,7 @@ import pytest
 from websockets import ConnectionClosed
 
 from coordinator.client import RetryPolicy, sessions
-from tests.integration.scripted import Scripted, serving
+from tests.support import Scripted, serving
 
 pytestmark = pytest.mark.e2e  # a uvicorn server in this process
 
