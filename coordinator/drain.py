@@ -36,6 +36,7 @@ CLOSE_WAIT = 1.0  # seconds the last closes may take before the drain moves on
 # group signalled (systemd's default KillMode), then a multi-process server's parent
 # forwarding it to its workers.
 SAME_SIGNAL = 1.0
+END_WAIT = 0.5  # seconds a second signal waits for our closes before the server's turn
 
 
 async def drain(coord: Coordinator, grace: float | None = None,
@@ -73,6 +74,7 @@ class Drains:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first_term = 0.0
+        self._ending: asyncio.Task[None] | None = None
 
     @property
     def hooked(self) -> str | None:
@@ -110,8 +112,9 @@ class Drains:
             for taken in self._taken.values():
                 taken.restore()
             self._taken.clear()
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
+            for task in (self._task, self._ending):
+                if task is not None and not task.done():
+                    task.cancel()
 
     # -- the signals ------------------------------------------------------------------
 
@@ -141,16 +144,28 @@ class Drains:
             self._chain(signal.SIGTERM)
 
     def _end_now(self, sig: int) -> None:
-        """Stop draining: reject what is held, close what is open with 1012, and let the
+        """Stop draining: reject what is held, close what is open with 1012, then let the
         server handle ``sig`` as it would have."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        for coord in self.coordinators:
-            coord.begin_drain()  # held handshakes are rejected on the next turns of the loop
-            if coord.state is not State.STOPPED:
-                for gate in coord.gates:
-                    asyncio.get_running_loop().create_task(gate.close_connections(timeout=0.5))
-        self._chain(sig)
+        if self._ending is None or self._ending.done():
+            self._ending = asyncio.get_running_loop().create_task(
+                self._answer_then_chain(sig), name="coordinator-drain-end")
+        else:
+            self._chain(sig)  # a third signal: the server's, at once
+
+    async def _answer_then_chain(self, sig: int) -> None:
+        """Our answers first: a server's shutdown answers a pending handshake with 500."""
+        try:
+            closing = []
+            for coord in self.coordinators:
+                coord.begin_drain()  # held handshakes rejected: 503 on the next turns
+                if coord.state is not State.STOPPED:
+                    closing += [g.close_connections(timeout=END_WAIT) for g in coord.gates]
+            await asyncio.gather(*closing)
+            await asyncio.sleep(END_WAIT / 10)  # the rejections' writes, a few loop turns
+        finally:
+            self._chain(sig)
 
     def _chain(self, sig: int) -> None:
         """The server's own handling of ``sig``, every time (a second SIGINT is uvicorn's

@@ -9,7 +9,8 @@ two ways, and both are in place by the time the application's lifespan starts:
   handler is ``signal.getsignal(sig)``, a plain function to call later;
 - ``loop.add_signal_handler`` (hypercorn ``-w 0``, granian's workers): asyncio keeps the
   callback in ``loop._signal_handlers``; uvloop keeps it in a C-level dict that only the
-  garbage collector's referents reach.
+  garbage collector's referents reach; rloop keeps it in Rust, so granian's own handler
+  (the one it registers on rloop) is found among the garbage collector's objects.
 
 One server signals otherwise: hypercorn with worker processes (its default) catches
 SIGTERM in its parent, which sets a ``multiprocessing`` event that each worker polls
@@ -153,6 +154,15 @@ def _loop_handler(loop: asyncio.AbstractEventLoop,
         if handle is None:
             return None
         return handle._callback, tuple(handle._args or ()), getattr(handle, "_context", None)
+    if type(loop).__module__.startswith("rloop"):
+        # rloop (granian's first choice when installed) keeps its table in Rust, out of
+        # reach; granian's own handler is a closure that the garbage collector can find.
+        for obj in gc.get_objects():
+            if (getattr(obj, "__module__", None) == "granian._signals"
+                    and getattr(obj, "__qualname__", "")
+                    == "set_loop_signals.<locals>.signal_handler"):
+                return obj, (sig, None), None
+        return None
     if type(loop).__module__.startswith("uvloop"):
         # uvloop.Loop's `cdef dict _signal_handlers` is no Python attribute, but Cython's
         # tp_traverse shows it to gc.get_referents(); its values are uvloop Handles whose
@@ -177,6 +187,8 @@ def _is_loop_stub(handler: object) -> bool:
     """Python-level handlers an event loop installs only to wake itself (not a server's)."""
     name = getattr(handler, "__qualname__", "") or getattr(handler, "__name__", "")
     if name == "_sighandler_noop":  # asyncio
+        return True
+    if str(getattr(handler, "__module__", "")).startswith("rloop"):  # rloop's _noop
         return True
     owner = getattr(handler, "__self__", None)  # uvloop: a bound method of the loop
     return owner is not None and type(owner).__module__.startswith("uvloop")

@@ -69,8 +69,11 @@ SERVERS: dict[str, tuple[str, ...]] = {
                  "-b", "127.0.0.1:{port}", APP),
     "hypercorn": (str(BIN / "hypercorn"), "-b", "127.0.0.1:{port}", APP),
     "hypercorn-in-process": (str(BIN / "hypercorn"), "-w", "0", "-b", "127.0.0.1:{port}", APP),
+    # granian picks rloop when it is installed (it is, in the test extra), else uvloop.
     "granian": (str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
                 "--port", "{port}", APP),
+    "granian-uvloop": (str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop",
+                       "--host", "127.0.0.1", "--port", "{port}", APP),
 }
 HELD = 8
 OPEN_EXTRA = 2
@@ -159,8 +162,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., BackendProcess]]:
 
     yield start
     for proc in started:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
+        if proc.proc is not None:
+            proc.kill()  # also closes the log of one that has exited by itself
 
 
 def sigterm_and_time_exit(proc: BackendProcess) -> Callable[[], float]:
