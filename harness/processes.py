@@ -118,8 +118,9 @@ class BackendProcess:
     """
 
     def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None,
-                 argv: Sequence[str] = BACKEND_COMMAND) -> None:
+                 argv: Sequence[str] = BACKEND_COMMAND, cwd: Path = ROOT) -> None:
         self.port = port or free_port()
+        self.cwd = cwd
         self.log_path = log_path
         self.argv = [arg.replace("{port}", str(self.port)) for arg in argv]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST": "127.0.0.1",
@@ -136,7 +137,7 @@ class BackendProcess:
 
     def start(self, wait: bool = True) -> BackendProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait_exit
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             wait_until(lambda: self.get("/health/live")[0] == 200 or self._died(), 20,

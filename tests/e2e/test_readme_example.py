@@ -1,76 +1,124 @@
-"""The README's "Using the gate in your own service" example, run as written: its phases
-are placeholders (``...``), so the test gives the `services` phase the one thing a real
-service's has, a duration (it lasts until the test ends it), and shows the example
-holding a handshake through it and releasing it when the phase completes."""
+"""The README's "Using the gate in your own service", run as a user runs it: its Python
+block saved as ``main.py``, exactly as printed, served by the command the next block
+prints (``uvicorn main:app``, and the ``fastapi run main.py`` its comment offers), on a
+free port instead of 8000. Early clients are held and welcomed once ``services``
+completes; the health routes answer; the coordinator's logs show without any setup; a
+SIGTERM drains it cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-import types
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
-import websockets
-from fastapi import WebSocket
+from websockets import ConnectionClosed
+from websockets.asyncio.client import connect
 
-from tests.support import ROOT, async_wait_until, free_port
+from tests.support import (
+    HTTP,
+    ROOT,
+    BackendProcess,
+    RedisServer,
+    async_wait_until,
+    chat,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-SERVICES_PLACEHOLDER = 'async with coord.phase("services"): ...'
+SECTION = "## Using the gate in your own service"
+HELD = 3
 
 
-def readme_example() -> str:
+def section_blocks() -> list[tuple[str, str]]:
+    """(language, text) of each fenced block of the section, in order."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Using the gate in your own service"):]
-    found = re.search(r"```python\n(.*?)```", section, re.S)
-    assert found, "the section has a Python example"
-    return found.group(1)
+    start = text.index(SECTION)
+    section = text[start:text.index("\n## ", start + len(SECTION))]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
 
 
-async def test_the_readme_example_holds_a_handshake_until_services_completes(
-        redis_server, namespace, monkeypatch):
-    monkeypatch.setenv("COORD_REDIS_URL", redis_server.url)
-    monkeypatch.setenv("COORD_NAMESPACE", namespace)
-    monkeypatch.setenv("COORD_ENVIRONMENT", "test")
-    source = readme_example()
-    assert source.count(SERVICES_PLACEHOLDER) == 1, source
-    source = source.replace(SERVICES_PLACEHOLDER,
-                            'async with coord.phase("services"): await services_done.wait()')
-    module = types.ModuleType("readme_example")
-    module.services_done = asyncio.Event()  # type: ignore[attr-defined]
-    exec(compile(source, "README.md", "exec"), module.__dict__)
+def commands() -> list[list[str]]:
+    """The serving commands the section prints: the line, and the one in its comment."""
+    (line,) = [text for lang, text in section_blocks() if lang == "sh"]
+    command, _, comment = line.strip().partition("#")
+    alternative = comment.split("or:", 1)[1]
+    return [shlex.split(command), shlex.split(alternative)]
 
-    @module.api.websocket("/ws")
-    async def chat(ws: WebSocket) -> None:  # the example leaves the routes to the reader
-        await ws.accept()
-        await ws.send_text("hello")
-        await ws.close()
 
-    async def first_frame(url: str) -> str | bytes:
-        async with websockets.connect(url, open_timeout=30) as ws:
-            return await ws.recv()
+def argv(command: list[str]) -> list[str]:
+    """The printed command, run from this virtualenv on a placeholder port."""
+    program = str(Path(sys.executable).parent / command[0])
+    return [program, *("{port}" if arg == "8000" else arg for arg in command[1:])]
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(module.app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve())
+
+@pytest.mark.parametrize("command", commands(), ids=lambda c: c[0])
+async def test_the_own_service_example_holds_releases_serves_health_and_drains(
+        command: list[str], tmp_path: Path, redis_server: RedisServer,
+        namespace: str) -> None:
+    (main,) = [text for lang, text in section_blocks() if lang == "python"]
+    (tmp_path / "main.py").write_text(main)
+    env = {"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": namespace,
+           "COORD_DRAIN_GRACE": "2"}
+    service = BackendProcess(env, tmp_path / "service.log", argv=argv(command), cwd=tmp_path)
+    service.start()
     try:
-        await async_wait_until(lambda: server.started, 10, what="the example to serve")
-        await async_wait_until(lambda: module.coord.current_phase == "services", 10,
-                               what="its services phase")
-        client = asyncio.create_task(first_frame(f"ws://127.0.0.1:{port}/ws"))
-        await async_wait_until(lambda: len(module.app.state.queue) == 1 or client.done(), 10,
-                               what="the handshake to be held")
-        assert not client.done(), "answered while the services phase still ran"
-        assert not module.coord.is_ready
-        module.services_done.set()  # the services phase completes: the hold is released
-        assert await asyncio.wait_for(client, 10) == "hello"
-        assert module.coord.is_ready
-        assert module.app.state.admitted == {"after_hold": 1}
-        assert module.coord.redis_ok
+        await async_wait_until(lambda: _phase(service) == "services", 15, what="services")
+        held = [asyncio.create_task(_chat_and_stay(service.ws_url)) for _ in range(HELD)]
+        await async_wait_until(lambda: _queue_depth(service) == HELD, 10,
+                               what="every early client held")
+        assert service.get("/health/startup")[0] == 503
+        assert service.get("/health/ready")[0] == 503
+        sessions = await asyncio.wait_for(asyncio.gather(*held), 15)
+        for welcome, echo, _ws in sessions:
+            assert welcome["type"] == "welcome" and echo == {"type": "echo", "text": "hi"}
+        assert service.get("/health/startup")[0] == 200
+        status, body = service.get("/health/ready")
+        assert status == 200 and body["state"] == "ready" and body["phases_total"] == 3
+        assert body["admitted"] == {"after_hold": HELD} and body["redis"] == "ok"
+        log = service.log()
+        assert "coordinator: redis link up" in log, log
+        assert f"releasing {HELD} held connection(s)" in log, log
+
+        service.signal(signal.SIGTERM)
+        await async_wait_until(lambda: service.get("/health/ready")[0] == 503, 5,
+                               what="draining")
+        fresh = await chat(service.ws_url)
+        assert fresh.kind == HTTP and fresh.status == 503 and fresh.rejection == "draining"
+        for _welcome, _echo, ws in sessions:
+            code, reason = await asyncio.wait_for(_closed(ws), 10)
+            assert code == 1012 and reason["reason"] == "draining"
+        await asyncio.to_thread(service.wait_exit, timeout=10)
+        assert "SIGTERM will drain instance" in service.log()
     finally:
-        module.services_done.set()
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
+        service.kill()
+
+
+def _phase(service: BackendProcess) -> Any:
+    body = service.get("/health/ready")[1]
+    return body.get("phase") if isinstance(body, dict) else None
+
+
+def _queue_depth(service: BackendProcess) -> Any:
+    body = service.get("/health/ready")[1]
+    return body["queue"]["depth"] if isinstance(body, dict) else None
+
+
+async def _chat_and_stay(url: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    ws = await connect(url, open_timeout=30)
+    welcome = json.loads(await ws.recv())
+    await ws.send("hi")
+    return welcome, json.loads(await ws.recv()), ws
+
+
+async def _closed(ws: Any) -> tuple[int | None, Any]:
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed as exc:
+        return (exc.rcvd.code, json.loads(exc.rcvd.reason)) if exc.rcvd else (None, None)
