@@ -366,6 +366,11 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"the dashboard needs the `dashboard` extra ({exc.name} is missing): "
                        "pip install 'ws-coordinator[dashboard]'") from None
 
+    try:  # listening first: the address is announced only once it is ours
+        listener = listen(args.host, args.port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: "
+                       f"{exc.strerror or exc}") from None
     print(f"coordinator: dashboard of namespace {settings.namespace!r} on "
           f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
     # uvicorn shuts down cleanly on SIGTERM, then raises the signal again under the
@@ -374,12 +379,26 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_ok)
     try:
         serve(settings.redis_url, settings.namespace, args.host, args.port,
-              signing_key=settings.signing_key)
+              signing_key=settings.signing_key, sockets=[listener])
     except SystemExit as exc:  # uvicorn's start-up failure (e.g. the port is taken), logged
         return EXIT_ERROR if exc.code else EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (IPv6 when the host is), not yet listening."""
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _exit_ok(signum: int, frame: object) -> None:

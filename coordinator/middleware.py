@@ -231,6 +231,7 @@ class ConnectionGate:
             if state.leases.enabled and not await self._lease(entry, hold_for):
                 await self._reject(scope, receive, send, self._rejection(Reason.FLEET_CAP))
                 return
+            state.queue.held_total += 1  # a slot and (with a fleet cap) a lease: held
             with coord.waiting():
                 if coord.state is State.READY:
                     self.pacer.kick()  # a paced hold: the pump releases it

@@ -161,12 +161,13 @@ class Owner:
             finally:
                 self.outbox.task_done()  # leave() waits for the queue to be published
 
-    async def _publish(self, msg: messages.Message, link_up: bool = False) -> None:
+    async def _publish(self, msg: messages.Message | None, link_up: bool = False) -> None:
         coord = self.coord
         record = self.record(link_up)
         await registry.write_record(coord.redis, coord.keys, record,
                                     coord.settings.instance_ttl, float(record["heartbeat_at"]),
-                                    event=messages.encode(msg, coord.keyring))
+                                    event=None if msg is None
+                                    else messages.encode(msg, coord.keyring))
 
     async def _heartbeat_loop(self) -> None:
         coord = self.coord
@@ -203,16 +204,23 @@ class Owner:
 
     async def on_link_up(self) -> None:
         """Re-publish the whole state: the record, and the event that carries it."""
-        await self._publish(self.message(self.state_event()), link_up=True)
+        event = self.state_event()
+        await self._publish(None if event is None else self.message(event), link_up=True)
 
     def after_link_up(self, published: Status) -> None:
-        if self.coord.status != published:
+        event = self.state_event()
+        if self.coord.status != published and event is not None:
             # A transition during the round trip of on_link_up was dropped by the
             # publisher (the link was not up yet): publish where the instance is now.
-            self.emit(self.state_event())
+            self.emit(event)
 
-    def state_event(self) -> Event:
-        return STATE_EVENT.get(self.coord.state, Event.PHASE_STARTED)
+    def state_event(self) -> Event | None:
+        """The event that says where the instance is; None before its first phase (the
+        record alone says "starting": a ``phase_started`` without a phase would not)."""
+        coord = self.coord
+        if coord.state is State.STARTING and coord.status.phase is None:
+            return None
+        return STATE_EVENT.get(coord.state, Event.PHASE_STARTED)
 
     def on_message(self, msg: messages.Message) -> None:
         """The owner's own events, echoed back on its channel: nothing to learn."""

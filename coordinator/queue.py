@@ -60,7 +60,8 @@ class HoldQueue:
         self._deadlines: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
-        self.held_total = 0
+        self.held_total = 0  # handshakes actually held (the gate counts them: a slot whose
+        # lease the fleet refused was never a hold)
         self.released_total = 0
 
     def __len__(self) -> int:
@@ -82,7 +83,6 @@ class HoldQueue:
         entry = Hold(conn if conn is not None else self.next_conn_id(), now, now + timeout,
                      loop.create_future())
         self._holds[entry.conn] = entry
-        self.held_total += 1
         heapq.heappush(self._deadlines, (entry.deadline, entry.conn))
         self._arm(loop)
         return entry

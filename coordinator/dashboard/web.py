@@ -159,10 +159,11 @@ class _DashboardServer(uvicorn.Server):
 def serve(redis_url: str, namespace: str, host: str = "127.0.0.1", port: int = 8080, *,
           signing_key: str | None = None,
           interval: float = SNAPSHOT_INTERVAL, log_level: str = "warning",
-          **uvicorn_options: Any) -> None:
-    """Run the standalone dashboard until SIGINT or SIGTERM."""
+          sockets: list[socket.socket] | None = None, **uvicorn_options: Any) -> None:
+    """Run the standalone dashboard until SIGINT or SIGTERM (on ``sockets`` when given:
+    already bound, as ``coordinator dashboard`` binds before it announces the address)."""
     app, feed = create_app(redis_url, namespace, signing_key=signing_key,
                            interval=interval)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=2, **uvicorn_options)
-    _DashboardServer(config, feed).run()
+    _DashboardServer(config, feed).run(sockets=sockets)

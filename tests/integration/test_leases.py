@@ -279,6 +279,9 @@ async def test_gate_holds_with_a_lease_rejects_over_the_fleet_cap_and_releases_o
             assert refused.status == 503
             assert int(dict(refused.sent[0]["headers"])[b"retry-after"]) >= 1
             assert gate.state.rejected[Reason.FLEET_CAP] == 1
+            # Three slots were granted, two handshakes held: a slot whose lease the fleet
+            # refused was never a hold.
+            assert gate.state.queue.status()["held_total"] == 2
             assert len(await members(client, namespace)) == 2
             assert record_of(coord)["held_leases"] == "2"
             assert record_of(coord)["fleet_cap_mode"] == "fleet"

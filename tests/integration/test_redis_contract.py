@@ -130,6 +130,21 @@ async def test_phases_publish_every_transition_on_both_channels(
     assert all(m["duration"] >= 0.01 for m in completed)  # each phase slept 0.01 s
 
 
+async def test_the_first_event_of_a_new_instance_is_its_first_phase_never_a_null_phase(
+        make_owner, namespace: str, redis_text: redis.Redis) -> None:
+    """The link comes up before any phase has started: the record is written (the fleet
+    view shows the instance starting), but no ``phase_started`` with a null phase."""
+    async with Listener(redis_text, namespace) as listener:
+        coord = await make_owner()  # its link comes up now, with no phase yet
+        await async_wait_until(lambda: redis_text.exists(f"{namespace}:instance:{INSTANCE}"),
+                               5, what="the record")
+        await run_phases(coord, ("init",))
+        await listener.collect(2)
+    for channel in listener.channels:
+        assert listener.events(channel) == [("phase_started", "init"),
+                                            ("phase_completed", "init")], channel
+
+
 async def test_instance_hash_fields_ttl_and_index(make_owner, namespace: str,
                                                  redis_text: redis.Redis) -> None:
     coord = await make_owner()

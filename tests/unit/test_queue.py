@@ -69,7 +69,7 @@ async def test_release_all_resolves_every_hold_in_arrival_order() -> None:
     assert len(queue) == 0 and queue.has_room
     await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
     assert resumed == [e.conn for e in entries]
-    assert queue.status()["released_total"] == 5 and queue.status()["held_total"] == 5
+    assert queue.status()["released_total"] == 5
 
 
 async def test_a_hold_expires_on_its_own_timer() -> None:
