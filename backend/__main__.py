@@ -13,7 +13,6 @@ from coordinator.logs import configure
 from .app import create_app
 from .config import BackendConfig
 
-
 # After the drain, uvicorn's own shutdown waits this long for what is still running (a
 # client that stopped reading its close): the grace, the drain's steps and this fit in
 # Cloud Run's 10 s (tests/unit/test_cloudrun.py).
