@@ -71,6 +71,7 @@ from harness.processes import (
     port_open,
     wait_until,
 )
+from harness.rolling import Population, RollingFleet
 
 __all__ = [
     "ACL_PASSWORD",
@@ -96,7 +97,9 @@ __all__ = [
     "HAProxy",
     "NoRedis",
     "Outcome",
+    "Population",
     "RedisServer",
+    "RollingFleet",
     "Samples",
     "Scripted",
     "assert_chatted",
