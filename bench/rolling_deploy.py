@@ -91,6 +91,7 @@ class Run:
     ended: float  # every client chatting again after the last restart
     finished: int  # clients that chatted once more at the very end
     proxy_stats: dict[str, str] = field(default_factory=dict)
+    rejected_new: dict[str, dict[str, int]] = field(default_factory=dict)  # restarted ones
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before, after
 
     # -- the figures --
@@ -206,9 +207,12 @@ async def deploy(scenario: Scenario, plan: Plan, redis_server: RedisServer,
         ended = time.monotonic()
         assert fleet.proxy is not None
         stats = fleet.proxy.stats().get("BACKEND", {})
+        rejected = {fleet.instance_id(i): await fleet.rejected(b)
+                    for i, b in enumerate(fleet.backends)}
         finished = await population.finish(30)
-        return Run(scenario, plan, population, restarts, began, ended, finished, stats,
-                   (load_before, os.getloadavg()[0]))
+        return Run(scenario, plan, population, restarts, began, ended, finished,
+                   proxy_stats=stats, rejected_new=rejected,
+                   load=(load_before, os.getloadavg()[0]))
     except BaseException:
         report.note(f"[{scenario.name}] failed; logs in {logs}\n{fleet.logs_of()}")
         raise
@@ -248,7 +252,13 @@ def describe(report: Report, run: Run) -> None:
                                                                           key=str))))
     report.figure(f"{name}: handshakes", f"{run.handshakes()} ({dict(pop.outcomes())}); "
                   f"HAProxy retried {run.proxy_stats.get('wretr', '?')} and redispatched "
-                  f"{run.proxy_stats.get('wredis', '?')} itself (a draining instance's 503)")
+                  f"{run.proxy_stats.get('wredis', '?')} itself (retry-on 503)")
+    draining = Counter[str]()
+    for r in run.restarts:
+        draining.update(r.rejected_at_down)
+    report.figure(f"{name}: rejected by the instances themselves",
+                  f"drained ones, until HAProxy took them out: {dict(draining)}; restarted "
+                  f"ones: {run.rejected_new}")
     moves = Counter(len(c.closes) for c in pop.clients)
     report.figure(f"{name}: reconnects", f"{len(run.reconnects())}; clients by how many times "
                   f"they were moved: {dict(sorted(moves.items()))}")

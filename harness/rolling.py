@@ -251,6 +251,9 @@ class Restart:
     listening: float = 0.0  # the new process answers /health/live
     ready: float = 0.0  # /health/ready answers 200
     up: float = 0.0  # HAProxy has it back
+    # The old instance's gate counters once HAProxy had taken it out: what it turned away
+    # between the SIGTERM and then (HAProxy replays those 503s itself).
+    rejected_at_down: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -330,6 +333,7 @@ class RollingFleet:
         await async_wait_until(lambda: self._is_down(index), timeout, interval=0.02,
                                what=f"haproxy to take instance {index + 1} out")
         times.down = time.monotonic()
+        times.rejected_at_down = await self.rejected(old)
         times.exit_code = await asyncio.to_thread(old.wait_exit, None, timeout)
         times.exited = time.monotonic()
         self.retired.append(old)
@@ -343,6 +347,12 @@ class RollingFleet:
                                what=f"haproxy to put instance {index + 1} back")
         times.up = time.monotonic()
         return times
+
+    @staticmethod
+    async def rejected(backend: BackendProcess) -> dict[str, int]:
+        """The instance's own count of rejected handshakes, by reason (its health body)."""
+        _status, body = await asyncio.to_thread(backend.get, "/health/ready")
+        return dict(body.get("rejected", {})) if isinstance(body, dict) else {}
 
     async def _is_down(self, index: int) -> bool:
         return (await self._status(index)).startswith("DOWN")
