@@ -68,6 +68,7 @@ from harness.processes import (
     RedisServer,
     async_wait_until,
     free_port,
+    haproxy_env,
     port_open,
     wait_until,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "gate_for",
     "get",
     "handshake",
+    "haproxy_env",
     "health",
     "in_phase",
     "instance_record",
