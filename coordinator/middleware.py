@@ -145,18 +145,26 @@ class ConnectionGate:
         client that stopped reading can block its close frame for as long as the server's
         keepalive allows, so whatever has not closed ``timeout`` seconds after the last
         close began is abandoned (the server's own shutdown drops it).
+
+        A connection stays in ``state.connections`` (open, in the record's count) until
+        its own close goes out; one that a concurrent call closed first (a second signal
+        during the spread closes the rest at once), or whose client left, is skipped.
         """
-        closers = list(self.state.connections.values())
-        self.state.connections.clear()
-        if not closers:
+        connections = self.state.connections
+        order = list(connections)  # oldest first
+        if not order:
             return 0
-        interval = spread / len(closers)
+        interval = spread / len(order)
         tasks = []
-        for n, closer in enumerate(closers):
+        for n, conn in enumerate(order):
             if n and interval > 0:
                 await asyncio.sleep(interval)
-            tasks.append(asyncio.ensure_future(
-                closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING))))
+            closer = connections.pop(conn, None)
+            if closer is not None:
+                tasks.append(asyncio.ensure_future(
+                    closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING))))
+        if not tasks:
+            return 0
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()

@@ -1,5 +1,5 @@
-"""Real parts for tests and benchmarks: redis-server and backend processes on free
-ports, and waits.
+"""Real parts for tests and benchmarks: redis-server, backend and haproxy processes on
+free ports, and waits.
 
 Every wait has a deadline and polls a condition; nothing sleeps and hopes.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import os
 import shutil
 import signal
@@ -194,3 +196,65 @@ class BackendProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# -- HAProxy in front of real backends ---------------------------------------------------------
+
+HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
+
+
+def haproxy_env(ports: Sequence[int], port: int, sock: Path) -> dict[str, str]:
+    """The variables deploy/haproxy.cfg reads (docker-compose.yml sets the same): the
+    instances on 127.0.0.1 at ``ports`` (three), HAProxy listening on ``port``."""
+    env = {f"BACKEND_{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    return {**env, "HAPROXY_BIND": f"127.0.0.1:{port}", "HAPROXY_STATS_SOCKET": str(sock)}
+
+
+class HAProxy:
+    """deploy/haproxy.cfg run by a real ``haproxy`` with ``env`` (BACKEND_1..3,
+    HAPROXY_BIND, HAPROXY_STATS_SOCKET, ...), its output in ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.sock = Path(env["HAPROXY_STATS_SOCKET"])
+        self.port = int(env["HAPROXY_BIND"].rsplit(":", 1)[1])
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
+                                      str(HAPROXY_CONFIG)], env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
+                       what="haproxy's stats socket")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited at start:\n{log.read_text()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """``show stat`` on the admin socket: server name -> its row."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.sock))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return {r["svname"]: r for r in rows if r["pxname"] == "instances"}
+
+    def server(self, index: int) -> dict[str, str]:
+        return self.stats()[f"instance-{index + 1}"]
+
+    def stop(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        finally:
+            self._log.close()

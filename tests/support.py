@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import functools
-import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -65,14 +61,18 @@ from harness.chat import (
     wait_for_phase,
 )
 from harness.processes import (
+    HAPROXY_CONFIG,
     ROOT,
     BackendProcess,
+    HAProxy,
     RedisServer,
     async_wait_until,
     free_port,
+    haproxy_env,
     port_open,
     wait_until,
 )
+from harness.rolling import Population, RollingFleet
 
 __all__ = [
     "ACL_PASSWORD",
@@ -98,7 +98,9 @@ __all__ = [
     "HAProxy",
     "NoRedis",
     "Outcome",
+    "Population",
     "RedisServer",
+    "RollingFleet",
     "Samples",
     "Scripted",
     "assert_chatted",
@@ -116,6 +118,7 @@ __all__ = [
     "gate_for",
     "get",
     "handshake",
+    "haproxy_env",
     "health",
     "in_phase",
     "instance_record",
@@ -587,61 +590,6 @@ async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
-
-
-# -- HAProxy in front of real backends ---------------------------------------------------------
-
-HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
-
-
-class HAProxy:
-    """deploy/haproxy.cfg run by a real ``haproxy`` with ``env`` (BACKEND_1..3,
-    HAPROXY_BIND, HAPROXY_STATS_SOCKET, ...), its output in ``log``."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.sock = Path(env["HAPROXY_STATS_SOCKET"])
-        self.port = int(env["HAPROXY_BIND"].rsplit(":", 1)[1])
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f",
-                                      str(HAPROXY_CONFIG)], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.sock.exists() or self.proc.poll() is not None, 10,
-                       what="haproxy's stats socket")
-            assert self.proc.poll() is None, log.read_text()
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stats(self) -> dict[str, dict[str, str]]:
-        """``show stat`` on the admin socket: server name -> its row."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.sock))
-            s.sendall(b"show stat\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {r["svname"]: r for r in rows if r["pxname"] == "instances"}
-
-    def server(self, index: int) -> dict[str, str]:
-        return self.stats()[f"instance-{index + 1}"]
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        finally:
-            self._log.close()
-
 
 
 # -- the coordinator command ------------------------------------------------------------------

@@ -27,6 +27,11 @@ EXPECTED = {
     "fleet_scale": {"round_trips_per_page", "heartbeat_round_trips_per_interval"},
     "lease_throughput": {"pairs_vs_raw_evalsha"},
     "memory": {"gate_kib_per_held", "gated_vs_bare"},
+    "rolling_deploy": {f"{scenario}.{key}" for scenario in ("off", "on") for key in (
+        "close_1011", "http_500", "never_served_again", "served_on_first_retry",
+        "disconnect_to_chat_p99_s", "handshakes_per_reconnect",
+        "handshakes_per_client_in_deploy", "handshakes_per_client")}
+    | {"on.peak_handshakes_per_100ms_vs_off", "on.fleet_peak_per_100ms_vs_off"},
 }
 
 

@@ -52,6 +52,7 @@ ROWS_JS = """Array.from(document.querySelectorAll('#instances tbody tr')).map(tr
   state: tr.querySelector('.pill').textContent,
   phase: tr.querySelector('.phase-name').textContent,
   held: tr.querySelector('.held').textContent,
+  open: tr.querySelector('.open').textContent,
 }))"""
 
 
@@ -217,7 +218,21 @@ async def test_dashboard_follows_three_instances_through_startup_holds_and_a_kil
     assert all(w["type"] == "welcome" for w in welcomes), welcomes
     await async_wait_until(lambda: _text_is(browser, "total-ready", "3"), 10, interval=0.2,
                            what="the totals to count three ready")
-    await browser.screenshot("dashboard-ready.png")
+
+    # Open connections: three clients stay on dash-0 and one on dash-1; the "Open" column
+    # shows each instance's own count (from its heartbeat), the totals their sum.
+    staying = [await connect(procs[i].ws_url, open_timeout=10) for i in (0, 0, 0, 1)]
+    try:
+        for ws in staying:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        opened = await async_wait_until(lambda: _open_are(browser, ["3", "1", "0"]), 15,
+                                        interval=0.2, what="the page to show open connections")
+        assert opened == {"dash-0": "3", "dash-1": "1", "dash-2": "0"}
+        assert await browser.text("total-open") == "4"
+        await browser.screenshot("dashboard-ready.png")
+    finally:
+        for ws in staying:
+            await ws.close()
 
     procs[2].kill()
     await async_wait_until(lambda: _ids_are(browser, ["dash-0", "dash-1"]), 20, interval=0.2,
@@ -230,6 +245,11 @@ async def test_dashboard_follows_three_instances_through_startup_holds_and_a_kil
 async def _all_three(browser: Chromium, field: str, wanted: str) -> dict[str, str] | None:
     by_id = {r["id"]: r[field] for r in await browser.rows()}
     return by_id if len(by_id) == 3 and set(by_id.values()) == {wanted} else None
+
+
+async def _open_are(browser: Chromium, wanted: list[str]) -> dict[str, str] | None:
+    by_id = {r["id"]: r["open"] for r in await browser.rows()}
+    return by_id if [by_id.get(f"dash-{i}") for i in range(3)] == wanted else None
 
 
 async def _total_held(browser: Chromium) -> bool:

@@ -33,6 +33,7 @@ from tests.support import (
     Scripted,
     async_wait_until,
     free_port,
+    haproxy_env,
     serving,
     wait_until,
 )
@@ -46,14 +47,6 @@ RESERVED_WITHIN = 10.0
 POPULATION = 18
 DRAIN_GRACE = 2.0
 POLICY = RetryPolicy(max_attempts=10, max_time=30, base_delay=0.1, max_delay=1.0)
-
-
-def haproxy_env(backends: list[BackendProcess], port: int, sock: Path) -> dict[str, str]:
-    """The variables deploy/haproxy.cfg reads (docker-compose.yml sets the same)."""
-    return {"BACKEND_1": f"127.0.0.1:{backends[0].port}",
-            "BACKEND_2": f"127.0.0.1:{backends[1].port}",
-            "BACKEND_3": f"127.0.0.1:{backends[2].port}",
-            "HAPROXY_BIND": f"127.0.0.1:{port}", "HAPROXY_STATS_SOCKET": str(sock)}
 
 
 def test_the_config_is_valid_for_haproxy(tmp_path):
@@ -190,7 +183,7 @@ async def test_rolling_restart_behind_haproxy(tmp_path, redis_server, namespace,
         proc.start(wait=False)
     for proc in fleet:
         proc.wait_ready()
-    proxy = HAProxy(haproxy_env(fleet, free_port(), tmp_path / "haproxy.sock"),
+    proxy = HAProxy(haproxy_env([b.port for b in fleet], free_port(), tmp_path / "haproxy.sock"),
                     tmp_path / "haproxy.log")
     haproxies.append(proxy)
     wait_until(lambda: all(r["status"] == "UP" for r in proxy.stats().values()), 15,

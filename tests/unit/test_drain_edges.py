@@ -122,3 +122,17 @@ async def test_closes_are_paced_evenly_over_the_spread_each_with_the_rejection_j
     assert gaps[0] < 0.05 and all(gap >= 0.099 for gap in gaps[1:]), gaps
     assert all(r["code"] == 1012 and r["reason"] == "draining" for r in reasons)
     assert all(r["retry_after"] in (1, 2) for r in reasons)  # 1 s plus a spread
+
+
+async def test_a_connection_counts_as_open_until_its_own_paced_close():
+    """The record's ``connections`` (and so the dashboard's Open column) falls as the
+    paced closes go out, not all at once when the spread begins."""
+    gate, _coord, _app = gate_for()
+    still_open: list[int] = []
+
+    async def closer(code: int, reason: str) -> None:
+        still_open.append(gate.counts(True).connections)
+
+    gate.state.connections.update(dict.fromkeys(range(5), closer))
+    assert await asyncio.wait_for(gate.close_connections(spread=0.2), DEADLINE) == 5
+    assert still_open == [4, 3, 2, 1, 0]

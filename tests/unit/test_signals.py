@@ -148,6 +148,29 @@ async def test_a_second_sigterm_ends_the_drain_at_once(sigterm, monkeypatch) -> 
         drains.detach(coord)
 
 
+async def test_a_second_sigterm_during_the_spread_closes_the_rest_at_once(
+        sigterm, monkeypatch) -> None:
+    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
+    gate, coord, _app = gate_for(drain_grace=60, drain_spread=59.5)
+    gate.app = open_app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    clients = [FakeWebSocket() for _ in range(3)]
+    tasks = [handshake(gate, client) for client in clients]
+    await until(lambda: len(gate.state.connections) == 3)
+    drains = Drains()
+    drains.attach(coord)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        # The spread begins 0.5 s in: the first close goes out, the next one ~20 s later.
+        await until(lambda: any(task.done() for task in tasks))
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: sigterm)
+        await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)  # not 20 s apart
+        assert [client.sent[-1]["code"] for client in clients] == [1012] * 3
+    finally:
+        drains.detach(coord)
+
+
 async def test_the_drain_listens_for_the_whole_grace_with_nothing_to_close() -> None:
     _gate, coord, _app = gate_for(drain_grace=0.3, drain_spread=0.2)
     loop = asyncio.get_running_loop()

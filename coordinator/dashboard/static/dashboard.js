@@ -11,6 +11,9 @@
   const STALE_AFTER_MS = 5000;        // no snapshot for this long: say so
   const RECONNECT_MAX_MS = 10000;
   const STATES = ['starting', 'ready', 'draining', 'failed', 'stopped'];
+  // The instances' lines in the open-connections chart (and the swatch in their row).
+  const PALETTE = ['#5aa9ff', '#3ecf8e', '#f0b429', '#b794f6', '#f25f5c', '#4fd1c5',
+                   '#f687b3', '#a3bf5f'];
 
   const fleet = {
     instances: new Map(),   // id -> record, with receivedAt (client ms)
@@ -21,7 +24,8 @@
     redis: 'ok',
   };
   const rows = new Map();   // id -> row view
-  const history = [];       // {t, held, admitted}: one point per bucket
+  const history = [];       // {t, held, admitted, open, openById}: one point per bucket
+  const colors = new Map(); // id -> PALETTE index, while the id is in the charts' window
   let lastAdmitted = null;  // id -> admitted count at the previous snapshot
   let linkState = 'connecting';
 
@@ -166,7 +170,37 @@
     }
     point.held = num(totals.held) || 0;
     point.admitted += newly;
+    // Open connections: each instance's latest count in the bucket, and their sum.
+    point.openById = new Map();
+    point.open = 0;
+    for (const [id, record] of fleet.instances) {
+      const open = num(record.connections) || 0;
+      point.openById.set(id, open);
+      point.open += open;
+    }
     while (history.length && history[0].t < now - HISTORY_MS) history.shift();
+    assignColors();
+  }
+
+  // A colour per instance in the window, kept while it is there; a newcomer takes the
+  // first one free (they repeat past eight instances).
+  function assignColors() {
+    const seen = new Set();
+    for (const point of history) for (const id of point.openById.keys()) seen.add(id);
+    for (const id of colors.keys()) if (!seen.has(id)) colors.delete(id);
+    const used = new Set(colors.values());
+    for (const id of Array.from(seen).sort()) {
+      if (colors.has(id)) continue;
+      let index = 0;
+      while (used.has(index) && index < PALETTE.length) index += 1;
+      if (index === PALETTE.length) index = colors.size % PALETTE.length;
+      colors.set(id, index);
+      used.add(index);
+    }
+  }
+
+  function colorOf(id) {
+    return colors.has(id) ? PALETTE[colors.get(id)] : '';
   }
 
   // -- the rows --------------------------------------------------------------------
@@ -204,13 +238,17 @@
     heldMeter.append(heldFill);
     heldCell.append(held, heldMeter);
 
+    const openCell = el('td', 'num col-open');
+    const swatch = el('span', 'swatch');
+    const open = el('span', 'open');
+    openCell.append(swatch, open);
     const admitted = el('td', 'num admitted');
     const rejected = el('td', 'num rejected');
     const heartbeat = el('td', 'num heartbeat');
 
-    tr.append(idCell, stateCell, phaseCell, heldCell, admitted, rejected, heartbeat);
+    tr.append(idCell, stateCell, phaseCell, heldCell, openCell, admitted, rejected, heartbeat);
     return { tr, meta, pill, redis, fill, phaseName, phaseStep, phaseTime, held, heldFill,
-             admitted, rejected, heartbeat };
+             swatch, open, admitted, rejected, heartbeat };
   }
 
   function renderRow(row, record) {
@@ -248,6 +286,12 @@
     setData(row.held, 'holding', depth > 0 ? 'yes' : 'no');
     setScale(row.heldFill, cap ? (100 * depth) / cap : 0);
 
+    setText(row.open, count(record.connections));
+    const color = colorOf(record.id);  // from PALETTE, never from the record
+    if (row.swatch.dataset.color !== color) {
+      row.swatch.dataset.color = color;
+      row.swatch.style.backgroundColor = color;
+    }
     setText(row.admitted, count(record.admitted));
     setText(row.rejected, count(record.rejected));
     const age = heartbeatAge(record);
@@ -291,11 +335,12 @@
   // instance enforces, as registry.fleet_totals computes it.
   function renderTotals() {
     const byState = Object.fromEntries(STATES.map((s) => [s, 0]));
-    let held = 0, admitted = 0, rejected = 0, localCap = 0, recordCap = null;
+    let held = 0, open = 0, admitted = 0, rejected = 0, localCap = 0, recordCap = null;
     for (const record of fleet.instances.values()) {
       const state = knownState(record.state);
       if (state in byState) byState[state] += 1;
       held += num(record.queue_depth) || 0;
+      open += num(record.connections) || 0;
       admitted += num(record.admitted) || 0;
       rejected += num(record.rejected) || 0;
       localCap += num(record.queue_max) || 0;
@@ -321,6 +366,7 @@
     }
     setText($('total-cap'), capText);
     setScale($('total-held-fill'), fillPct);
+    setText($('total-open'), open);
     setText($('total-admitted'), admitted);
     setText($('total-rejected'), rejected);
   }
@@ -341,7 +387,8 @@
     }
   });
 
-  function drawChart(canvas, values, now) {
+  // series: [{values: [{t, v}], color, fill}], drawn in order (the last on top).
+  function drawChart(canvas, series, now) {
     const ratio = window.devicePixelRatio || 1;
     const size = chartSizes.get(canvas);
     if (!size || !size.width || !size.height) return;
@@ -351,7 +398,7 @@
     const ctx = canvas.getContext('2d');
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
-    const top = niceCeiling(Math.max(1, ...values.map((p) => p.v)));
+    const top = niceCeiling(Math.max(1, ...series.flatMap((s) => s.values.map((p) => p.v))));
     const pad = { left: 34, right: 6, top: 8, bottom: 16 };
     const plotW = width - pad.left - pad.right, plotH = height - pad.top - pad.bottom;
     const x = (t) => pad.left + plotW * (1 - (now - t) / HISTORY_MS);
@@ -375,21 +422,38 @@
     ctx.fillText('−5 min', pad.left, height - 3);
     ctx.textAlign = 'right';
     ctx.fillText('now', width - pad.right, height - 3);
-    if (values.length < 2) return;
 
-    const color = canvas.dataset.color;
-    ctx.beginPath();
-    values.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.v)) : ctx.moveTo(x(p.t), y(p.v))));
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 1.5;
-    ctx.stroke();
-    ctx.lineTo(x(values[values.length - 1].t), y(0));
-    ctx.lineTo(x(values[0].t), y(0));
-    ctx.closePath();
-    ctx.globalAlpha = 0.18;
-    ctx.fillStyle = color;
-    ctx.fill();
-    ctx.globalAlpha = 1;
+    for (const { values, color, fill } of series) {
+      if (values.length < 2) continue;
+      ctx.beginPath();
+      values.forEach((p, i) => (i ? ctx.lineTo(x(p.t), y(p.v)) : ctx.moveTo(x(p.t), y(p.v))));
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1.5;
+      ctx.stroke();
+      if (!fill) continue;
+      ctx.lineTo(x(values[values.length - 1].t), y(0));
+      ctx.lineTo(x(values[0].t), y(0));
+      ctx.closePath();
+      ctx.globalAlpha = 0.18;
+      ctx.fillStyle = color;
+      ctx.fill();
+      ctx.globalAlpha = 1;
+    }
+  }
+
+  // One line per instance (its colour in its row), over the total's shaded area.
+  function openSeries() {
+    const canvas = $('chart-open');
+    const series = [{ values: history.map((p) => ({ t: p.t, v: p.open })),
+                      color: canvas.dataset.color, fill: true }];
+    for (const id of Array.from(colors.keys()).sort()) {
+      const values = [];
+      for (const point of history) {
+        if (point.openById.has(id)) values.push({ t: point.t, v: point.openById.get(id) });
+      }
+      series.push({ values, color: colorOf(id), fill: false });
+    }
+    return series;
   }
 
   function renderCharts() {
@@ -398,10 +462,15 @@
     const complete = history.slice(0, -1);  // the current bucket is still filling
     const rate = (p) => p.admitted / (BUCKET_MS / 1000);
     setText($('chart-held-now'), last ? last.held : '');
+    setText($('chart-open-now'), last ? last.open : '');
     setText($('chart-admitted-now'),
             complete.length ? rate(complete[complete.length - 1]).toFixed(1) + '/s' : '');
-    drawChart($('chart-held'), history.map((p) => ({ t: p.t, v: p.held })), now);
-    drawChart($('chart-admitted'), complete.map((p) => ({ t: p.t, v: rate(p) })), now);
+    const single = (id, values) => [{ values, color: $(id).dataset.color, fill: true }];
+    drawChart($('chart-held'), single('chart-held', history.map((p) => ({ t: p.t, v: p.held }))),
+              now);
+    drawChart($('chart-admitted'),
+              single('chart-admitted', complete.map((p) => ({ t: p.t, v: rate(p) }))), now);
+    drawChart($('chart-open'), openSeries(), now);
   }
 
   // -- the connection ----------------------------------------------------------------
@@ -467,6 +536,7 @@
 
   resized.observe($('chart-held'));
   resized.observe($('chart-admitted'));
+  resized.observe($('chart-open'));
   connect();
   setInterval(render, RENDER_EVERY_MS);
   render();
