@@ -61,15 +61,19 @@ def retry_hint(seconds: float | None, default: int = 1, cap: int = MAX_RETRY_AFT
 
 
 def spread(hint: int, cap: int = MAX_RETRY_AFTER, rng: random.Random | None = None) -> int:
-    """``hint`` plus a spread of its own: uniform in ``[hint, hint + max(1, hint // 2)]``,
-    at most ``cap``.
+    """``hint`` plus a spread of its own: uniform in ``[hint, hint + max(1, hint // 2)]``;
+    where that would pass ``cap``, uniform in the last tenth below it instead (at least a
+    second wide), so that hints at the cap do not all land on the same second either.
 
     The hint is the earliest a retry can succeed (from what the fleet knows); the spread
     is what keeps the clients that were refused in the same moment from coming back in
     the same second (DESIGN.md: Deploy storms).
     """
-    width = max(1, hint // 2)
-    return max(1, min(cap, hint + (rng or _RNG).randint(0, width)))
+    hint = max(1, min(hint, cap))
+    low, high = hint, hint + max(1, hint // 2)
+    if high > cap:
+        low, high = max(1, min(hint, cap - max(1, cap // 10))), cap
+    return (rng or _RNG).randint(low, high)
 
 
 _RNG = random.Random()

@@ -38,6 +38,7 @@ from .tasks import TaskSet
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
 LEAVE_TIMEOUT = 2.0  # seconds a clean stop may take to remove the record, index entry, leases
+STOP_DEADLINE = 3.0  # seconds the whole of stop() may take: leases, leaving, tasks, client
 NOPERM_LINK = ("redis at %s refused a command (NOPERM): %s; this instance's ACL lacks a "
                "permission it needs (README: Security); gating on local state meanwhile")
 
@@ -170,6 +171,7 @@ class Coordinator:
         self._link_attempted = asyncio.Event()
         self._started = False
         self._stopped = False
+        self._stopping: asyncio.Task[None] | None = None
         self._role: _Role
         if self.role is Role.OWNER:
             from .owner import Owner
@@ -259,21 +261,35 @@ class Coordinator:
             await asyncio.wait_for(self._link_attempted.wait(), START_LINK_WAIT)
 
     async def stop(self) -> None:
-        """Reject whatever is held, leave the fleet view, cancel every task, close."""
-        if self._stopped:
-            return
+        """Reject whatever is held, leave the fleet view, cancel every task, close.
+
+        One stop, whoever asks and however often: it runs as a task of its own that every
+        caller awaits, so a caller cancelled midway (a second signal) leaves it to finish.
+        Bounded by ``STOP_DEADLINE`` as a whole.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(),
+                                                                   name="coordinator-stop")
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self._stopped = True
         self._set_status(Status(State.STOPPED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
-        for gate in self.gates:
-            await gate.aclose()
-        if self.redis_ok:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await asyncio.wait_for(self._role.leave(), LEAVE_TIMEOUT)
-        await self.tasks.cancel()
-        if self._owns_client:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.redis.aclose()
+        try:
+            async with asyncio.timeout(STOP_DEADLINE):
+                for gate in self.gates:
+                    await gate.aclose()
+                if self.redis_ok:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await asyncio.wait_for(self._role.leave(), LEAVE_TIMEOUT)
+                await self.tasks.cancel()
+                if self._owns_client:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await self.redis.aclose()
+        except TimeoutError:
+            log.warning("instance %s: stop took over %.0fs; left unfinished", self.id,
+                        STOP_DEADLINE)
 
     async def __aenter__(self) -> Coordinator:
         await self.start()

@@ -140,8 +140,9 @@ class Drains:
     async def _drain_all(self) -> None:
         try:
             await asyncio.gather(*(drain(c) for c in list(self.coordinators)))
-        finally:
-            self._chain(signal.SIGTERM)
+        except Exception:  # cancelled (a second signal): _answer_then_chain hands over
+            log.exception("the drain failed; handing the signal to the server now")
+        self._chain(signal.SIGTERM)
 
     def _end_now(self, sig: int) -> None:
         """Stop draining: reject what is held, close what is open with 1012, then let the
@@ -155,7 +156,9 @@ class Drains:
             self._chain(sig)  # a third signal: the server's, at once
 
     async def _answer_then_chain(self, sig: int) -> None:
-        """Our answers first: a server's shutdown answers a pending handshake with 500."""
+        """Our answers first (a server's shutdown answers a pending handshake with 500),
+        and the fleet left (a forced exit skips the lifespan that would stop the
+        coordinator); then the server's own handling of ``sig``."""
         try:
             closing = []
             for coord in self.coordinators:
@@ -164,6 +167,7 @@ class Drains:
                     closing += [g.close_connections(timeout=END_WAIT) for g in coord.gates]
             await asyncio.gather(*closing)
             await asyncio.sleep(END_WAIT / 10)  # the rejections' writes, a few loop turns
+            await asyncio.gather(*(c.stop() for c in self.coordinators))  # STOP_DEADLINE
         finally:
             self._chain(sig)
 

@@ -222,13 +222,16 @@ class ConnectionGate:
         if decision.action is HOLD:
             await self._hold(scope, receive, send, decision.hold_for)
         elif self._pacing and self.pacer.active and not self.pacer.admit_now():
-            # Ready, but admitting at a paced rate: wait for a token like a held handshake.
-            await self._hold(scope, receive, send, coord.settings.max_queue_time)
+            # Ready, but admitting at a paced rate: wait for a token in the hold queue. No
+            # fleet lease: the fleet cap bounds what starting instances hold.
+            await self._hold(scope, receive, send, coord.settings.max_queue_time,
+                             lease=False)
         else:
             self.state.admitted["immediate"] += 1
             await self._run(scope, receive, send)
 
-    async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float) -> None:
+    async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float,
+                    lease: bool = True) -> None:
         coord, state = self.coord, self.state
         entry = state.queue.hold(hold_for)
         if entry is None:  # the queue filled between the decision and now
@@ -236,7 +239,7 @@ class ConnectionGate:
             return
         pending: asyncio.Future[Message] | None = None
         try:  # from here on, however this ends, the slot and the lease are given back
-            if state.leases.enabled and not await self._lease(entry, hold_for):
+            if lease and state.leases.enabled and not await self._lease(entry, hold_for):
                 await self._reject(scope, receive, send, self._rejection(Reason.FLEET_CAP))
                 return
             state.queue.held_total += 1  # a slot and (with a fleet cap) a lease: held
@@ -291,7 +294,7 @@ class ConnectionGate:
         """Hand the connection to the app, tracking it so a drain can close it."""
         connections = self.state.connections
         conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
-        guarded = _GuardedSend(send)
+        guarded = _GuardedConnection(scope, receive, send)
         connections[conn] = guarded.close
         expiry = None
         if self._max_age is not None:
@@ -300,7 +303,9 @@ class ConnectionGate:
             age = self._max_age * random.uniform(0.9, 1.0)
             expiry = asyncio.get_running_loop().call_later(age, self._expire, conn)
         try:
-            await self.app(scope, receive, guarded)
+            await self.app(scope, guarded.receive, guarded.send)
+        except ClosedByGate:
+            pass  # the app did not catch it: the connection is over, as the gate meant
         finally:
             connections.pop(conn, None)
             if expiry is not None:
@@ -394,14 +399,7 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
         return
     try:
         if mode == "http" and "websocket.http.response" in scope.get("extensions", {}):
-            body = payload.encode()
-            await send({"type": "websocket.http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"),
-                (b"retry-after", str(retry_after).encode()),
-                (b"content-length", str(len(body)).encode()),
-            ]})
-            await send({"type": "websocket.http.response.body", "body": body})
-            handshake_noise.expect()
+            await _deny(send, payload)
             return
         code = CLOSE_SERVICE_RESTART if reason == Reason.DRAINING else CLOSE_TRY_AGAIN_LATER
         await send({"type": "websocket.accept"})
@@ -410,31 +408,68 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
         pass
 
 
-class _GuardedSend:
-    """send() for the app, through which a drain can close the connection.
+async def _deny(send: Send, payload: str) -> None:
+    """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body."""
+    retry_after = json.loads(payload)["retry_after"]
+    body = payload.encode()
+    await send({"type": "websocket.http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(retry_after).encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]})
+    await send({"type": "websocket.http.response.body", "body": body})
+    handshake_noise.expect()
 
-    Once the gate has sent its 1012 close, the app's own later sends and close are
-    dropped: the client is gone, and uvicorn would raise on a send after a close.
+
+class ClosedByGate(OSError):
+    """What the app's ``send`` raises once the gate has closed its connection (a drain, a
+    maximum age): an ``OSError``, as a server's own "client disconnected" is, so Starlette
+    turns it into ``WebSocketDisconnect`` and a handler that only sends stops."""
+
+
+class _GuardedConnection:
+    """The app's ``send`` and ``receive``, through which the gate can close the connection.
+
+    Once the gate has closed it, the app's next send raises :class:`ClosedByGate` and its
+    next receive is a ``websocket.disconnect`` (1012): an app that loops on either ends,
+    instead of running on, unseen, after the client is gone. A connection the app has not
+    accepted yet is refused instead (HTTP 503 + Retry-After where the server offers a
+    denial response): a close before the accept would reach the client as HTTP 403.
     """
 
-    __slots__ = ("_send", "closed")
+    __slots__ = ("_extensions", "_receive", "_send", "accepted", "closed")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._extensions = scope.get("extensions") or {}
+        self._receive = receive
         self._send = send
+        self.accepted = False
         self.closed = False
 
-    async def __call__(self, message: Message) -> None:
-        if self.closed and message["type"] in ("websocket.accept", "websocket.send",
-                                                "websocket.close"):
-            return
+    async def send(self, message: Message) -> None:
+        if self.closed:
+            raise ClosedByGate("the gate closed this connection")
+        if message["type"] == "websocket.accept":
+            self.accepted = True
         await self._send(message)
+
+    async def receive(self) -> Message:
+        if self.closed:
+            return {"type": "websocket.disconnect", "code": CLOSE_SERVICE_RESTART}
+        return await self._receive()
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
         with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            if self.accepted:
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            elif "websocket.http.response" in self._extensions:
+                await _deny(self._send, reason)
+            else:
+                await self._send({"type": "websocket.accept"})
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class _Replay:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import redis.asyncio as redis
 
-from .connections import REDIS_ERRORS
+from .connections import REDIS_ERRORS, refused
 from .queue import HoldQueue
 from .settings import Settings
 from .tasks import TaskSet
@@ -35,6 +35,7 @@ log = logging.getLogger("coordinator.pacing")
 DOUBLINGS = 10  # the slow-start rate doubles this many times over its window
 MAX_WAIT = 0.5  # the pump re-checks at least this often while connections wait
 FLEET_TIMEOUT = 1.0  # a bucket call slower than this: the local share decides
+SCRIPT_NEEDS = "EVALSHA, TIME, HGET, HSET, PEXPIRE, ZCOUNT on N:admit and N:instances"
 
 # KEYS[1] = N:admit (hash: tokens, at: the bucket's level and when it was computed)
 # KEYS[2] = N:instances (sorted set: id -> last heartbeat), to count the live instances
@@ -95,11 +96,14 @@ class Bucket:
 
 
 class Pacer:
-    """Releases the gate's held handshakes as slow start and the fleet rate allow.
+    """Admits on a ready instance as slow start and the fleet rate allow; the excess waits
+    in the gate's hold queue and is released in order.
 
-    ``active`` says whether admissions are paced now (the gate's fast path checks it:
-    one attribute read). ``ready()`` starts the slow-start window; ``kick()`` wakes the
-    pump when a handshake joins the queue. The pump runs only while someone waits.
+    ``active`` says whether admissions are paced now (the gate's fast path checks it).
+    ``admit_now()`` takes a token for a newcomer when one is free and nobody waits.
+    Fleet tokens are fetched ahead, a local allotment of this instance's share of the
+    burst (``burst / live instances``), so that admissions within the rate go through at
+    once, without a round trip; one pump task fetches more and releases the held ones.
     """
 
     def __init__(self, settings: Settings, queue: HoldQueue, client: redis.Redis,
@@ -117,11 +121,13 @@ class Pacer:
         self._keys = keys
         self._admit = client.register_script(ADMIT) if self.fleet_rate else None
         self._ramp = Bucket(max(1.0, self.start_rate), clock)
-        self._share = Bucket(self.burst, clock)  # the fleet rate's local share
+        self._share = Bucket(self.burst, clock)  # the fleet rate's local share, Redis down
         self._ramp_from: float | None = None
         self._pump: asyncio.Task[None] | None = None
+        self.allotment = 0  # fleet tokens fetched ahead, not yet used
         self.live = 1  # instances, as of the last bucket call
         self.fleet_errors = 0
+        self.denied = 0  # bucket calls refused for want of a permission
         self.paced = 0  # handshakes that waited for a token
 
     @property
@@ -133,25 +139,40 @@ class Pacer:
         """Whether an admission on a ready instance must go through the pacer now."""
         return self.fleet_rate is not None or self._ramp_rate() is not None
 
+    @property
+    def share(self) -> int:
+        """How many fleet tokens this instance fetches ahead: its share of the burst."""
+        return max(1, int(self.burst / self.live))
+
     def ready(self) -> None:
-        """The instance became ready: the slow-start window opens now."""
+        """The instance became ready: the slow-start window opens now, and the fleet
+        allotment is fetched."""
         if self.window:
             self._ramp_from = self.clock()
             self._ramp = Bucket(max(1.0, self.start_rate), self.clock)
             self._ramp.tokens = 1.0  # one at once, the rest (the held ones too) at the ramp
-        self.kick()
+        self.kick(refill=True)
 
     def admit_now(self) -> bool:
-        """A token for a newcomer, if one is free and nobody waits (first in, first out);
-        never with a fleet rate, whose tokens are in Redis."""
-        if self.fleet_rate is not None or len(self.queue):
+        """A token for a newcomer, if one is free and nobody waits (first in, first out)."""
+        if len(self.queue):
+            return False
+        if self.fleet_rate is not None and self.allotment < 1:
+            self.kick(refill=True)
             return False
         granted, _wait = self._ramp.take(1, self._ramp_rate())
-        return granted == 1
+        if not granted:
+            return False
+        if self.fleet_rate is not None:
+            self.allotment -= 1
+            if self.allotment < self.share / 2:
+                self.kick(refill=True)
+        return True
 
-    def kick(self) -> None:
-        """Someone waits: make sure the pump runs."""
-        if len(self.queue) and (self._pump is None or self._pump.done()):
+    def kick(self, refill: bool = False) -> None:
+        """Someone waits (or the allotment runs low): make sure the pump runs."""
+        wanted = len(self.queue) or (refill and self.fleet_rate is not None)
+        if wanted and (self._pump is None or self._pump.done()):
             self._pump = self._tasks.spawn(self._run(), "pacer")
 
     def retry_after(self) -> float:
@@ -173,18 +194,35 @@ class Pacer:
         return rate
 
     async def _run(self) -> None:
-        while waiting := len(self.queue):
-            granted, wait = self._ramp.take(waiting, self._ramp_rate())
-            if granted and self.fleet_rate is not None:
-                fleet, fleet_wait = await self._from_fleet(granted)
-                self._ramp.refund(granted - fleet)
-                granted, wait = fleet, max(wait, fleet_wait)
+        """Fetch fleet tokens and release the held ones, while anyone waits; then top the
+        allotment up once and stop."""
+        refilled = False
+        while True:
+            wait = 0.0
+            if self.fleet_rate is not None and (len(self.queue) or not refilled):
+                wanted = max(len(self.queue), self.share) - self.allotment
+                if wanted > 0:
+                    granted, wait = await self._fetch(wanted)
+                    self.allotment += granted
+                refilled = True
+            # Counted after the fetch, with no await before the return: a handshake that
+            # joined the queue meanwhile found this pump running and relies on it.
+            waiting = len(self.queue)
+            if not waiting:
+                return
+            allowed = waiting if self.fleet_rate is None else min(waiting, self.allotment)
+            granted, ramp_wait = self._ramp.take(allowed, self._ramp_rate())
             if granted:
-                self.paced += self.queue.release(granted)
+                released = self.queue.release(granted)
+                self.paced += released
+                if self.fleet_rate is not None:
+                    self.allotment -= released
             if granted < waiting:
-                await asyncio.sleep(min(MAX_WAIT, max(wait, 0.001)))
+                await asyncio.sleep(min(MAX_WAIT, max(wait, ramp_wait, 0.001)))
 
-    async def _from_fleet(self, wanted: int) -> tuple[int, float]:
+    async def _fetch(self, wanted: int) -> tuple[int, float]:
+        """Up to ``wanted`` tokens from the fleet bucket, else from this instance's share;
+        and how long until the next one."""
         rate = self.fleet_rate
         assert rate is not None and self._admit is not None
         if self._link_up():
@@ -195,13 +233,21 @@ class Pacer:
                 self.live = max(1, int(live))
                 return int(granted), _seconds(wait)
             except REDIS_ERRORS as exc:
-                self.fleet_errors += 1
-                if self.fleet_errors == 1 or self.fleet_errors % 100 == 0:
-                    log.warning("fleet admission rate unavailable (%s): admitting at this "
-                                "instance's share, %.3g/s", type(exc).__name__,
-                                rate / self.live)
+                self._failed(exc, rate)
         self._share.burst = max(1.0, self.burst / self.live)
         return self._share.take(wanted, rate / self.live)
+
+    def _failed(self, exc: BaseException, rate: float) -> None:
+        self.fleet_errors += 1
+        if refused(exc):
+            self.denied += 1
+            if self.denied == 1 or self.denied % 100 == 0:
+                log.error("fleet admission rate refused by Redis (NOPERM: the instance's ACL "
+                          "needs %s); admitting at this instance's share, %.3g/s",
+                          SCRIPT_NEEDS, rate / self.live)
+        elif self.fleet_errors == 1 or self.fleet_errors % 100 == 0:
+            log.warning("fleet admission rate unavailable (%s): admitting at this "
+                        "instance's share, %.3g/s", type(exc).__name__, rate / self.live)
 
 
 def _seconds(raw: object) -> float:

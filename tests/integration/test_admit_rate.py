@@ -24,12 +24,14 @@ RATE, BURST = 10.0, 4.0
 
 @contextlib.asynccontextmanager
 async def ready_gates(url: str, namespace: str, count: int,
+                      fleet_admit_rate_override: tuple[float, float] = (RATE, BURST),
                       **kw: Any) -> AsyncIterator[list[ConnectionGate]]:
     """``count`` ready instances of one namespace, each with its gate."""
+    rate, burst = fleet_admit_rate_override
     coords = [Coordinator(Settings(redis_url=url, namespace=namespace, instance_id=f"i{n}",
                                    phases=("init", "services"), ready_phase="services",
                                    heartbeat_interval=0.2, instance_ttl=2.0,
-                                   fleet_admit_rate=RATE, fleet_admit_burst=BURST, **kw))
+                                   fleet_admit_rate=rate, fleet_admit_burst=burst, **kw))
               for n in range(count)]
     gates = [ConnectionGate(echo_app, c) for c in coords]
     for coord in coords:
@@ -105,9 +107,44 @@ async def test_with_redis_unreachable_each_instance_admits_at_its_share(namespac
 async def test_the_bucket_counts_the_live_instances_for_their_share(
         redis_server: RedisServer, namespace: str) -> None:
     async with ready_gates(redis_server.url, namespace, 3) as gates:
-        sockets, tasks = knock(gates[0], 2)
+        # More than the allotment fetched at ready (when it was the only one live): the
+        # next fetch learns the fleet's size.
+        sockets, tasks = knock(gates[0], int(BURST) + 2)
         await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
         assert gates[0].pacer.live == 3  # what the local share divides by if Redis goes
+        assert gates[0].pacer.share == max(1, int(BURST / 3))
+        for s in sockets:
+            s.disconnect()
+        await asyncio.gather(*tasks)
+
+
+async def test_within_the_rate_more_than_the_hold_cap_at_once_are_all_admitted_at_once(
+        redis_server: RedisServer, namespace: str) -> None:
+    """The instance fetches its share of the burst ahead: handshakes within the rate go
+    straight through, without a round trip, whatever the hold cap; they take no fleet
+    lease either (the fleet cap bounds what starting instances hold)."""
+    async with ready_gates(redis_server.url, namespace, 1, max_queue=5,
+                           fleet_max_queue=2) as (gate,):
+        await async_wait_until(lambda: gate.pacer.allotment >= BURST, 10,
+                               what="the allotment fetched at ready")
+        sockets, tasks = knock(gate, int(BURST))
+        await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
+        assert gate.state.admitted["immediate"] == BURST and not gate.state.rejected
+        assert gate.state.leases.outcomes["leased"] == 0
+        for s in sockets:
+            s.disconnect()
+        await asyncio.gather(*tasks)
+
+
+async def test_a_burst_larger_than_the_hold_cap_is_admitted_in_full(
+        redis_server: RedisServer, namespace: str) -> None:
+    async with ready_gates(redis_server.url, namespace, 1, max_queue=5,
+                           fleet_admit_rate_override=(1000.0, 1000.0)) as (gate,):
+        await async_wait_until(lambda: gate.pacer.allotment >= 100, 10,
+                               what="the allotment fetched at ready")
+        sockets, tasks = knock(gate, 20)  # 20 at once, 5 slots: all within the rate
+        await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
+        assert not gate.state.rejected, gate.state.rejected
         for s in sockets:
             s.disconnect()
         await asyncio.gather(*tasks)

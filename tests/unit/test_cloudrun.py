@@ -16,7 +16,7 @@ import yaml
 
 from backend.__main__ import GRACEFUL_SHUTDOWN
 from backend.config import BackendConfig
-from coordinator.core import LEAVE_TIMEOUT
+from coordinator.core import STOP_DEADLINE
 from coordinator.drain import CLOSE_WAIT
 from coordinator.settings import Settings
 from tests.support import ROOT, backend_paths, known_variables, route_paths
@@ -105,11 +105,12 @@ def test_the_redis_url_comes_from_secret_manager(container):
 def test_the_drain_fits_in_cloud_runs_grace(container):
     """The grace the service runs with (as the backend reads the spec), then the drain's
     two bounded steps as the code bounds them (the last 1012 closes, coordinator.drain's
-    CLOSE_WAIT; leaving the fleet, coordinator.core's LEAVE_TIMEOUT), and uvicorn's own
-    graceful shutdown as the launcher bounds it, fit between Cloud Run's SIGTERM and its
-    SIGKILL. (The process's exit within the 10 s, measured: tests/e2e/test_servers.py.)"""
+    CLOSE_WAIT; the whole of the coordinator's stop, coordinator.core's STOP_DEADLINE),
+    and uvicorn's own graceful shutdown as the launcher bounds it, fit between Cloud
+    Run's SIGTERM and its SIGKILL. (The exit within the 10 s, measured:
+    tests/e2e/test_servers.py.)"""
     config = BackendConfig.from_env({**plain_env(container), "K_SERVICE": "ws-coordinator"})
-    assert (config.coord.drain_grace + CLOSE_WAIT + LEAVE_TIMEOUT + GRACEFUL_SHUTDOWN
+    assert (config.coord.drain_grace + CLOSE_WAIT + STOP_DEADLINE + GRACEFUL_SHUTDOWN
             <= CLOUD_RUN_SIGKILL_AFTER)
 
 

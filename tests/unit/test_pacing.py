@@ -19,15 +19,19 @@ BEFORE_READY = ("init", "dependencies", "database", "cache")
 
 def test_a_hint_gets_a_spread_of_its_own_never_below_it_or_above_the_cap() -> None:
     rng = random.Random(7)
-    for base in (1, 2, 4, 9, 30):
+    for base in (1, 2, 4, 9, 18):
         seen = Counter(spread(base, cap=30, rng=rng) for _ in range(2000))
         assert min(seen) == base  # never sooner than the fleet's knowledge allows
-        assert max(seen) == min(30, base + max(1, base // 2))  # the whole window is used
+        assert max(seen) == base + max(1, base // 2)  # the whole window is used
     # 27 clients refused in the same moment with a hint of 4 s (the measurement):
     # they no longer all come back in the same second.
     hints = Counter(spread(4, rng=rng) for _ in range(27))
     assert max(hints.values()) < 27 and set(hints) <= {4, 5, 6}
-    assert spread(30, cap=30) == 30 and spread(50, cap=30) == 30
+    # At the cap (a long startup, absurd statistics), the spread goes below it: hints
+    # there do not all land on the cap's second either.
+    for base in (25, 30, 50):
+        seen = Counter(spread(base, cap=30, rng=rng) for _ in range(2000))
+        assert max(seen) == 30 and min(seen) == min(base, 27) and len(seen) > 1
 
 
 def test_the_bucket_grants_at_its_rate_refunds_and_says_when_the_next_token_comes() -> None:

@@ -144,8 +144,39 @@ async def test_a_second_sigterm_ends_the_drain_at_once(sigterm, monkeypatch) -> 
         await until(lambda: sigterm)  # not 30 s later
         await asyncio.wait_for(task, DEADLINE)
         assert client.sent[-1]["code"] == 1012
+        await asyncio.sleep(0.1)  # time for a wrongly repeated hand-over to show
+        assert sigterm == [signal.SIGTERM]  # handed over once, not once per path
     finally:
         drains.detach(coord)
+
+
+async def test_a_second_signal_answers_and_leaves_the_fleet_before_the_server_hears_it(
+        monkeypatch) -> None:
+    """The server's handler is called after our 1012 went out and the coordinator
+    stopped (left the fleet): a forced exit would skip the lifespan that stops it."""
+    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
+    gate, coord, _app = gate_for(drain_grace=30)
+    gate.app = open_app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    client = FakeWebSocket()
+    task = handshake(gate, client)
+    await until(lambda: gate.state.connections)
+    seen: list[tuple[str, State]] = []
+    handlers = {sig: signal.signal(sig, lambda s, _f: seen.append(
+        (client.types[-1], state_of(coord)))) for sig in (signal.SIGTERM, signal.SIGINT)}
+    drains = Drains()
+    drains.attach(coord)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: coord.state is State.DRAINING)
+        os.kill(os.getpid(), signal.SIGINT)
+        await until(lambda: seen)
+        assert seen == [("websocket.close", State.STOPPED)]
+        await asyncio.wait_for(task, DEADLINE)
+    finally:
+        drains.detach(coord)
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
 
 
 async def test_a_second_sigterm_during_the_spread_closes_the_rest_at_once(
