@@ -53,9 +53,13 @@ class Decision:
 MAX_RETRY_AFTER = 30  # seconds: COORD_MAX_RETRY_AFTER's default
 
 
+DRAIN_HINT = 1  # seconds: while draining, other instances are ready
+FAILED_HINT = 5  # seconds: a failed instance will be replaced, not soon
+
+
 def retry_hint(seconds: float | None, default: int = 1, cap: int = MAX_RETRY_AFTER) -> int:
     """An integer Retry-After from 1 to ``cap`` seconds, whatever Redis data said."""
-    if seconds is None or not math.isfinite(seconds):
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
         seconds = default
     return max(1, min(cap, math.ceil(seconds)))
 
@@ -81,7 +85,7 @@ _RNG = random.Random()
 
 def decide(*, state: State, phase: str | None, plan: PhasePlan, has_slot: bool,
            expected_ready_in: float | None, wait_budget: float, max_queue_time: float,
-           drain_retry_after: int = 1, failed_retry_after: int = 5,
+           drain_retry_after: int = DRAIN_HINT, failed_retry_after: int = FAILED_HINT,
            max_retry_after: int = MAX_RETRY_AFTER) -> Decision:
     """One row of DESIGN.md's admission table.
 

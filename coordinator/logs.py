@@ -36,9 +36,27 @@ class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     Installed by :func:`ensure_visible` when the host application has set up no logging
     (plain ``uvicorn app:app`` configures only its own loggers, so Python would print
-    warnings and drop everything else). Once the root logger has a handler, records
-    reach it by propagation and this one stays silent: no line is printed twice.
+    warnings and drop everything else). The first record after the root logger gets a
+    handler of its own (the application configured logging) removes it and the INFO
+    level it set: from then on the coordinator's records follow the application's
+    configuration, its levels included, and no line is printed twice.
     """
+
+    def __init__(self, logger: logging.Logger, level_was_set: bool) -> None:
+        super().__init__(sys.stderr)
+        self.logger = logger
+        self.level_was_set = level_was_set
+        logger.addFilter(self._until_configured)
+
+    def _until_configured(self, record: logging.LogRecord) -> bool:
+        root = logging.getLogger()
+        if not root.handlers:
+            return True
+        self.logger.removeFilter(self._until_configured)
+        self.logger.removeHandler(self)
+        if self.level_was_set and self.logger.level == logging.INFO:
+            self.logger.setLevel(logging.NOTSET)
+        return record.levelno >= root.getEffectiveLevel()
 
     def emit(self, record: logging.LogRecord) -> None:
         if not logging.getLogger().handlers:
@@ -64,10 +82,11 @@ def ensure_visible(name: str = "coordinator") -> None:
     if logging.getLogger().handlers or any(isinstance(h, _FallbackHandler)
                                            for h in logger.handlers):
         return
-    handler = _FallbackHandler(sys.stderr)
+    set_level = logger.level == logging.NOTSET
+    handler = _FallbackHandler(logger, set_level)
     handler.setFormatter(_PaddedFormatter("%(levelprefix)s %(name)s: %(message)s"))
     logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
+    if set_level:
         logger.setLevel(logging.INFO)
 
 

@@ -181,7 +181,8 @@ def _count(value: object) -> bool:
 
 def _number(value: object, limit: float) -> bool:
     """An int or float (not a bool, not NaN) from 0 up to (not including) ``limit``."""
-    return type(value) in (int, float) and 0 <= value < limit  # type: ignore[operator]
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 <= value < limit)
 
 
 def _scalar(value: object) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -22,7 +21,17 @@ from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .admission import HOLD, REJECT, Decision, Reason, decide, retry_hint, spread
+from .admission import (
+    DRAIN_HINT,
+    FAILED_HINT,
+    HOLD,
+    REJECT,
+    Decision,
+    Reason,
+    decide,
+    retry_hint,
+    spread,
+)
 from .core import Coordinator, GateCounts
 from .drain import DRAINS
 from .leases import REFUSED, FleetLeases
@@ -161,8 +170,9 @@ class ConnectionGate:
                 await asyncio.sleep(interval)
             closer = connections.pop(conn, None)
             if closer is not None:
-                tasks.append(asyncio.ensure_future(
-                    closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING))))
+                tasks.append(self.tasks.spawn(
+                    closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING)),
+                    "drain-close"))
         if not tasks:
             return 0
         done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -327,9 +337,9 @@ class ConnectionGate:
     def _rejection(self, reason: Reason) -> Decision:
         coord, cap = self.coord, self.coord.settings.max_retry_after
         if reason in (Reason.DRAINING, Reason.MAX_AGE):
-            hint = retry_hint(1, cap=cap)
+            hint = retry_hint(DRAIN_HINT, cap=cap)
         elif reason is Reason.FAILED:
-            hint = retry_hint(5, cap=cap)
+            hint = retry_hint(FAILED_HINT, cap=cap)
         elif coord.state is State.READY:  # paced: when the pacer could take one more
             hint = retry_hint(self.pacer.retry_after(), cap=cap)
         else:
@@ -373,7 +383,7 @@ def _reason_for(state: State) -> Reason:
 def reason_payload(reason: str, retry_after: int) -> str:
     """``{"reason": ..., "retry_after": N}``: always valid JSON of at most 123 bytes (a
     close reason's limit), the reason shortened if it must be."""
-    retry_after = _hint(retry_after)
+    retry_after = retry_hint(retry_after, cap=MAX_HINT)
     while True:
         text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
         if len(text.encode()) <= MAX_REASON_BYTES:
@@ -381,18 +391,11 @@ def reason_payload(reason: str, retry_after: int) -> str:
         reason = reason[:len(reason) - max(1, len(text.encode()) - MAX_REASON_BYTES)]
 
 
-def _hint(retry_after: float) -> int:
-    """A Retry-After a client can use: an integer from 1 to MAX_HINT seconds."""
-    if not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
-        return 1
-    return max(1, min(MAX_HINT, int(retry_after)))
-
-
 async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
                  mode: str = "http") -> None:
     """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
     response, else accept and close with 1013 (1012 while draining)."""
-    retry_after = _hint(retry_after)
+    retry_after = retry_hint(retry_after, cap=MAX_HINT)
     payload = reason_payload(reason, retry_after)
     message = await receive()  # websocket.connect (or disconnect: nothing to answer)
     if message["type"] != "websocket.connect":

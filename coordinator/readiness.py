@@ -54,10 +54,10 @@ def status_from_message(msg: Message, plan: PhasePlan) -> Status | None:
         state = STATE_AFTER[event]
     elif event is Event.PHASE_COMPLETED and msg.phase == plan.ready_phase:
         state = State.READY
-    elif plan.index(msg.phase) is None:
+    elif (index := plan.index(msg.phase)) is None:
         return None
     else:
-        state = State.STARTING if plan.index(msg.phase) <= plan.ready_index else State.READY  # type: ignore[operator]
+        state = State.STARTING if index <= plan.ready_index else State.READY
     return Status(state, msg.phase, msg.phase_index, msg.ts, started_at)
 
 

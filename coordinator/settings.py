@@ -6,6 +6,7 @@ start-up with a message an operator can act on instead of misbehaving later.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -205,8 +206,14 @@ class Settings:
         reader.put(kwargs, "fleet_admit_rate", "COORD_FLEET_ADMIT_RATE", _number)
         reader.put(kwargs, "fleet_admit_burst", "COORD_FLEET_ADMIT_BURST", _number)
         reader.put(kwargs, "max_connection_age", "COORD_MAX_CONNECTION_AGE", _number)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"Settings has no field {', '.join(map(repr, unknown))}")
+        if isinstance(overrides.get("phases"), list | tuple):  # a list is fine too
+            overrides["phases"] = tuple(overrides["phases"])  # type: ignore[arg-type]
         kwargs.update(overrides)
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**kwargs)  # type: ignore[arg-type]  # checked in __post_init__
 
 
 class _Reader:

@@ -72,6 +72,6 @@ def test_a_taken_port_is_one_clear_line_and_exit_status_2(redis_server: RedisSer
         finally:
             dashboard.stop(signal.SIGKILL)
     output = dashboard.log.read_text()
-    assert output.splitlines() == [f"coordinator: error: cannot listen on 127.0.0.1:"
-                                   f"{dashboard.port}: Address already in use"], output
+    line = f"coordinator: error: cannot listen on 127.0.0.1:{dashboard.port}: "
+    assert output.splitlines() == [line + "Address already in use"], output
     assert "/dashboard/" not in output  # no address announced that is not ours

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.keys import Keys
+from coordinator.leases import LEASED
 from tests.support import FakeWebSocket, RedisServer, async_wait_until, echo_app, knock
 
 pytestmark = pytest.mark.redis
@@ -130,7 +131,7 @@ async def test_within_the_rate_more_than_the_hold_cap_at_once_are_all_admitted_a
         sockets, tasks = knock(gate, int(BURST))
         await async_wait_until(lambda: all(s.accepted for s in sockets), 10, what="admitted")
         assert gate.state.admitted["immediate"] == BURST and not gate.state.rejected
-        assert gate.state.leases.outcomes["leased"] == 0
+        assert gate.state.leases.outcomes[LEASED] == 0
         for s in sockets:
             s.disconnect()
         await asyncio.gather(*tasks)

@@ -21,10 +21,13 @@ async def main():
     coord = Coordinator(Settings(redis_url=sys.argv[1], namespace="t-logs",
                                  phases=("init", "services"), ready_phase="services"))
     async with coord:
+        if sys.argv[2] == "late":  # the application sets up logging once it is running
+            logging.basicConfig(level=logging.WARNING, format="ROOT %(name)s %(message)s")
         async with coord.phase("init"):
             pass
         async with coord.phase("services"):
             pass
+        logging.getLogger("coordinator").info("an info")
         logging.getLogger("coordinator").warning("a warning")
 asyncio.run(main())
 """
@@ -46,4 +49,11 @@ def test_with_logging_set_up_records_follow_the_host_config_and_are_not_doubled(
         redis_server: RedisServer):
     err = run(redis_server.url, "configured")
     assert "redis link up" not in err  # INFO, below the host's WARNING
+    assert err.count("a warning") == 1 and "ROOT coordinator a warning" in err
+
+
+def test_logging_set_up_after_the_start_takes_over_at_its_own_levels(redis_server: RedisServer):
+    err = run(redis_server.url, "late")
+    assert "redis link up" in err  # before the host configured anything: the fallback
+    assert "an info" not in err  # after it: the host's WARNING level
     assert err.count("a warning") == 1 and "ROOT coordinator a warning" in err
