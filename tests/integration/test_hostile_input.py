@@ -194,13 +194,14 @@ async def test_absurd_phase_statistics_give_a_bounded_hint_and_a_valid_close_rea
         assert max(owner.phase_stats.values()) == MAX_PHASE_SECONDS
         async with owner.phase("init"):  # far from ready: rejected with a hint
             await gate(handshake.scope, handshake.receive, handshake.send)
+    at_cap = {6, 7}  # the hint is the cap, spread over the last second below it
     if reject == "http":
         status, headers, reason = handshake.denial()
-        assert (status, headers[b"retry-after"]) == (503, b"7")
+        assert status == 503 and int(headers[b"retry-after"]) == reason["retry_after"]
     else:
         code, reason = handshake.close_reason()  # a valid JSON of at most 123 bytes
         assert code == 1013
-    assert reason == {"reason": "starting", "retry_after": 7}
+    assert reason["reason"] == "starting" and reason["retry_after"] in at_cap
 
 
 def test_a_close_reason_is_valid_json_within_123_bytes_whatever_it_is_given() -> None:
