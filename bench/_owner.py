@@ -4,6 +4,9 @@ so that neither the gating server nor the timed clients share its event loop.
 One line per command on stdin, one line per answer on stdout:
   start           a new incarnation (same instance id) runs its phases up to the ready
                   phase and stays inside it; answers "started"
+  start PARSER NAMESPACE
+                  the same, in NAMESPACE, on a client whose reply parser is PARSER
+                  (hiredis or python, bench/_support.py's PARSERS), for bench/parser.py
   complete        completes the ready phase; answers "completed <unix time>"
   complete lost   the same, but the owner's client leaves PUBLISH out of its pipelines
                   until the next stop: the hash says ready, the message is lost
@@ -16,6 +19,7 @@ Settings come from the COORD_* variables.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from typing import Any, cast
@@ -23,6 +27,8 @@ from typing import Any, cast
 import redis.asyncio as redis
 
 from coordinator import Coordinator, Settings
+
+from ._support import use_parser
 
 
 class LossyRedis(redis.Redis):
@@ -72,6 +78,7 @@ class Life:
 async def serve() -> None:
     settings = Settings.from_env()
     client = cast(LossyRedis, LossyRedis.from_url(settings.redis_url))  # typed as Redis
+    by_parser: dict[str, LossyRedis] = {}  # "start PARSER NAMESPACE": one client per parser
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -85,7 +92,15 @@ async def serve() -> None:
         while line := (await reader.readline()).decode().strip():
             command, _, arg = line.partition(" ")
             if command == "start":
-                life = Life(settings, client)
+                parser, _, namespace = arg.partition(" ")
+                if parser:
+                    if parser not in by_parser:
+                        by_parser[parser] = cast(LossyRedis, use_parser(
+                            LossyRedis.from_url(settings.redis_url), parser))
+                    life = Life(dataclasses.replace(settings, namespace=namespace),
+                                by_parser[parser])
+                else:
+                    life = Life(settings, client)
                 await life.inside.wait()
                 answer("started")
             elif command == "complete" and life is not None:
@@ -104,7 +119,8 @@ async def serve() -> None:
     finally:
         if life is not None:
             await life.stop()
-        await client.aclose()
+        for other in (client, *by_parser.values()):
+            await other.aclose()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ HTTP control routes:
 
 Environment: the COORD_* variables, HOST, PORT, BENCH_ROLE (owner or follower),
 BENCH_START (ready: run every phase at once; hold: stop inside the ready phase until
-/bench/complete).
+/bench/complete), BENCH_PARSER (hiredis or python: the reply parser of the coordinator's
+client, bench/parser.py; its subscription keeps coordinator.wire's parser whatever this
+says; unset: redis-py's default).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import uvicorn
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.connections import REDIS_ERRORS, make_redis
 from coordinator.readiness import progressive_intervals
+
+from ._support import use_parser
 
 Scope = MutableMapping[str, Any]
 LATER_PHASE_SECONDS = 0.05
@@ -54,6 +58,8 @@ class Incarnation:
 
     def __init__(self, settings: Settings, role: str, hold: bool) -> None:
         self.coord = Coordinator(settings, role=role)
+        if parser := os.environ.get("BENCH_PARSER"):
+            use_parser(self.coord.redis, parser)  # before coord.start(): no connection yet
         self.gate = ConnectionGate(echo, self.coord)
         self.hold = hold
         self.release = asyncio.Event()

@@ -30,14 +30,16 @@ from typing import Any, Self
 
 import redis.asyncio as redis
 import redis.utils as redis_utils
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
 
 from harness.processes import ROOT, RedisServer, free_port, wait_until
 
 __all__ = [
-    "ROOT", "BenchServer", "CountingConnection", "Handshake", "LineProcess", "RedisServer",
-    "Report",
+    "PARSERS", "ROOT", "BenchServer", "CountingConnection", "Handshake", "LineProcess",
+    "RedisServer", "Report",
     "command_calls", "commands_delta", "free_port", "http_json", "machine", "open_handshakes",
-    "parse_args", "pct", "reply_parser", "rss_kib", "run_benchmark", "wait_until",
+    "parse_args", "parser_in_use", "pct", "reply_parser", "rss_kib", "run_benchmark",
+    "use_parser", "wait_until",
 ]
 
 
@@ -84,6 +86,30 @@ def machine() -> str:
 def reply_parser() -> str:
     """Which RESP parser redis-py uses: hiredis (C) when installed, else pure Python."""
     return "hiredis" if redis_utils.HIREDIS_AVAILABLE else "pure Python, hiredis not installed"
+
+
+# The reply parsers an A/B compares in one process: redis-py picks hiredis at import when
+# it is installed, but a connection takes whichever ``parser_class`` it is given (the
+# pure-Python one is switched to RESP2 by redis-py itself on a protocol=2 connection).
+PARSERS: dict[str, type] = {"hiredis": _AsyncHiredisParser, "python": _AsyncRESP3Parser}
+
+
+def use_parser(client: redis.Redis, name: str) -> redis.Redis:
+    """Every connection ``client``'s pool opens from now on parses replies with
+    ``PARSERS[name]``; call it before the client's first command. Returns ``client``."""
+    if name == "hiredis" and not redis_utils.HIREDIS_AVAILABLE:
+        raise RuntimeError("hiredis is not installed: pip install 'ws-coordinator[hiredis]'")
+    client.connection_pool.connection_kwargs["parser_class"] = PARSERS[name]
+    return client
+
+
+def parser_in_use(client: redis.Redis) -> str:
+    """The class of the reply parser on ``client``'s pooled connections (after a command):
+    a check that :func:`use_parser` took."""
+    pool: Any = client.connection_pool
+    names = {type(c._parser).__name__
+             for c in [*pool._available_connections, *pool._in_use_connections]}
+    return ", ".join(sorted(names)) or "no connection yet"
 
 
 class Report:
