@@ -32,6 +32,12 @@ EXPECTED = {
         "disconnect_to_chat_p99_s", "handshakes_per_reconnect",
         "handshakes_per_client_in_deploy", "handshakes_per_client")}
     | {"on.peak_handshakes_per_100ms_vs_off", "on.fleet_peak_per_100ms_vs_off"},
+    "parser": {f"{metric}.{arm}" for arm in ("hiredis", "python") for metric in (
+        "fleet.script_p50_ms", "fleet.pipeline_p50_ms", "release.first_101_p99_ms")}
+    | {f"{metric}.hiredis_vs_python" for metric in (
+        "fleet.script", "fleet.pipeline", "fleet.script_reads_alone",
+        "fleet.pipeline_reads_alone", "release.first_101_p99", "release.first_101_p50",
+        "release.ready_seen_p50", "owner.write_publish_p50", "hop.subscriber_p50")},
 }
 
 
