@@ -81,7 +81,7 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
             try:
                 if pubsub is None:
                     pubsub = wire.pubsub(client)
-                    await pubsub.subscribe(keys.events)
+                    await pubsub.follow(keys.events)
                 doc = await reader.snapshot()
                 frame = _json(doc) if as_json else render_fleet_table(doc)
             except REDIS_ERRORS as exc:
@@ -137,7 +137,7 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
     """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
     pubsub = wire.pubsub(client)
     try:
-        await pubsub.subscribe(keys.events)
+        await pubsub.follow(keys.events)
         print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         seen = 0
         while count is None or seen < count:
@@ -315,7 +315,8 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
     instance_id = None
     if args.command == "check":
         instance_id = args.instance or env.get("COORD_INSTANCE_ID", "").strip() or None
-    client = make_redis(settings.redis_url, max_connections=4)
+    client = make_redis(settings.redis_url, namespace=settings.namespace,
+                        mode=settings.redis_mode, max_connections=4)
     try:
         if args.command == "fleet" and args.watch:
             return await watch(client, keys, args.json, args.interval, out, settings)
@@ -379,7 +380,8 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_ok)
     try:
         serve(settings.redis_url, settings.namespace, args.host, args.port,
-              signing_key=settings.signing_key, sockets=[listener])
+              signing_key=settings.signing_key, redis_mode=settings.redis_mode,
+              sockets=[listener])
     except SystemExit as exc:  # uvicorn's start-up failure (e.g. the port is taken), logged
         return EXIT_ERROR if exc.code else EXIT_OK
     finally:

@@ -14,6 +14,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from . import topology
+
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 2.0
@@ -27,15 +29,25 @@ def refused(exc: BaseException) -> bool:
         isinstance(exc, ResponseError) and "can't run this command" in str(exc))
 
 
-def make_redis(url: str, *, max_connections: int = MAX_CONNECTIONS,
-               health_check_interval: float = 5.0) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(
+def make_redis(url: str, *, namespace: str = "coord", mode: str = "auto",
+               max_connections: int = MAX_CONNECTIONS,
+               health_check_interval: float = 5.0, decode_responses: bool = False,
+               ) -> redis.Redis:
+    """A client for namespace ``namespace`` at ``url``: one server, the master of the
+    namespace's slot in a cluster, or the master a ``redis+sentinel://`` URL names
+    (topology.py; ``mode`` is COORD_REDIS_MODE)."""
+    pool = topology.connection_pool(
         url,
+        mode=mode,
+        namespace=namespace,
         max_connections=max_connections,
         timeout=COMMAND_TIMEOUT,  # wait for a free connection at most this long
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         health_check_interval=health_check_interval,
-        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode_responses,
+        # No retry but one: a command the cluster refused because the slot moved
+        # (topology.SlotMoved: it did not run) runs again once, on the new owner.
+        retry=Retry(NoBackoff(), 1, supported_errors=(topology.SlotMoved,)),
     )
     return redis.Redis.from_pool(pool)  # owns the pool: aclose() closes its sockets

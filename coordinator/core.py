@@ -149,7 +149,8 @@ class Coordinator:
         self.keyring = settings.keyring
         self.plan = PhasePlan(settings.phases, settings.ready_phase, settings.near_ready_phases)
         self.redis = client if client is not None else make_redis(
-            settings.redis_url, health_check_interval=settings.heartbeat_interval * 2)
+            settings.redis_url, namespace=settings.namespace, mode=settings.redis_mode,
+            health_check_interval=settings.heartbeat_interval * 2)
         self._owns_client = client is None
         self.version = _version()
         self.host = socket.gethostname()

@@ -1,4 +1,10 @@
-"""Every Redis key and channel name, in one place, so that writers and readers agree."""
+"""Every Redis key and channel name, in one place, so that writers and readers agree.
+
+Each starts with the namespace as a hash tag, ``{N}:``: in a Redis Cluster every key
+and channel of a namespace then lives on one slot, so that its Lua scripts, transactions
+and fleet view work there as on one server (topology.py). One layout for every
+topology: a namespace moves between a single server and a cluster without a change.
+"""
 
 from __future__ import annotations
 
@@ -23,38 +29,43 @@ def printable_name(value: object, limit: int) -> bool:
 class Keys:
     namespace: str = "coord"
 
+    @property
+    def prefix(self) -> str:
+        """What every key and channel of the namespace starts with: ``{N}:``."""
+        return f"{{{self.namespace}}}:"
+
     def instance(self, instance_id: str) -> str:
         """Hash: one instance's record; expires after its ``ttl``."""
-        return f"{self.namespace}:instance:{instance_id}"
+        return f"{self.prefix}instance:{instance_id}"
 
     @property
     def instances(self) -> str:
         """Sorted set: member instance id, score its last heartbeat."""
-        return f"{self.namespace}:instances"
+        return f"{self.prefix}instances"
 
     @property
     def leases(self) -> str:
         """Sorted set: member ``<id>:<conn>``, score the lease's expiry (server clock)."""
-        return f"{self.namespace}:leases"
+        return f"{self.prefix}leases"
 
     @property
     def admit(self) -> str:
         """Hash: the fleet admission rate's token bucket (``tokens``, ``at``)."""
-        return f"{self.namespace}:admit"
+        return f"{self.prefix}admit"
 
     @property
     def phase_stats(self) -> str:
         """Hash: phase -> moving average duration (seconds) over recent startups."""
-        return f"{self.namespace}:phase_stats"
+        return f"{self.prefix}phase_stats"
 
     @property
     def events(self) -> str:
         """Channel: every instance's transitions."""
-        return f"{self.namespace}:events"
+        return f"{self.prefix}events"
 
     def instance_events(self, instance_id: str) -> str:
         """Channel: one instance's transitions."""
-        return f"{self.namespace}:instance:{instance_id}:events"
+        return f"{self.prefix}instance:{instance_id}:events"
 
     def instance_id_from_key(self, key: str) -> str:
-        return key[len(f"{self.namespace}:instance:"):]
+        return key[len(f"{self.prefix}instance:"):]

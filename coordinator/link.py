@@ -64,11 +64,11 @@ class Subscription:
         while True:
             pubsub = wire.pubsub(self.client)  # oversized messages are discarded unread
             try:
-                await pubsub.subscribe(*self.channels)
+                await pubsub.follow(*self.channels)
                 if self.on_up is not None:
                     await self.on_up()
                 attempt = 0
-                while self.healthy():
+                while self.healthy() and pubsub.subscribed:  # a slot migration unsubscribes
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
                     if msg is not None:
                         self._deliver(msg)

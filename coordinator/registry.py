@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from . import topology
 from .connections import refused
 from .keys import MAX_ID_CHARS, Keys, printable_name
 from .messages import MAX_TS
@@ -161,28 +162,38 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
     """
     instance_id = record["id"]
     key = keys.instance(instance_id)
+    publish = await _publish_command(client, event)
     async with client.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
         pipe.pexpire(key, int(ttl * 1000))
         pipe.zadd(keys.instances, {instance_id: heartbeat_at})
-        _publish(pipe, keys, instance_id, event)
+        _publish(pipe, publish, keys, instance_id, event)
         await pipe.execute()
 
 
 async def remove_record(client: redis.Redis, keys: Keys, instance_id: str, *,
                         event: bytes | None = None) -> None:
     """Remove the record and its index entry, publishing ``event`` in the same transaction."""
+    publish = await _publish_command(client, event)
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(keys.instance(instance_id))
         pipe.zrem(keys.instances, instance_id)
-        _publish(pipe, keys, instance_id, event)
+        _publish(pipe, publish, keys, instance_id, event)
         await pipe.execute()
 
 
-def _publish(pipe: Any, keys: Keys, instance_id: str, event: bytes | None) -> None:
+async def _publish_command(client: redis.Redis, event: bytes | None) -> str:
+    """SPUBLISH where the topology shards channels (subscribers there SSUBSCRIBE)."""
+    if event is None:
+        return "PUBLISH"
+    return "SPUBLISH" if (await topology.resolve(client)).sharded else "PUBLISH"
+
+
+def _publish(pipe: Any, command: str, keys: Keys, instance_id: str,
+             event: bytes | None) -> None:
     if event is not None:
-        pipe.publish(keys.events, event)
-        pipe.publish(keys.instance_events(instance_id), event)
+        pipe.execute_command(command, keys.events, event)
+        pipe.execute_command(command, keys.instance_events(instance_id), event)
 
 
 async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:

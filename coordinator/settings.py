@@ -22,9 +22,11 @@ from redis.exceptions import RedisError
 from .exceptions import ConfigError
 from .keys import ID_PATTERN, NAME_PATTERN
 from .messages import Keyring
+from .topology import SENTINEL_SCHEMES, parse_sentinel_url
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 ROLES = ("owner", "follower")
+REDIS_MODES = ("auto", "standalone", "cluster")
 ENVIRONMENTS = ("local", "test", "development", "staging", "production")
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
@@ -62,6 +64,7 @@ class Settings:
     """
 
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has a password
+    redis_mode: str = "auto"  # auto, standalone, cluster (a sentinel URL says sentinel)
     namespace: str = "coord"
     instance_id: str = field(default_factory=_default_instance_id)
     environment: str = "local"
@@ -136,6 +139,8 @@ class Settings:
         _check("COORD_SIGNING_KEY", not self.signing_key
                or all(k.strip() for k in self.signing_key.split(",")), "***",
                "a key, or several separated by commas (the first signs), none empty")
+        _check("COORD_REDIS_MODE", self.redis_mode in REDIS_MODES, self.redis_mode,
+               "auto, standalone or cluster (Sentinel: a redis+sentinel:// URL)")
         _check_redis_url(self.redis_url)
 
     # -- derived values -------------------------------------------------------------
@@ -178,6 +183,7 @@ class Settings:
         reader = _Reader(env)
         kwargs: dict[str, object] = {}
         reader.put(kwargs, "redis_url", "COORD_REDIS_URL", str)
+        reader.put(kwargs, "redis_mode", "COORD_REDIS_MODE", str.lower)
         reader.put(kwargs, "namespace", "COORD_NAMESPACE", str)
         reader.put(kwargs, "instance_id", "COORD_INSTANCE_ID", str)
         cloud_run = bool(env.get("K_SERVICE"))
@@ -258,6 +264,13 @@ def _phase_list(raw: str) -> tuple[str, ...]:
 
 
 def _check_redis_url(url: str) -> None:
+    if url.partition("://")[0].lower() in SENTINEL_SCHEMES:
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            problem = str(exc) if "@" not in url else "malformed URL"
+            raise ConfigError("COORD_REDIS_URL", redact_url(url), problem) from None
+        return
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -266,8 +279,8 @@ def _check_redis_url(url: str) -> None:
                           "malformed URL: expected redis://[user:password@]host[:port][/db]"
                           " (escape special characters in the password)") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("COORD_REDIS_URL", redact_url(url),
-                          "expected a redis://, rediss:// or unix:// URL")
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a redis://, rediss://,"
+                          " unix:// or redis+sentinel:// URL")
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a host name")
     try:  # what redis-py itself will make of it, query options included (no I/O)
@@ -297,4 +310,4 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*", re.IGNORECASE)

@@ -25,6 +25,7 @@ from redis._parsers import _AsyncRESP2Parser, _AsyncRESP3Parser
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from . import topology
 from .messages import MAX_MESSAGE_BYTES, Oversized
 
 CHUNK = 64 << 10  # bytes read and discarded at a time
@@ -79,6 +80,16 @@ class DiscardingRESP2Parser(_Discarding, _AsyncRESP2Parser):
 class BoundedPubSub(PubSub):
     """A PubSub on a connection pool of its own, closed with it."""
 
+    source: redis.Redis  # the client whose options and topology it shares
+
+    async def follow(self, *channels: str) -> None:
+        """Subscribe to ``channels``: with SSUBSCRIBE where the topology shards channels
+        (a cluster that has it), with SUBSCRIBE elsewhere."""
+        if (await topology.resolve(self.source)).sharded:
+            await self.ssubscribe(*channels)
+        else:
+            await self.subscribe(*channels)
+
     async def aclose(self) -> None:
         try:
             await super().aclose()  # type: ignore[no-untyped-call]
@@ -97,4 +108,6 @@ def pubsub(client: redis.Redis) -> BoundedPubSub:
     options["parser_class"] = DiscardingRESP2Parser if protocol == "2" else DiscardingRESP3Parser
     own = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=1,
                                **options)
-    return BoundedPubSub(own, ignore_subscribe_messages=True)
+    bounded = BoundedPubSub(own, ignore_subscribe_messages=True)
+    bounded.source = client
+    return bounded

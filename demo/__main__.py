@@ -242,7 +242,7 @@ class Demo:
             client = redis.Redis.from_url(self.redis_url, socket_timeout=2,
                                           socket_connect_timeout=2)
             try:
-                keys = list(client.scan_iter(match=f"{self.namespace}:*", count=500))
+                keys = list(client.scan_iter(match=f"{{{self.namespace}}}:*", count=500))
                 if keys:
                     client.delete(*keys)
             finally:

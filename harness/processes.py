@@ -66,11 +66,14 @@ def port_open(port: int) -> bool:
 class RedisServer:
     """A redis-server of the test's own, on a free port; killable and restartable."""
 
-    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not on PATH (.ci/run installs it)")
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = (),
+                 binary: str = "redis-server", cwd: Path | None = None) -> None:
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} is not found (.ci/run installs it)")
         self.port = port or free_port()
         self.extra = extra
+        self.binary = binary
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,9 +82,9 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.cwd)
         wait_until(lambda: port_open(self.port), 10, what=f"redis-server on {self.port}")
         return self
 

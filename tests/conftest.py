@@ -10,15 +10,45 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator.connections import make_redis
+from harness.topologies import NAMES, Topology
+from harness.topologies import start as start_topology
 from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
 
 
+# The conformance matrix: every test that uses the session's Redis (``redis_server``,
+# and what is made from it: ``client``, ``redis_text``, ``attacker``) under tests/
+# integration/, and every test marked ``matrix``, runs once per Redis deployment users
+# run (harness/topologies.py), each started once for the session. Every other test that
+# uses it runs on Redis alone. ``--redis`` (or COORD_TEST_REDIS) narrows the matrix, e.g.
+# ``--redis cluster``; ``standalone_only`` keeps a test off it, with its reason.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--redis", default=os.environ.get("COORD_TEST_REDIS", ",".join(NAMES)),
+                     help="the Redis deployments of the conformance matrix, comma-separated "
+                          f"(default: all of {', '.join(NAMES)}; redis always runs)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_server" not in metafunc.fixturenames:
+        return
+    chosen = [n.strip() for n in str(metafunc.config.getoption("--redis")).split(",")]
+    unknown = set(chosen) - set(NAMES)
+    if unknown:
+        raise pytest.UsageError(f"--redis: unknown {sorted(unknown)}; one of {NAMES}")
+    node = metafunc.definition
+    eligible = (node.get_closest_marker("matrix") is not None
+                or Path(node.path).parent.name == "integration") \
+        and node.get_closest_marker("standalone_only") is None
+    names = [n for n in NAMES if n == "redis" or (eligible and n in chosen)]
+    metafunc.parametrize("redis_server", names, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the session; tests use distinct namespaces on it."""
-    server = RedisServer().start()
-    yield server
-    server.kill()
+def redis_server(request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """One real Redis deployment for the session (``request.param``, from the matrix);
+    tests use distinct namespaces on it."""
+    topology = start_topology(getattr(request, "param", "redis"))
+    yield topology
+    topology.kill()
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +94,10 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    """A client of the session's redis-server, replies as bytes (the coordinator's own
-    client settings: short timeouts, no retries)."""
-    client = make_redis(redis_server.url)
+async def client(redis_server: Topology, namespace: str) -> AsyncIterator[redis.Redis]:
+    """A client of the session's Redis for the test's namespace, replies as bytes (the
+    coordinator's own client: short timeouts, no retries, the namespace's cluster slot)."""
+    client = make_redis(redis_server.url, namespace=namespace)
     yield client
     await client.aclose()
 
@@ -80,20 +110,21 @@ def attacker(client: redis.Redis) -> redis.Redis:
 
 
 @pytest.fixture
-async def redis_text(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    """A client of the session's redis-server whose replies are decoded to text."""
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+async def redis_text(redis_server: Topology, namespace: str) -> AsyncIterator[redis.Redis]:
+    """``client``, with replies decoded to text."""
+    client = make_redis(redis_server.url, namespace=namespace, decode_responses=True)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def connect_redis() -> AsyncIterator[Callable[..., redis.Redis]]:
-    """Makes clients of any Redis (``own_redis`` ones too); closes them afterwards."""
+async def connect_redis(namespace: str) -> AsyncIterator[Callable[..., redis.Redis]]:
+    """Makes clients of any Redis (``own_redis`` ones too) for the test's namespace;
+    closes them afterwards."""
     made: list[redis.Redis] = []
 
     def connect(url: str, decode_responses: bool = False) -> redis.Redis:
-        made.append(redis.Redis.from_url(url, decode_responses=decode_responses))
+        made.append(make_redis(url, namespace=namespace, decode_responses=decode_responses))
         return made[-1]
 
     yield connect

@@ -34,7 +34,7 @@ import redis.asyncio as redis
 import uvicorn
 from redis.typing import EncodableT
 
-from coordinator import messages
+from coordinator import messages, topology
 from coordinator.core import Coordinator
 from coordinator.keys import Keys
 from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate, reject
@@ -129,6 +129,7 @@ __all__ = [
     "metric",
     "parse_metrics",
     "port_open",
+    "publish",
     "put_instance",
     "put_record",
     "reach_services",
@@ -151,9 +152,13 @@ __all__ = [
 # -- Redis ------------------------------------------------------------------------------
 
 async def subscribers(client: redis.Redis, channel: str) -> int:
-    """PUBSUB NUMSUB for one channel: how many clients are subscribed to it now."""
-    ((_name, count),) = await client.pubsub_numsub(channel)
-    return int(count)
+    """How many clients are subscribed to ``channel`` now (sharded ones on a cluster)."""
+    return await topology.subscribers(client, channel)
+
+
+async def publish(client: redis.Redis, channel: str, message: bytes | str) -> int:
+    """PUBLISH, or SPUBLISH where the topology shards channels; the receivers' count."""
+    return await topology.publish(client, channel, message)
 
 
 async def equals(pending: Awaitable[Any], expected: Any) -> bool:

@@ -122,9 +122,10 @@ def mount_dashboard(api: Starlette, coord: Coordinator) -> FleetFeed:
 
 
 def create_app(redis_url: str, namespace: str, *, signing_key: str | None = None,
-               interval: float = SNAPSHOT_INTERVAL) -> tuple[Starlette, FleetFeed]:
+               interval: float = SNAPSHOT_INTERVAL,
+               redis_mode: str = "auto") -> tuple[Starlette, FleetFeed]:
     """The standalone dashboard: ``/`` redirects to ``/dashboard/``."""
-    client = make_redis(redis_url)
+    client = make_redis(redis_url, namespace=namespace, mode=redis_mode)
     feed = FleetFeed(client, Keys(namespace), signing_key=signing_key,
                      interval=interval)
 
@@ -157,13 +158,13 @@ class _DashboardServer(uvicorn.Server):
 
 
 def serve(redis_url: str, namespace: str, host: str = "127.0.0.1", port: int = 8080, *,
-          signing_key: str | None = None,
+          signing_key: str | None = None, redis_mode: str = "auto",
           interval: float = SNAPSHOT_INTERVAL, log_level: str = "warning",
           sockets: list[socket.socket] | None = None, **uvicorn_options: Any) -> None:
     """Run the standalone dashboard until SIGINT or SIGTERM (on ``sockets`` when given:
     already bound, as ``coordinator dashboard`` binds before it announces the address)."""
     app, feed = create_app(redis_url, namespace, signing_key=signing_key,
-                           interval=interval)
+                           interval=interval, redis_mode=redis_mode)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=2, **uvicorn_options)
     _DashboardServer(config, feed).run(sockets=sockets)

@@ -40,7 +40,7 @@ def readme_acl(user: str, namespace: str, password: str) -> list[str]:
     lines = [line for line in text.splitlines() if line.startswith(f"ACL SETUSER {user} ")]
     assert len(lines) == 1, f"README has no single ACL line for {user}"
     words = lines[0].split()[3:]
-    return [re.sub(r"^>[A-Z_]+$", f">{password}", w).replace("coord:", f"{namespace}:")
+    return [re.sub(r"^>[A-Z_]+$", f">{password}", w).replace("{coord}:", f"{{{namespace}}}:")
             for w in words]
 
 

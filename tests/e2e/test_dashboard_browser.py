@@ -33,6 +33,7 @@ from tests.support import (
     event,
     free_port,
     instance_record,
+    publish,
     put_record,
     subscribers,
 )
@@ -296,7 +297,7 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
             assert meta.startswith("<img src=x onerror=alert(1)>")
 
             # An event carrying the same id goes through the live path too.
-            await client.publish(keys.events, event(HOSTILE_ID, "ready", "<b>services</b>",
+            await publish(client, keys.events, event(HOSTILE_ID, "ready", "<b>services</b>",
                                                     state="ready"))
             await async_wait_until(lambda: _states_are(browser, ["ready"]), 10, interval=0.2,
                                    what="the event to reach the page")

@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from websockets import ConnectionClosed
 from websockets.asyncio.client import connect
 
+from coordinator import wire
 from coordinator.registry import as_text
 from tests.support import (
     CLOSE,
@@ -40,13 +41,13 @@ class Events:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self.channel = f"{namespace}:events"
+        self.pubsub = wire.pubsub(client)
+        self.channel = f"{{{namespace}}}:events"
         self.seen: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        await self.pubsub.subscribe(self.channel)
+        await self.pubsub.follow(self.channel)
         self._task = asyncio.create_task(self._read())
         await async_wait_until(self._subscribed, 5, what="the subscription")
         return self
@@ -84,9 +85,9 @@ async def open_chat(url: str) -> tuple[Any, asyncio.Task[int | None]]:
 
 
 async def gone_from_redis(client: redis.Redis, namespace: str, instance: str) -> dict[str, Any]:
-    leases = await client.zrange(f"{namespace}:leases", 0, -1)
-    return {"hash": await client.exists(f"{namespace}:instance:{instance}"),
-            "index": await client.zscore(f"{namespace}:instances", instance),
+    leases = await client.zrange(f"{{{namespace}}}:leases", 0, -1)
+    return {"hash": await client.exists(f"{{{namespace}}}:instance:{instance}"),
+            "index": await client.zscore(f"{{{namespace}}}:instances", instance),
             "leases": [m for m in map(as_text, leases) if m.startswith(f"{instance}:")]}
 
 
@@ -107,6 +108,7 @@ def exit_as_cloud_run(backend: BackendProcess) -> int:
 
 
 @pytest.mark.parametrize("reject", ["http", "close"])
+@pytest.mark.matrix
 async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
         start_backend: Any, redis_server: RedisServer, namespace: str, redis_text: redis.Redis,
         reject: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator.connections import make_redis
 from coordinator.keys import Keys
 from coordinator.settings import DEFAULT_PHASES
 from tests.support import (
@@ -89,11 +90,12 @@ def stable(doc: dict[str, Any]) -> dict[str, Any]:
                           for r in doc["instances"]]}
 
 
+@pytest.mark.matrix
 async def test_three_instances_through_their_phases_to_ready_with_held_clients(
         redis_server: RedisServer, namespace: str, start_backend: Any, follow_cli: Any) -> None:
     held = {"fleet-a": 1, "fleet-b": 2, "fleet-c": 3}
     env = cli_env(redis_server.url, namespace)
-    client = redis.Redis.from_url(redis_server.url)
+    client = make_redis(redis_server.url, namespace=namespace)
     try:
         events = follow_cli("events", "--json", env=env)
         watch = follow_cli("fleet", "--watch", "--interval", "0.5", env=env)

@@ -58,7 +58,7 @@ class LeaseSampler:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
-        self.key = f"{namespace}:leases"
+        self.key = f"{{{namespace}}}:leases"
         self.samples: list[int] = []
         self._stop = asyncio.Event()
 
@@ -71,6 +71,7 @@ class LeaseSampler:
         self._stop.set()
 
 
+@pytest.mark.matrix
 async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances(
         redis_server: RedisServer, namespace: str, start_backend: Any,
         redis_text: redis.Redis) -> None:
@@ -101,7 +102,7 @@ async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances
                 assert_clean_rejection(outcome, "http", outcome.rejection)
     assert sum(v for k, v in counts.items() if "fleet_cap" in k) > 0, counts
 
-    await async_wait_until(lambda: equals(redis_text.zcard(f"{namespace}:leases"), 0), 10,
+    await async_wait_until(lambda: equals(redis_text.zcard(f"{{{namespace}}}:leases"), 0), 10,
                            what="every lease released")
     await asyncio.gather(*(asyncio.to_thread(b.wait_ready) for b in backends))
     per_backend = [await metrics_of(b) for b in backends]
@@ -149,7 +150,7 @@ async def test_a_sigkilled_instances_leases_expire_and_its_capacity_is_used_by_o
         env(redis_server.url, namespace, f"{namespace}-victim", **extra),
         env(redis_server.url, namespace, f"{namespace}-survivor", **extra)])
     await asyncio.gather(reach_services(victim), reach_services(survivor))
-    key = f"{namespace}:leases"
+    key = f"{{{namespace}}}:leases"
 
     async def holders() -> list[str]:
         return sorted(as_text(m).rsplit(":", 1)[0] for m in await redis_text.zrange(key, 0, -1))

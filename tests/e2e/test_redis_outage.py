@@ -41,8 +41,8 @@ REPUBLISH_DEADLINE = 20  # reconnect backoff is capped at 5 s (plus jitter)
 def instance_record(server: RedisServer, namespace: str, instance: str) -> dict[str, str]:
     with contextlib.closing(redis.Redis.from_url(server.url, decode_responses=True)) as client:
         try:
-            record = client.hgetall(f"{namespace}:instance:{instance}")
-            indexed = client.zscore(f"{namespace}:instances", instance) is not None
+            record = client.hgetall(f"{{{namespace}}}:instance:{instance}")
+            indexed = client.zscore(f"{{{namespace}}}:instances", instance) is not None
         except redis.ConnectionError:
             return {}
     return {as_text(k): as_text(v) for k, v in record.items()} if indexed else {}

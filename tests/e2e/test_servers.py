@@ -128,15 +128,15 @@ def server_env(namespace: str, redis_url: str, services: float) -> dict[str, str
 async def held_in_redis(client: redis.Redis, namespace: str) -> int:
     """Handshakes held, summed over the instances (a multi-worker server has several)."""
     total = 0
-    for member in await client.zrange(f"{namespace}:instances", 0, -1):
-        depth = await client.hget(f"{namespace}:instance:{as_text(member)}", "queue_depth")
+    for member in await client.zrange(f"{{{namespace}}}:instances", 0, -1):
+        depth = await client.hget(f"{{{namespace}}}:instance:{as_text(member)}", "queue_depth")
         total += int(depth or 0)
     return total
 
 
 async def in_services(client: redis.Redis, namespace: str, instances: int) -> bool:
-    members = await client.zrange(f"{namespace}:instances", 0, -1)
-    phases = [await client.hget(f"{namespace}:instance:{as_text(m)}", "phase")
+    members = await client.zrange(f"{{{namespace}}}:instances", 0, -1)
+    phases = [await client.hget(f"{{{namespace}}}:instance:{as_text(m)}", "phase")
               for m in members]
     return len(members) >= instances and all(p == "services" for p in phases)
 

@@ -32,6 +32,7 @@ from tests.support import (
     chat,
     event,
     instance_settings,
+    publish,
     redis_mapping,
     run_phases,
     serving,
@@ -121,11 +122,11 @@ async def test_forged_events_and_a_forged_hash_never_release_held_connections(
             b"\x00{garbage",
             ready_message(pair, None) + b" " * MAX_MESSAGE_BYTES,  # oversized
         ]
-        channel = f"{namespace}:instance:{INSTANCE}:events"
+        channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
         for data in forged:
-            assert await attacker.publish(channel, data) == 2  # owner and follower hear it
+            assert await publish(attacker, channel, data) == 2  # owner and follower hear it
         # The hash says ready too, but its `sig` still covers "starting".
-        await attacker.hset(f"{namespace}:instance:{INSTANCE}", "state", "ready")
+        await attacker.hset(f"{{{namespace}}}:instance:{INSTANCE}", "state", "ready")
 
         drops = pair.follower.drops.counts
         expected = {"unsigned": 1, "bad_signature": 2, "stale": 1, "invalid_json": 1,
@@ -149,8 +150,8 @@ async def test_without_a_key_the_same_forgery_does_release_early(
     """The threat the key removes: anyone who can publish can open the gate."""
     async with owner_and_follower(redis_server.url, namespace, None) as pair:
         clients = await hold_two(pair)
-        channel = f"{namespace}:instance:{INSTANCE}:events"
-        assert await attacker.publish(channel, ready_message(pair, None)) == 2
+        channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
+        assert await publish(attacker, channel, ready_message(pair, None)) == 2
         outcomes = await asyncio.gather(*clients)
         assert [o.kind for o in outcomes] == [CHAT, CHAT]
         assert pair.owner.state.value == "starting"  # released while still starting
@@ -163,8 +164,8 @@ async def test_a_signed_record_copied_into_another_instances_hash_releases_nobod
         await run_phases(one, *PHASES)
         async with owner_and_follower(redis_server.url, namespace, KEY) as pair:
             clients = await hold_two(pair)
-            copied = await attacker.hgetall(f"{namespace}:instance:ready-one")
-            target = f"{namespace}:instance:{INSTANCE}"
+            copied = await attacker.hgetall(f"{{{namespace}}}:instance:ready-one")
+            target = f"{{{namespace}}}:instance:{INSTANCE}"
             await attacker.delete(target)
             await attacker.hset(target, mapping=redis_mapping(copied))
             drops = pair.follower.drops.counts
@@ -186,7 +187,8 @@ async def test_a_message_signed_for_another_namespace_releases_nobody(
         elsewhere = event(INSTANCE, "phase_completed", "services", 2, key=KEY,
                           namespace=namespace + "-other", state="ready",
                           started_at=pair.owner.status.started_at)
-        assert await attacker.publish(f"{namespace}:instance:{INSTANCE}:events", elsewhere) == 2
+        assert await publish(attacker, f"{{{namespace}}}:instance:{INSTANCE}:events",
+                             elsewhere) == 2
         await async_wait_until(lambda: pair.follower.drops.counts["bad_signature"] == 1, 10,
                                what="the drop")
         assert pair.follower.state.value == "starting" and not any(c.done() for c in clients)
@@ -206,7 +208,8 @@ async def test_backend_logs_carry_neither_the_key_nor_the_password(
     await asyncio.gather(asyncio.to_thread(good.wait_ready), asyncio.to_thread(bad.wait_ready))
     admin = redis.Redis.from_url(acl_redis.url())
     # A forged event makes the good one log a drop (with the channel and the reason).
-    assert await admin.publish(f"{namespace}:instance:{namespace}-good:events", b"{}") == 1
+    assert await publish(admin, f"{{{namespace}}}:instance:{namespace}-good:events",
+                         b"{}") == 1
     await async_wait_until(lambda: "dropped 1 invalid message" in good.log(), 10,
                            what="the drop to be logged")
     await admin.aclose()

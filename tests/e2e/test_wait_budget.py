@@ -36,7 +36,7 @@ async def test_an_early_hold_that_outlives_its_wait_budget_is_rejected_at_the_bu
     budget = Settings(environment=ENVIRONMENT).wait_budget("dependencies")
     assert budget < Settings().max_queue_time
     # What the fleet learned from earlier startups: ready moments after `dependencies`.
-    await client.hset(f"{namespace}:phase_stats",
+    await client.hset(f"{{{namespace}}}:phase_stats",
                       mapping=dict.fromkeys(DEFAULT_PHASES[:5], "0.01"))
     env = backend_env(namespace=namespace, redis_url=redis_server.url,
                       COORD_ENVIRONMENT=ENVIRONMENT,
@@ -46,7 +46,7 @@ async def test_an_early_hold_that_outlives_its_wait_budget_is_rejected_at_the_bu
     wait_for_phase(backend, ("dependencies",))
 
     async def learned() -> bool:  # the instance read N:phase_stats: it has an estimate
-        return bool(await client.hget(f"{namespace}:instance:{instance}",
+        return bool(await client.hget(f"{{{namespace}}}:instance:{instance}",
                                       "expected_ready_at"))
 
     await async_wait_until(learned, 10, what="the instance to read N:phase_stats")

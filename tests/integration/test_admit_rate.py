@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.connections import make_redis
 from coordinator.keys import Keys
 from coordinator.leases import LEASED
 from tests.support import FakeWebSocket, RedisServer, async_wait_until, echo_app, knock
@@ -83,7 +83,7 @@ async def test_two_instances_share_one_bucket_and_hold_the_excess_until_a_token(
 
 async def test_absurd_bucket_data_in_redis_starts_from_a_full_bucket_not_a_larger_one(
         redis_server: RedisServer, namespace: str) -> None:
-    client: Any = redis.Redis.from_url(redis_server.url)
+    client: Any = make_redis(redis_server.url, namespace=namespace)
     await client.hset(Keys(namespace).admit, mapping={"tokens": "1e300", "at": "1e12"})
     await client.aclose()
     async with ready_gates(redis_server.url, namespace, 1) as (gate,):

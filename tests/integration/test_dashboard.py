@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as redis
 from fastapi import FastAPI
 
 from coordinator.connections import make_redis
@@ -30,6 +29,7 @@ from tests.support import (
     event,
     free_port,
     instance_record,
+    publish,
     put_record,
     subscribers,
 )
@@ -88,12 +88,12 @@ async def test_a_page_gets_a_snapshot_then_live_events(client: Any, keys: Keys) 
         assert snapshot["totals"]["held"] == 2
         await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
                                what="the subscription")
-        await client.publish(keys.events, event("a", "ready", state="ready"))
+        await publish(client, keys.events, event("a", "ready", state="ready"))
         body = await next_frame(page, "event")
         assert (body["instance"], body["event"], body["state"]) == ("a", "ready", "ready")
         # An event asks for a fresh snapshot, well before the 60 s interval.
         await add_instance(client, keys, "b")
-        await client.publish(keys.events, event("b", state="starting"))
+        await publish(client, keys.events, event("b", state="starting"))
         await next_frame(page, "snapshot", lambda s: len(s["instances"]) == 2)
 
 
@@ -104,7 +104,7 @@ async def test_pages_share_one_subscription_and_the_last_to_leave_ends_it(
         async with feed.subscribe() as second:
             await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
                                    what="the subscription")
-            await client.publish(keys.events, event("a", state="starting"))
+            await publish(client, keys.events, event("a", state="starting"))
             assert (await next_frame(first, "event"))["instance"] == "a"
             assert (await next_frame(second, "event"))["instance"] == "a"
             assert await subscribers(client, keys.events) == 1
@@ -125,8 +125,8 @@ async def test_invalid_events_are_dropped_and_counted(client: Any, keys: Keys) -
         await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
                                what="the subscription")
         for junk in (b"not json", b"[]", b"x" * 5000, json.dumps({"v": 9}).encode()):
-            await client.publish(keys.events, junk)
-        await client.publish(keys.events, event("good", state="starting"))
+            await publish(client, keys.events, junk)
+        await publish(client, keys.events, event("good", state="starting"))
         assert (await next_frame(page, "event"))["instance"] == "good"
     assert feed.drops.counts == {"invalid_json": 1, "invalid_schema": 1, "oversized": 1,
                                  "unknown_version": 1}
@@ -137,9 +137,9 @@ async def test_signed_fleets_show_only_signed_events(client: Any, keys: Keys) ->
     async with feed.subscribe() as page:
         await async_wait_until(lambda: subscribers(client, keys.events), DEADLINE,
                                what="the subscription")
-        await client.publish(keys.events, event("forged", state="starting"))
+        await publish(client, keys.events, event("forged", state="starting"))
         signed = event("real", "ready", key="k", namespace=keys.namespace)
-        await client.publish(keys.events, signed)
+        await publish(client, keys.events, signed)
         assert (await next_frame(page, "event"))["instance"] == "real"
     assert feed.drops.counts == {"unsigned": 1}
 
@@ -275,7 +275,7 @@ def test_the_page_never_parses_data_as_markup() -> None:
 async def test_an_instance_serves_the_dashboard_and_ends_its_streams_when_draining(
         redis_server: RedisServer) -> None:
     coord = Coordinator(Settings(instance_id="i-1", namespace="dash"),
-                        client=redis.Redis.from_url(redis_server.url))
+                        client=make_redis(redis_server.url, namespace="dash"))
     api = FastAPI()
     feed = mount_dashboard(api, coord)
     transport = httpx.ASGITransport(app=api)

@@ -142,6 +142,7 @@ async def test_pruning_spares_an_instance_that_heartbeat_since_it_was_read(
     assert {as_text(m) for m in await client.zrange(keys.instances, 0, -1)} == {"back"}
 
 
+@pytest.mark.standalone_only("counts the commands sent on a plain connection to one server")
 async def test_one_pipelined_round_trip_per_page_not_one_per_instance(
         redis_server: RedisServer, client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)

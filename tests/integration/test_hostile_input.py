@@ -27,6 +27,7 @@ from tests.support import (
     RedisServer,
     async_wait_until,
     event,
+    publish,
     redis_mapping,
 )
 
@@ -106,13 +107,13 @@ async def test_malformed_messages_are_counted_drops_and_the_link_stays_up(
                                  fleet_max_queue=2) as inst:
         body = json.loads(event(INSTANCE, "ready", "services", 2, key=KEY, namespace=namespace,
                                 state="ready", started_at=1.0))
-        channel = f"{namespace}:instance:{INSTANCE}:events"
+        channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
         kinds = hostile_messages(body)
         link_samples: list[bool] = []
         rounds = 5
         for _ in range(rounds):  # a steady stream, as an attacker would keep it up
             for data in kinds.values():
-                assert await attacker.publish(channel, data) == 2  # owner and follower
+                assert await publish(attacker, channel, data) == 2  # owner and follower
                 link_samples.append(inst.owner.redis_ok and inst.follower.redis_ok)
             await asyncio.sleep(0.02)
         expected = rounds * len(kinds)
@@ -136,7 +137,7 @@ async def test_a_bad_sig_in_the_hash_does_not_kill_the_followers_poll(
         redis_server: RedisServer, namespace: str, attacker: redis.Redis) -> None:
     async with starting_instance(redis_server.url, namespace, signing_key=KEY,
                                  heartbeat_interval=30, instance_ttl=60) as inst:
-        key = f"{namespace}:instance:{INSTANCE}"
+        key = f"{{{namespace}}}:instance:{INSTANCE}"
         await attacker.hset(key, mapping={"state": "ready", "sig": "\u00e9"})
         waiter = asyncio.create_task(inst.follower.wait_ready(30))  # starts the poll
         await async_wait_until(
@@ -156,14 +157,19 @@ async def test_oversized_messages_are_discarded_unread_in_bounded_memory(
         await async_wait_until(lambda: owner.redis_ok, 10, what="the link")
         size, count = 8 << 20, 3
         publisher = (  # in another process: its own copies are not this one's memory
-            "import redis, sys\n"
-            "r = redis.Redis.from_url(sys.argv[1]); p = b'x' * int(sys.argv[3])\n"
-            "for _ in range(int(sys.argv[4])): assert r.publish(sys.argv[2], p) == 1\n")
+            "import asyncio, sys\n"
+            "from coordinator.connections import make_redis\n"
+            "from coordinator.topology import publish\n"
+            "async def main(url, namespace, channel, size, count):\n"
+            "    r = make_redis(url, namespace=namespace); p = b'x' * int(size)\n"
+            "    for _ in range(int(count)): assert await publish(r, channel, p) == 1\n"
+            "    await r.aclose()\n"
+            "asyncio.run(main(*sys.argv[1:]))\n")
         tracemalloc.start()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", publisher, redis_server.url,
-                f"{namespace}:instance:{INSTANCE}:events", str(size), str(count))
+                sys.executable, "-c", publisher, redis_server.url, namespace,
+                f"{{{namespace}}}:instance:{INSTANCE}:events", str(size), str(count))
             assert await proc.wait() == 0
             await async_wait_until(lambda: owner.drops.counts["oversized"] == count, 20,
                                    what=f"{count} oversized drops ({owner.drops.counts})")
@@ -181,7 +187,7 @@ async def test_absurd_phase_statistics_give_a_bounded_hint_and_a_valid_close_rea
     """``N:phase_stats`` of 1e300 once gave a 301-digit Retry-After and a close reason cut
     mid-JSON. Statistics are clamped when read, hints to COORD_MAX_RETRY_AFTER."""
     junk = {f"junk-{n}": "1" for n in range(2000)}  # fields no phase has: never read
-    await attacker.hset(f"{namespace}:phase_stats", mapping=redis_mapping({
+    await attacker.hset(f"{{{namespace}}}:phase_stats", mapping=redis_mapping({
         **junk, **dict.fromkeys(DEFAULT_PHASES, "1e300"), "websocket": "inf",
         "finalize": "nan"}))
     owner = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,

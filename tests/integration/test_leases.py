@@ -68,7 +68,7 @@ async def test_acquire_grants_up_to_the_cap_and_release_frees_a_slot(
 
 async def test_the_cap_holds_across_instances_under_concurrent_acquires(
         redis_server: RedisServer, namespace: str) -> None:
-    clients = [make_redis(redis_server.url) for _ in range(3)]
+    clients = [make_redis(redis_server.url, namespace=namespace) for _ in range(3)]
     fleet = [leases_for(c, namespace, f"i{n}", cap=7) for n, c in enumerate(clients)]
     outcomes = await asyncio.gather(*(lease.acquire(conn, 5) for lease in fleet
                                       for conn in range(1, 21)))
@@ -88,7 +88,8 @@ async def test_leases_written_microseconds_apart_all_count_against_the_cap(
     millisecond), below a lease written a moment before: that lease was dropped and the
     cap let a third hold in, in about half of these trials."""
     for trial in range(50):
-        leases = leases_for(client, f"{namespace}-{trial}", "i", cap=2, max_hold=30.0)
+        await client.delete(Keys(namespace).leases)
+        leases = leases_for(client, namespace, "i", cap=2, max_hold=30.0)
         outcomes = await asyncio.gather(*(leases.acquire(n, 30.0) for n in range(3)))
         assert sorted(outcomes) == [LEASED, LEASED, REFUSED], (trial, outcomes)
         await leases.close()

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.connections import make_redis
 from coordinator.metrics import Metrics
 from tests.support import (
     DENIAL,
@@ -20,6 +21,7 @@ from tests.support import (
     handshake,
     metric,
     parse_metrics,
+    publish,
 )
 
 pytestmark = pytest.mark.redis
@@ -48,7 +50,7 @@ async def test_metrics_count_holds_rejections_leases_phases_drops_and_redis_erro
         assert refused.status == 503
         during = samples(metrics)
         publisher = redis.Redis.from_url(own_redis.url)
-        await publisher.publish(f"{namespace}:instance:metered:events", b"not json")
+        await publish(publisher, f"{{{namespace}}}:instance:metered:events", b"not json")
         await publisher.aclose()
         await async_wait_until(lambda: coord.drops.total == 1, 5, what="the drop")
     await async_wait_until(lambda: gate.state.admitted["after_hold"] == 1, 5, what="released")
@@ -85,8 +87,8 @@ async def test_metrics_count_holds_rejections_leases_phases_drops_and_redis_erro
 
 async def test_expected_ready_seconds_is_exported_while_starting(
         redis_server: RedisServer, namespace: str) -> None:
-    client: Any = redis.Redis.from_url(redis_server.url)
-    await client.hset(f"{namespace}:phase_stats", mapping={"init": "1", "services": "4"})
+    client: Any = make_redis(redis_server.url, namespace=namespace)
+    await client.hset(f"{{{namespace}}}:phase_stats", mapping={"init": "1", "services": "4"})
     await client.aclose()
     coord = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
                                  phases=("init", "services"), ready_phase="services"))

@@ -9,10 +9,11 @@ import json
 from typing import Any
 
 import pytest
-import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator.admission import Reason
+from coordinator.connections import make_redis
+from coordinator.keys import Keys
 from tests.support import (
     DENIAL,
     FakeWebSocket,
@@ -44,9 +45,9 @@ async def run_startup(coord: Coordinator, until: str | None = None) -> None:
 
 
 async def stats(url: str, namespace: str) -> dict[str, float]:
-    client: Any = redis.Redis.from_url(url, decode_responses=True)
+    client: Any = make_redis(url, namespace=namespace, decode_responses=True)
     try:
-        return {k: float(v) for k, v in (await client.hgetall(f"{namespace}:phase_stats")).items()}
+        return {k: float(v) for k, v in (await client.hgetall(Keys(namespace).phase_stats)).items()}
     finally:
         await client.aclose()
 
@@ -92,8 +93,8 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
 
 async def test_an_early_connection_is_rejected_when_the_fleet_expects_a_long_startup(
         redis_server: RedisServer, namespace: str) -> None:
-    client: Any = redis.Redis.from_url(redis_server.url)
-    await client.hset(f"{namespace}:phase_stats",
+    client: Any = make_redis(redis_server.url, namespace=namespace)
+    await client.hset(f"{{{namespace}}}:phase_stats",
                       mapping={"init": "0.1", "database": "0.1", "cache": "0.1",
                                "services": "7.5"})
     await client.aclose()
@@ -117,16 +118,16 @@ async def _has_all(pending: Any) -> bool:
 
 async def test_a_field_name_that_is_not_utf8_in_the_stats_does_not_keep_the_link_down(
         redis_server: RedisServer, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_server.url)
+    client = make_redis(redis_server.url, namespace=namespace)
     try:
-        await client.hset(f"{namespace}:phase_stats", mapping={b"\xfe": b"1", b"services": b"4"})
+        await client.hset(Keys(namespace).phase_stats, mapping={b"\xfe": b"1", b"services": b"4"})
         coord = coordinator(redis_server.url, namespace, "odd-stats")
         await coord.start()
         try:
             await async_wait_until(lambda: coord.redis_ok, 10, what="the Redis link up")
             # Only the plan's phases are read (HMGET): a field no phase has is never seen.
             assert coord.phase_stats == {"services": 4.0}
-            assert await client.zscore(f"{namespace}:instances", "odd-stats") is not None
+            assert await client.zscore(f"{{{namespace}}}:instances", "odd-stats") is not None
         finally:
             await coord.stop()
     finally:

@@ -20,7 +20,7 @@ from coordinator.connections import make_redis
 from coordinator.core import Coordinator
 from coordinator.messages import MAX_MESSAGE_BYTES
 from coordinator.settings import DEFAULT_PHASES, Settings
-from tests.support import ROOT, RedisServer, async_wait_until, event, subscribers
+from tests.support import ROOT, RedisServer, async_wait_until, event, publish, subscribers
 
 pytestmark = pytest.mark.redis
 
@@ -108,11 +108,11 @@ def ready_message(instance: str = INSTANCE, **extra: Any) -> bytes:
 
 
 async def write_starting(client: redis.Redis, namespace: str) -> None:
-    await client.hset(f"{namespace}:instance:{INSTANCE}", mapping=starting_record())
+    await client.hset(f"{{{namespace}}}:instance:{INSTANCE}", mapping=starting_record())
 
 
 async def _subscribed(client: redis.Redis, namespace: str) -> bool:
-    return await subscribers(client, f"{namespace}:instance:{INSTANCE}:events") == 1
+    return await subscribers(client, f"{{{namespace}}}:instance:{INSTANCE}:events") == 1
 
 
 async def waiting_follower(spawn: Any, connect_redis: Any, url: str, namespace: str,
@@ -157,7 +157,7 @@ async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
         redis_server: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
     client, follower = await waiting_follower(spawn, connect_redis, redis_server.url, namespace)
     # The transition lands in the hash, but its message never goes out.
-    await client.hset(f"{namespace}:instance:{INSTANCE}", "state", "ready")
+    await client.hset(f"{{{namespace}}}:instance:{INSTANCE}", "state", "ready")
     released = await follower.expect("released")
     assert released["state"] == "ready"
     assert released["redis_errors"] == 0  # still subscribed: only a re-read could see it
@@ -166,8 +166,8 @@ async def test_a_lost_message_is_made_up_for_by_re_reading_the_hash(
 async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
         own_redis: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
     client, follower = await waiting_follower(spawn, connect_redis, own_redis.url, namespace)
-    key = f"{namespace}:instance:{INSTANCE}"
-    channel = f"{namespace}:instance:{INSTANCE}:events"
+    key = f"{{{namespace}}}:instance:{INSTANCE}"
+    channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
     async with client.pipeline(transaction=True) as pipe:  # atomic: no re-subscribe between
         pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         pipe.hset(key, "state", "ready")
@@ -182,7 +182,7 @@ async def test_release_survives_the_subscriber_being_cut_as_ready_is_published(
 async def test_bad_messages_are_dropped_counted_and_never_release(
         redis_server: RedisServer, namespace: str, spawn: Any, connect_redis: Any) -> None:
     client, follower = await waiting_follower(spawn, connect_redis, redis_server.url, namespace)
-    channel = f"{namespace}:instance:{INSTANCE}:events"
+    channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
     unknown_version = json.loads(ready_message())
     unknown_version["v"] = 2
     bad = [
@@ -193,14 +193,14 @@ async def test_bad_messages_are_dropped_counted_and_never_release(
         json.dumps(unknown_version).encode(),  # a schema this reader does not know
     ]
     for data in bad:
-        assert await client.publish(channel, data) == 1
+        assert await publish(client, channel, data) == 1
     expected = {"invalid_json": 1, "invalid_schema": 1, "wrong_instance": 1, "oversized": 1,
                 "unknown_version": 1}
     await follower.expect("drop", drops=expected)
     assert all(line["state"] == "starting" for line in follower.lines)
     assert not any(line["what"] in ("state", "released") for line in follower.lines)
     # The listener survived them all: the next valid message releases.
-    assert await client.publish(channel, ready_message()) == 1
+    assert await publish(client, channel, ready_message()) == 1
     released = await follower.expect("released")
     assert released["state"] == "ready" and released["drops"] == expected
 
@@ -213,9 +213,9 @@ async def test_the_follower_resubscribes_after_a_redis_restart(
     await follower.expect("redis", redis_ok=True)
     client = connect_redis(own_redis.url, decode_responses=True)
     await async_wait_until(lambda: _subscribed(client, namespace), 10, what="re-subscribed")
-    assert await client.exists(f"{namespace}:instance:{INSTANCE}") == 0
+    assert await client.exists(f"{{{namespace}}}:instance:{INSTANCE}") == 0
     # No hash to re-read and no poll: only the new subscription can carry this.
-    assert await client.publish(f"{namespace}:instance:{INSTANCE}:events",
+    assert await publish(client, f"{{{namespace}}}:instance:{INSTANCE}:events",
                                 ready_message()) == 1
     released = await follower.expect("released")
     assert released["state"] == "ready"
@@ -226,8 +226,8 @@ async def test_a_stale_ready_hash_left_by_a_dead_owner_releases_no_one(
     # A fixed COORD_INSTANCE_ID restarted after a crash: the old life's hash still says
     # ready (its key has not expired yet) but its heartbeat is older than its ttl.
     dead = {**starting_record(), "state": "ready", "heartbeat_at": str(time.time() - 60)}
-    writer = make_redis(redis_server.url)
-    await writer.hset(f"{namespace}:instance:{INSTANCE}", mapping=dead)
+    writer = make_redis(redis_server.url, namespace=namespace)
+    await writer.hset(f"{{{namespace}}}:instance:{INSTANCE}", mapping=dead)
     follower = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
                                     instance_id=INSTANCE, environment="test"),
                            role="follower")
@@ -237,7 +237,7 @@ async def test_a_stale_ready_hash_left_by_a_dead_owner_releases_no_one(
         assert not await follower.wait_ready(0.5)  # link-up read and polls both ignore it
         assert follower.state.value == "starting"
         # The new owner's first live write is followed at once.
-        await writer.hset(f"{namespace}:instance:{INSTANCE}",
+        await writer.hset(f"{{{namespace}}}:instance:{INSTANCE}",
                           mapping={**dead, "heartbeat_at": str(time.time())})
         assert await follower.wait_ready(5)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator import topology
 from coordinator.core import Coordinator
 from coordinator.registry import PHASE_STATS_ALPHA
 from coordinator.settings import DEFAULT_PHASES, Settings
@@ -62,17 +63,21 @@ class Listener:
     """Subscribed to both channels before anything is published; keeps every message."""
 
     def __init__(self, redis_text: redis.Redis, namespace: str) -> None:
+        self.client = redis_text
         self.pubsub = redis_text.pubsub()
-        self.channels = (f"{namespace}:events", f"{namespace}:instance:{INSTANCE}:events")
+        self.channels = (f"{{{namespace}}}:events", f"{{{namespace}}}:instance:{INSTANCE}:events")
         self.messages: dict[str, list[dict[str, Any]]] = {c: [] for c in self.channels}
 
     async def __aenter__(self) -> Listener:
-        await self.pubsub.subscribe(*self.channels)
+        if (await topology.resolve(self.client)).sharded:
+            await self.pubsub.ssubscribe(*self.channels)
+        else:
+            await self.pubsub.subscribe(*self.channels)
         confirmed = 0
         while confirmed < len(self.channels):  # the server holds both subscriptions now
             msg = await self.pubsub.get_message(timeout=5.0)
             assert msg is not None, "no subscribe confirmation"
-            confirmed += msg["type"] == "subscribe"
+            confirmed += msg["type"] in ("subscribe", "ssubscribe")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -82,7 +87,7 @@ class Listener:
         """Read until each channel has delivered at least ``count`` messages."""
         async def enough() -> bool:
             while (msg := await self.pubsub.get_message(timeout=0.01)) is not None:
-                if msg["type"] == "message":
+                if msg["type"] in ("message", "smessage"):
                     self.messages[msg["channel"]].append(json.loads(msg["data"]))
             return all(len(ms) >= count for ms in self.messages.values())
         await async_wait_until(enough, timeout, what=f"{count} messages on both channels")
@@ -103,8 +108,8 @@ async def run_phases(coord: Coordinator, names: tuple[str, ...] = DEFAULT_PHASES
 async def heartbeat_and_score(redis_text: redis.Redis, namespace: str) -> tuple[str, float]:
     """The hash's heartbeat_at and the index score, read atomically."""
     async with redis_text.pipeline(transaction=True) as pipe:
-        pipe.hget(f"{namespace}:instance:{INSTANCE}", "heartbeat_at")
-        pipe.zscore(f"{namespace}:instances", INSTANCE)
+        pipe.hget(f"{{{namespace}}}:instance:{INSTANCE}", "heartbeat_at")
+        pipe.zscore(f"{{{namespace}}}:instances", INSTANCE)
         beat, score = await pipe.execute()
     return beat, score
 
@@ -136,7 +141,7 @@ async def test_the_first_event_of_a_new_instance_is_its_first_phase_never_a_null
     view shows the instance starting), but no ``phase_started`` with a null phase."""
     async with Listener(redis_text, namespace) as listener:
         coord = await make_owner()  # its link comes up now, with no phase yet
-        await async_wait_until(lambda: redis_text.exists(f"{namespace}:instance:{INSTANCE}"),
+        await async_wait_until(lambda: redis_text.exists(f"{{{namespace}}}:instance:{INSTANCE}"),
                                5, what="the record")
         await run_phases(coord, ("init",))
         await listener.collect(2)
@@ -148,7 +153,7 @@ async def test_the_first_event_of_a_new_instance_is_its_first_phase_never_a_null
 async def test_instance_hash_fields_ttl_and_index(make_owner, namespace: str,
                                                  redis_text: redis.Redis) -> None:
     coord = await make_owner()
-    key = f"{namespace}:instance:{INSTANCE}"
+    key = f"{{{namespace}}}:instance:{INSTANCE}"
     async with Listener(redis_text, namespace) as listener:
         await run_phases(coord)
         await listener.collect(len(startup_events()))  # the last write went out with it
@@ -176,7 +181,7 @@ async def test_instance_hash_fields_ttl_and_index(make_owner, namespace: str,
     new_beat, new_score = await heartbeat_and_score(redis_text, namespace)
     assert new_score == float(new_beat) > float(beat)
     assert 0 < await redis_text.pttl(key) <= TTL * 1000
-    assert await redis_text.zrange(f"{namespace}:instances", 0, -1) == [INSTANCE]
+    assert await redis_text.zrange(f"{{{namespace}}}:instances", 0, -1) == [INSTANCE]
 
 
 async def _beat_after(redis_text: redis.Redis, namespace: str, after: float) -> bool:
@@ -186,7 +191,7 @@ async def _beat_after(redis_text: redis.Redis, namespace: str, after: float) -> 
 
 async def test_phase_stats_are_folded_after_the_last_phase(make_owner, namespace: str,
                                                           redis_text: redis.Redis) -> None:
-    stats_key = f"{namespace}:phase_stats"
+    stats_key = f"{{{namespace}}}:phase_stats"
     await redis_text.hset(stats_key, "services", "4.0")  # an earlier startup's average
     coord = await make_owner()
     await run_phases(coord, DEFAULT_PHASES)  # folded once, after the last (checked below)
@@ -210,14 +215,14 @@ async def test_stop_removes_the_hash_and_index_entry_and_publishes_stopped(
         make_owner, namespace: str, redis_text: redis.Redis) -> None:
     coord = await make_owner()
     await run_phases(coord, DEFAULT_PHASES[:5])
-    key = f"{namespace}:instance:{INSTANCE}"
+    key = f"{{{namespace}}}:instance:{INSTANCE}"
     await async_wait_until(lambda: _state_is(redis_text, key, "ready"), 5, what="ready hash")
-    assert await redis_text.zscore(f"{namespace}:instances", INSTANCE) is not None
+    assert await redis_text.zscore(f"{{{namespace}}}:instances", INSTANCE) is not None
     async with Listener(redis_text, namespace) as listener:
         await coord.stop()
         await listener.collect(1)
     assert await redis_text.exists(key) == 0
-    assert await redis_text.zscore(f"{namespace}:instances", INSTANCE) is None
+    assert await redis_text.zscore(f"{{{namespace}}}:instances", INSTANCE) is None
     for channel in listener.channels:
         assert listener.events(channel) == [("stopped", "services")]
         assert set(listener.messages[channel][0]) >= MESSAGE_FIELDS
@@ -250,7 +255,7 @@ async def test_with_a_signing_key_events_and_the_hash_are_signed(
     # The hash, caught while the instance was up: its sig covers every other field.
     coord = await make_owner(signing_key=KEY)
     await run_phases(coord, DEFAULT_PHASES[:2])
-    key = f"{namespace}:instance:{INSTANCE}"
+    key = f"{{{namespace}}}:instance:{INSTANCE}"
     await async_wait_until(lambda: _phase_is(redis_text, key, "dependencies"), 5,
                            what="the hash in phase dependencies")
     record = await redis_text.hgetall(key)
@@ -266,5 +271,5 @@ async def test_the_record_written_when_the_link_comes_up_agrees_with_itself(
         make_owner, namespace: str, redis_text: redis.Redis) -> None:
     # No heartbeat within the test to correct what the link-up republish wrote.
     await make_owner(fleet_max_queue=5, heartbeat_interval=60.0, instance_ttl=120.0)
-    record = await redis_text.hgetall(f"{namespace}:instance:{INSTANCE}")
+    record = await redis_text.hgetall(f"{{{namespace}}}:instance:{INSTANCE}")
     assert (record["redis"], record["fleet_cap_mode"], record["fleet_cap"]) == ("ok", "fleet", "5")

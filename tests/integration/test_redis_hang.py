@@ -227,7 +227,7 @@ async def test_an_owner_never_waits_for_a_frozen_redis_and_rejoins_when_it_resum
         await async_wait_until(lambda: coord.redis_ok, 15, what="the link back")
 
         async def republished() -> bool:
-            record = await reader.hgetall(f"{namespace}:instance:frozen-owner")
+            record = await reader.hgetall(f"{{{namespace}}}:instance:frozen-owner")
             return record.get("state") == "ready" and record.get("redis") == "ok"
 
         await async_wait_until(republished, 10, what="the hash to say ready again")

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis.asyncio as redis
 
-from coordinator import Coordinator
+from coordinator import Coordinator, wire
 from coordinator.connections import make_redis
 from tests.support import (
     ACL_PASSWORD,
@@ -23,6 +23,7 @@ from tests.support import (
     RedisServer,
     async_wait_until,
     instance_settings,
+    publish,
     run_phases,
 )
 
@@ -39,9 +40,9 @@ async def test_a_followers_first_life_is_not_released_by_a_replayed_ready(
     (the previous life removed its record, the next has not written one) is shown a signed
     ``ready`` of the previous life, captured seconds earlier: well within the 30 s a
     message stays fresh. It must hold on until the new life is ready."""
-    channel = f"{namespace}:instance:{INSTANCE}:events"
-    listener = attacker.pubsub()
-    await listener.subscribe(channel)
+    channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
+    listener = wire.pubsub(attacker)
+    await listener.follow(channel)
     previous = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, KEY))
     async with previous:
         await run_phases(previous, *PHASES)
@@ -53,14 +54,14 @@ async def test_a_followers_first_life_is_not_released_by_a_replayed_ready(
             captured.append(msg["data"])
     await listener.aclose()
     releasing = [m for m in captured if json.loads(m)["event"] in ("ready", "phase_completed")]
-    assert releasing and not await attacker.exists(f"{namespace}:instance:{INSTANCE}")
+    assert releasing and not await attacker.exists(f"{{{namespace}}}:instance:{INSTANCE}")
 
     follower = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, KEY),
                            role="follower")
     async with follower:
         waiter = asyncio.create_task(follower.wait_ready(20))
         for data in releasing:
-            assert await attacker.publish(channel, data) == 1
+            assert await publish(attacker, channel, data) == 1
         # The next life starts: its first (fresh) event comes after the replays, so once
         # the follower shows it, it has judged every replay.
         successor = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, KEY))
@@ -123,7 +124,7 @@ async def test_acl_user_and_password_in_the_url_work_over_plain_and_tls(
         async with owner.phase("init"):
             pass
         admin = redis.Redis.from_url(url, decode_responses=True)
-        record = await admin.hgetall(f"{namespace}:instance:{INSTANCE}")
+        record = await admin.hgetall(f"{{{namespace}}}:instance:{INSTANCE}")
         assert record["phase"] == "init" and record["sig"]
         await admin.aclose()
     assert "coord:***@" in caplog.text  # the URL is logged, redacted
