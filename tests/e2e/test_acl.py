@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from coordinator.connections import make_redis
 from coordinator.dashboard import FleetFeed
 from coordinator.keys import Keys
+from coordinator.registry import as_text
+from harness.topologies import Cluster
 from tests.support import (
     CHAT,
     ROOT,
@@ -25,6 +28,7 @@ from tests.support import (
     chat,
     cli_env,
     run_cli,
+    subscribers,
     wait_for_phase,
     wait_until,
 )
@@ -34,12 +38,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 ADMIN_PASSWORD = "admin-pw-acl"
 
 
-def readme_acl(user: str, namespace: str, password: str) -> list[str]:
-    """The README's ``ACL SETUSER <user> ...`` line, for ``namespace`` and ``password``."""
+def readme_acl(user: str, namespace: str, password: str, cluster: bool = False) -> list[str]:
+    """The README's ``ACL SETUSER <user> on ...`` line, for ``namespace`` and
+    ``password`` (with ``cluster``, and its ``ACL SETUSER <user> +...`` line for a
+    cluster: Redis deployments)."""
     text = (ROOT / "README.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith(f"ACL SETUSER {user} ")]
-    assert len(lines) == 1, f"README has no single ACL line for {user}"
-    words = lines[0].split()[3:]
+    base = [line for line in lines if line.split()[3] == "on"]
+    more = [line for line in lines if line.split()[3].startswith("+")]
+    assert len(base) == len(more) == 1, f"README has no single pair of ACL lines for {user}"
+    words = base[0].split()[3:] + (more[0].split()[3:] if cluster else [])
     return [re.sub(r"^>[A-Z_]+$", f">{password}", w).replace("{coord}:", f"{{{namespace}}}:")
             for w in words]
 
@@ -83,6 +91,7 @@ async def test_an_instance_with_only_its_acl_starts_holds_leases_releases_and_dr
     backend = start_backend({
         "COORD_REDIS_URL": url(acl_server, user, "inst-pw"), "COORD_NAMESPACE": namespace,
         "COORD_INSTANCE_ID": "acl-1", "COORD_FLEET_MAX_QUEUE": "5",
+        "COORD_FLEET_ADMIT_RATE": "50",  # the admission bucket's script (N:admit) too
         "COORD_SIGNING_KEY": "acl-key", "COORD_DRAIN_GRACE": "0.5",
         "BACKEND_PHASE_DURATIONS": "services=2"})
     # Held while services runs: a lease in Redis, the fleet cap enforced by the fleet.
@@ -182,3 +191,54 @@ async def test_a_missing_permission_is_said_as_such(
     proc = run_cli("fleet", env=cli_env(url(acl_server, "blind", "x"), namespace))
     assert proc.returncode == 2
     assert "refused a command (NOPERM)" in proc.stderr and "cannot reach" not in proc.stderr
+
+
+async def test_on_a_cluster_each_user_needs_only_its_cluster_line_besides(
+        namespace: str, start_backend: Any, follow_cli: Any) -> None:
+    """Both users as README writes them for a cluster (its Security line and its Redis
+    deployments line), set on every node: the instance starts, holds under the fleet cap
+    and releases; the operator runs the CLI through a node that may not hold the slot."""
+    cluster = Cluster()
+    try:
+        for n in range(len(cluster.nodes)):
+            with cluster.client(n) as node:
+                for user, pw in (("coord-instance", "inst-pw"), ("coord-operator", "ops-pw")):
+                    node.execute_command("ACL", "SETUSER", user, "reset",
+                                         *readme_acl(user, namespace, pw, cluster=True))
+                node.execute_command("ACL", "LOG", "RESET")
+        port = cluster.nodes[(cluster.owner(namespace) + 1) % len(cluster.nodes)].port
+        keys, admin = Keys(namespace), make_redis(cluster.url, namespace=namespace)
+        backend = start_backend({
+            "COORD_REDIS_URL": f"redis://coord-instance:inst-pw@127.0.0.1:{port}/0",
+            "COORD_NAMESPACE": namespace, "COORD_INSTANCE_ID": "acl-c",
+            "COORD_FLEET_MAX_QUEUE": "5", "COORD_FLEET_ADMIT_RATE": "50",
+            "COORD_DRAIN_GRACE": "0.5", "BACKEND_PHASE_DURATIONS": "services=2"})
+        await asyncio.to_thread(wait_for_phase, backend, ["services"])
+        client = asyncio.create_task(chat(backend.ws_url))
+        await async_wait_until(lambda: _leases(admin, keys), 15, what="a lease in N:leases")
+        assert (await client).kind == CHAT
+        env = cli_env(f"redis://coord-operator:ops-pw@127.0.0.1:{port}/0", namespace)
+        events = follow_cli("events", "--count", "1", env=env)
+        await async_wait_until(lambda: _shard_subscribed(admin, keys), 10,
+                               what="events subscribed (sharded)")
+        as_json = await asyncio.to_thread(run_cli, "fleet", "--json", env=env)
+        assert [i["id"] for i in json.loads(as_json.stdout)["instances"]] == ["acl-c"], \
+            as_json.stderr
+        assert await asyncio.to_thread(backend.terminate) == 0
+        assert events.wait(10) == 0 and "draining" in events.output, events.stderr
+        log = backend.log()
+        for trouble in ("NOPERM", "unavailable", "link lost", "Traceback", "refused"):
+            assert trouble not in log, log
+        refused = []
+        for n in range(len(cluster.nodes)):
+            with cluster.client(n) as node:
+                refused += [f"{as_text(e['username'])}: {as_text(e['object'])}"
+                            for e in node.acl_log() if as_text(e["object"]) != "client|setinfo"]
+        assert all(r == "coord-operator: evalsha" for r in refused), refused
+        await admin.aclose()
+    finally:
+        cluster.kill()
+
+
+async def _shard_subscribed(admin: redis.Redis, keys: Keys) -> bool:
+    return await subscribers(admin, keys.events) > 0
