@@ -180,8 +180,9 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
         host = socket.gethostname()
         instance_id = await local_instance(client, keys, host)
         if instance_id is None:
-            print(f"{printable(host)}: not ready: no live instance of this host in namespace "
-                  f"{keys.namespace!r}", file=out, flush=True)
+            print(f"{printable(host)}: not ready: no live instance of this host with a "
+                  f"generated id in namespace {keys.namespace!r} (name one: --instance ID or "
+                  "COORD_INSTANCE_ID)", file=out, flush=True)
             return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
     code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
