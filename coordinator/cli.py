@@ -46,6 +46,9 @@ from .settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
+# Not 8080 (HAProxy's and the image's port in docker-compose and deploy/haproxy.cfg), nor
+# 8000-8003 (the backend's default and the README's instances): nothing the README starts.
+DASHBOARD_PORT = 8090
 WATCH_SETTLE = 0.05  # after an event, wait this long for the rest of its burst
 WATCH_MAX_SETTLE = 0.5
 
@@ -177,8 +180,9 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
         host = socket.gethostname()
         instance_id = await local_instance(client, keys, host)
         if instance_id is None:
-            print(f"{printable(host)}: not ready: no live instance of this host in namespace "
-                  f"{keys.namespace!r}", file=out, flush=True)
+            print(f"{printable(host)}: not ready: no live instance of this host with a "
+                  f"generated id in namespace {keys.namespace!r} (name one: --instance ID or "
+                  "COORD_INSTANCE_ID)", file=out, flush=True)
             return EXIT_NOT_READY
     raw = await read_record(client, keys, instance_id)
     code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
@@ -269,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Serve the fleet dashboard at "
                                    "http://HOST:PORT/dashboard/ (needs only Redis); Ctrl-C stops.")
     dash_cmd.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    dash_cmd.add_argument("--port", type=_port, default=8080, help="listen port (default 8080)")
+    dash_cmd.add_argument("--port", type=_port, default=DASHBOARD_PORT,
+                          help=f"listen port (default {DASHBOARD_PORT})")
     return parser
 
 

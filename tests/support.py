@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -707,3 +708,13 @@ def wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> int:
         proc.kill()
         proc.wait(5)
         raise
+
+
+def readme_blocks(section: str, language: str = "sh") -> list[str]:
+    """The fenced blocks in ``language`` of the README's ``## section``, in order."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start:end if end >= 0 else len(text)]
+    return [block for lang, block in re.findall(r"```(\w*)\n(.*?)```", body, re.S)
+            if lang == language]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ def section_blocks() -> list[tuple[str, str]]:
 
 def commands() -> list[list[str]]:
     """The serving commands the section prints: the line, and the one in its comment."""
-    (line,) = [text for lang, text in section_blocks() if lang == "sh"]
+    (line,) = [text for lang, text in section_blocks() if lang == "sh" and "main:app" in text]
     command, _, comment = line.strip().partition("#")
     alternative = comment.split("or:", 1)[1]
     return [shlex.split(command), shlex.split(alternative)]
@@ -97,6 +99,25 @@ async def test_the_own_service_example_holds_releases_serves_health_and_drains(
         assert "SIGTERM will drain instance" in service.log()
     finally:
         service.kill()
+
+
+@pytest.mark.parametrize("command", commands(), ids=lambda c: c[0])
+def test_a_bad_value_stops_the_example_with_the_one_line_the_readme_prints(
+        command: list[str], tmp_path: Path) -> None:
+    """The section's console block: a bad COORD_* value, the command, the one line on
+    stderr (no traceback), exit status 1; under `fastapi run` too."""
+    (block,) = [text for lang, text in section_blocks()
+                if lang == "console" and "configuration error" in text]
+    prompt, printed = block.strip().splitlines()
+    words = shlex.split(prompt.removeprefix("$ "))
+    assignments = [w for w in words if re.fullmatch(r"[A-Z_]+=.*", w)]
+    assert words[len(assignments):] == ["uvicorn", "main:app", "--port", "8000"]
+    (main,) = [text for lang, text in section_blocks() if lang == "python"]
+    (tmp_path / "main.py").write_text(main)
+    env = {**os.environ, **dict(a.split("=", 1) for a in assignments)}
+    done = subprocess.run([arg.replace("{port}", "1") for arg in argv(command)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr.strip()) == (1, printed), done.stderr
 
 
 def _phase(service: BackendProcess) -> Any:

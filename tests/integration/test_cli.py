@@ -259,7 +259,8 @@ async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generat
                        host=host, beat_age=7200)  # an earlier life, not live
     alone = run_cli("check", env=env)
     assert (alone.returncode, alone.stdout.strip(), alone.stderr) == (
-        1, f"{host}: not ready: no live instance of this host in namespace {namespace!r}", "")
+        1, (f"{host}: not ready: no live instance of this host with a generated id in "
+            f"namespace {namespace!r} (name one: --instance ID or COORD_INSTANCE_ID)"), "")
 
     await put_instance(client, keys, mine, now, host=host)
     starting = run_cli("check", env=env)

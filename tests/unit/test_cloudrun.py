@@ -9,6 +9,7 @@ SIGTERM and its SIGKILL.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from backend.config import BackendConfig
 from coordinator.core import STOP_DEADLINE
 from coordinator.drain import CLOSE_WAIT
 from coordinator.settings import Settings
-from tests.support import ROOT, backend_paths, known_variables, route_paths
+from tests.support import ROOT, backend_paths, known_variables, readme_blocks, route_paths
 
 CLOUD_RUN_SIGKILL_AFTER = 10.0
 
@@ -127,3 +128,34 @@ def test_connections_are_closed_before_cloud_runs_request_timeout_cuts_them(serv
     age = float(plain_env(container)["COORD_MAX_CONNECTION_AGE"])
     assert age < timeout  # each closes in (0.9 * age, age]: before the platform's cut
     assert Settings.from_env(plain_env(container)).max_connection_age == age
+
+
+def test_the_readme_deploys_the_image_it_builds_under_a_tag_of_its_own(container):
+    """The README's commands: the image it builds is the one the file names once its
+    placeholders are replaced, and that tag is a new one per build, not `latest` (the same
+    tag again leaves the spec unchanged: no new revision)."""
+    (block,) = readme_blocks("Deploying to Cloud Run")
+    image = container["image"]
+    assert image.endswith(":TAG")
+    sed = re.search(r'sed -e "([^"]+)" deploy/cloudrun\.yaml', block)
+    assert sed, block
+    substitutions = dict(re.findall(r"s/(\w+)/(\$\w+)/g", sed[1]))
+    assert {"PROJECT_ID", "REGION", "TAG"} <= set(substitutions)
+    for placeholder, variable in substitutions.items():
+        image = image.replace(placeholder, variable)
+    (built,) = re.findall(r"gcloud builds submit --tag (\S+)", block)
+    assert built == image
+    (tag,) = re.findall(r"^TAG=(.+)$", block, re.M)
+    assert "latest" not in tag and "$(" in tag  # computed for each build
+
+
+def test_the_readme_enables_every_api_its_commands_call():
+    (block,) = readme_blocks("Deploying to Cloud Run")
+    enable = block[block.index("gcloud services enable"):]
+    enabled = set(re.findall(r"([a-z]+\.googleapis\.com)", enable[:enable.index("\n\n")]))
+    apis = {"run": "run.googleapis.com", "redis": "redis.googleapis.com",
+            "secrets": "secretmanager.googleapis.com",
+            "artifacts": "artifactregistry.googleapis.com", "builds": "cloudbuild.googleapis.com"}
+    used = set(re.findall(r"gcloud (\w+) ", block)) & set(apis)
+    assert used == set(apis)  # the mapping covers what the block calls
+    assert {apis[group] for group in used} <= enabled

@@ -307,3 +307,10 @@ def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(c
     assert all(route in deny[0] for route in OPS_ROUTES)
     routes = route_paths(BackendConfig.from_env({}))
     assert {"/fleet", "/metrics", "/dashboard"} <= routes  # what it must cover exists
+
+
+def test_backends_reach_the_host_as_host_docker_internal_on_linux_too(compose):
+    """README: a Redis outside compose at host.docker.internal; Docker Engine on Linux
+    defines the name only through extra_hosts' host-gateway."""
+    for name in BACKENDS:
+        assert "host.docker.internal:host-gateway" in compose["services"][name]["extra_hosts"]

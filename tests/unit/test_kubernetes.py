@@ -6,6 +6,7 @@ inside terminationGracePeriodSeconds."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from backend.config import BackendConfig
-from tests.support import ROOT, backend_paths, known_variables
+from tests.support import ROOT, backend_paths, known_variables, readme_blocks
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
 # After the grace the instance closes what is still open and leaves the fleet: allow this.
@@ -104,3 +105,13 @@ def test_the_service_selects_the_pods_and_a_rolling_update_keeps_capacity(docume
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() \
         <= labels.items()
+
+
+def test_the_readme_builds_and_pushes_the_image_it_deploys(container):
+    (block,) = readme_blocks("Kubernetes")
+    assert container["image"] == "IMAGE"  # the placeholder the README's sed replaces
+    (image,) = re.findall(r"^IMAGE=(.+)$", block, re.M)
+    assert "$(" in image  # a tag of its own per build
+    assert "docker build -t $IMAGE ." in block and "docker push $IMAGE" in block
+    assert 'sed "s|IMAGE|$IMAGE|" deploy/kubernetes.yaml | kubectl apply -f -' in block
+    assert block.index("docker push") < block.index("kubectl apply")
