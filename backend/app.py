@@ -56,6 +56,7 @@ class Backend:
                                 observers=[self.metrics.observe])
         self.api.state.backend = self
         self._startup: asyncio.Task[None] | None = None
+        self._shared: SharedSnapshot | None = None
         self._routes()
         if config.ops_routes:  # BACKEND_OPS_ROUTES=off where clients reach the service
             self._ops_routes()
@@ -71,6 +72,8 @@ class Backend:
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._startup
+            if self._shared is not None:
+                await self._shared.aclose()
             await self.coord.stop()
 
     async def _run_startup(self) -> None:
@@ -112,8 +115,8 @@ class Backend:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
         # One read a second at most however many ask; none served stale while Redis is down.
-        shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
-                                usable=lambda: coord.redis_ok)
+        shared = self._shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
+                                               usable=lambda: coord.redis_ok)
 
         @api.get("/fleet")
         async def fleet() -> JSONResponse:

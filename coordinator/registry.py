@@ -7,6 +7,7 @@ live here, so the public contract of DESIGN.md has one implementation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -18,7 +19,7 @@ import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import topology
-from .connections import refused
+from .connections import REDIS_ERRORS, refused
 from .keys import MAX_ID_CHARS, Keys, printable_name
 from .messages import MAX_TS
 from .phases import State
@@ -281,6 +282,10 @@ class FleetReader:
         self.prune = prune
         self.max_instances = max_instances
         self.scripts = True  # False once Redis refused this user a script (NOPERM)
+        # Registered once (each registration hashes the script's text again).
+        self._index_script = client.register_script(READ_INDEX)
+        self._page_script = client.register_script(READ_PAGE)
+        self._prune_script = client.register_script(PRUNE_INDEX)
 
     async def snapshot(self, *, fleet_cap: int | None = None, now: float | None = None
                        ) -> dict[str, Any]:
@@ -323,7 +328,7 @@ class FleetReader:
         keys, client = self.keys, self.client
         if self.scripts:
             try:
-                doc = json.loads(await client.register_script(READ_INDEX)(
+                doc = json.loads(await self._index_script(
                     keys=[keys.instances, keys.leases], args=[self.max_instances, MAX_LEASES]))
                 secs, usecs = doc["time"]
                 return (_pairs(doc["index"]), int(doc["size"]), _pairs(doc["leases"]),
@@ -353,7 +358,7 @@ class FleetReader:
         keys, client = self.keys, self.client
         if self.scripts:
             try:
-                raw = await client.register_script(READ_PAGE)(
+                raw = await self._page_script(
                     keys=[keys.instance(i) for i in ids])
                 return decode_page(raw, len(ids))
             except NoPermissionError:
@@ -370,7 +375,7 @@ class FleetReader:
     async def _prune(self, gone: list[tuple[str, float]]) -> None:
         """Remove ``gone`` members from the index in batches, each only if it has not
         heartbeated since it was read; stop for good if this user may not write."""
-        script = self.client.register_script(PRUNE_INDEX)
+        script = self._prune_script
         for start in range(0, len(gone), PRUNE_BATCH):
             args: list[Any] = []
             for instance_id, score in gone[start:start + PRUNE_BATCH]:
@@ -413,6 +418,14 @@ class SharedSnapshot:
             flight.add_done_callback(_retrieved)
         # A reader that leaves (a client gone) must not cancel the others' read.
         return await asyncio.shield(flight)
+
+    async def aclose(self) -> None:
+        """Cancel a read in flight (its owner is shutting down) and wait for it to end."""
+        flight, self._flight = self._flight, None
+        if flight is not None and not flight.done():
+            flight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                await flight
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

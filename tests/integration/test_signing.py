@@ -153,7 +153,8 @@ async def test_a_wrong_password_degrades_to_local_gating_and_logs_no_secret(
 
 
 async def test_tls_refuses_a_certificate_for_another_host_name(acl_redis: AclRedis) -> None:
-    """redis>=6 (the floor in pyproject.toml) checks the host name by default; 5.x did not.
+    """redis-py 6 and later (pyproject.toml requires 8.1) check the host name by default;
+    5.x did not.
     The server's certificate names 127.0.0.1 only: reached as localhost, it is refused."""
     good = make_redis(acl_redis.url(tls=True))
     assert await good.ping()

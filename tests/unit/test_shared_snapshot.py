@@ -52,3 +52,19 @@ async def test_a_reader_that_leaves_does_not_cancel_the_others_read() -> None:
     first.cancel()
     reader.gate.set()
     assert (await second)["read"] == 1
+
+
+async def test_closing_cancels_the_read_in_flight_and_waits_for_it() -> None:
+    """The read belongs to the snapshot, not to a reader: at shutdown its owner ends it."""
+    reader = Reader()
+    shared = SharedSnapshot(reader)  # type: ignore[arg-type]
+    waiting = asyncio.create_task(shared.get())
+    while reader.reads == 0:  # the read has started: it waits on the reader's gate
+        await asyncio.sleep(0)
+    flight = shared._flight
+    assert flight is not None and not flight.done() and reader.reads == 1
+    await shared.aclose()
+    assert flight.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await shared.aclose()  # twice, or with nothing in flight: nothing to do
