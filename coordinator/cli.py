@@ -107,6 +107,9 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
             except REDIS_ERRORS:
                 await _close(pubsub)  # subscribe again (and redraw) at once
                 pubsub = None
+            if pubsub is not None and not pubsub.following:  # the slot moved
+                await _close(pubsub)
+                pubsub = None
     finally:
         await _close(pubsub)
 
@@ -144,6 +147,10 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
         print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         seen = 0
         while count is None or seen < count:
+            if not pubsub.following:  # the slot moved: follow it where it is now
+                await _close(pubsub)
+                pubsub = wire.pubsub(client)
+                await pubsub.follow(keys.events)
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg is None:
                 continue

@@ -68,7 +68,7 @@ class Subscription:
                 if self.on_up is not None:
                     await self.on_up()
                 attempt = 0
-                while self.healthy() and pubsub.subscribed:  # a slot migration unsubscribes
+                while self.healthy() and pubsub.following:  # a slot that moves ends it
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
                     if msg is not None:
                         self._deliver(msg)

@@ -35,12 +35,15 @@ from redis.asyncio.connection import (
     SSLConnection,
     parse_url,
 )
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     ConnectionError,
+    MovedError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -50,6 +53,7 @@ from redis.exceptions import (
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
 MAX_SEEDS = 32  # cluster nodes remembered to ask for the slot's owner
+RESOLVE_DEADLINE = 5.0  # seconds finding the slot's owner may take, however many nodes
 MOVED = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)  # AskError covers MOVED
 
 
@@ -102,7 +106,7 @@ class _Routed:
         try:
             return await super().read_response(*args, **kwargs)  # type: ignore[misc]
         except MOVED as exc:
-            self.connection_pool.forget(moved=True)
+            self.connection_pool.forget(moved=isinstance(exc, MovedError))
             await self.disconnect()  # type: ignore[attr-defined]
             raise SlotMoved(f"the namespace's slot moved ({exc}); connecting again") from exc
 
@@ -126,14 +130,16 @@ class TopologyPool(BlockingConnectionPool):
         super().__init__(**kwargs)
         self.connection_kwargs["connection_pool"] = weakref.proxy(self)
         self.mode = mode
+        self.moved_seen = False  # a MOVED reply: a cluster, whatever HELLO said
         self.slot = key_slot(slot_key.encode())
-        self.seeds = [(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))]
+        self.url_seed = (str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+        self.seeds = [self.url_seed]
         self.resolved: Resolved | None = None
         self._resolving: asyncio.Lock | None = None
 
     def __repr__(self) -> str:  # not the kwargs: they hold a proxy of the pool itself
-        return (f"<{type(self).__name__}(mode={self.mode}, seed={self.seeds[0][0]}:"
-                f"{self.seeds[0][1]}, slot={self.slot})>")
+        return (f"<{type(self).__name__}(mode={self.mode}, seed={self.url_seed[0]}:"
+                f"{self.url_seed[1]}, slot={self.slot})>")
 
     async def resolve(self) -> Resolved:
         """Where to connect, asked of the seeds the first time and after a forget."""
@@ -143,22 +149,30 @@ class TopologyPool(BlockingConnectionPool):
             self._resolving = asyncio.Lock()
         async with self._resolving:
             if self.resolved is None:
-                self.resolved = await self._ask_seeds()
+                if self.mode is Mode.STANDALONE:  # nothing to ask
+                    self.resolved = Resolved(self.url_seed, Mode.STANDALONE, False)
+                else:
+                    async with asyncio.timeout(RESOLVE_DEADLINE):
+                        self.resolved = await self._ask_seeds()
             return self.resolved
 
     def forget(self, moved: bool = False) -> None:
-        if moved and self.resolved is not None and self.resolved.mode is Mode.STANDALONE \
-                and self.mode is Mode.AUTO:
-            self.mode = Mode.CLUSTER  # HELLO said otherwise, or was refused: MOVED settles it
+        """Ask again at the next connect; ``moved``: a MOVED reply said this is a cluster
+        (in auto mode, where HELLO was refused, that settles it)."""
+        self.moved_seen = self.moved_seen or moved
         self.resolved = None
 
     async def _ask_seeds(self) -> Resolved:
+        """The URL's node first, then the others the cluster last named; one that cannot
+        be asked is dropped (the URL's is kept: it may be a name that moves)."""
         error: BaseException = ConnectionError("no cluster node to ask")
         for seed in list(self.seeds):
             try:
                 return await self._ask(seed)
             except (TimeoutError, RedisError, OSError) as exc:
                 error = exc
+                if seed != self.url_seed and seed in self.seeds:
+                    self.seeds.remove(seed)
         raise error
 
     async def _ask(self, seed: tuple[str, int]) -> Resolved:
@@ -167,32 +181,40 @@ class TopologyPool(BlockingConnectionPool):
         conn = self._plain_class(**options)
         try:
             await conn.connect()
-            hello = await _hello(conn) if self.mode is not Mode.STANDALONE else {}
-            mode = self.mode if self.mode is not Mode.AUTO else (
-                Mode.CLUSTER if hello.get("mode") == "cluster" else Mode.STANDALONE)
-            if hello.get("mode") == "sentinel":
+            hello = await _hello(conn)
+            said = hello.get("mode")
+            if said == "sentinel":
                 raise ResponseError(f"{seed[0]}:{seed[1]} is a Sentinel: use a "
                                     "redis+sentinel://host:port/<service> URL")
-            if mode is not Mode.CLUSTER:
+            if not (self.mode is Mode.CLUSTER or said == "cluster"
+                    or (said is None and self.moved_seen)):
                 return Resolved(seed, Mode.STANDALONE, False)
             await conn.send_command("CLUSTER", "SLOTS")
             owner = self._owner(await conn.read_response(), seed)
-            version = str(hello.get("version", "0"))
-            return Resolved(owner, Mode.CLUSTER, _major(version) >= 7)
         finally:
             await conn.disconnect()
+        if owner != seed:  # whether channels shard is the owner's to say (mixed versions)
+            conn = self._plain_class(**{**options, "host": owner[0], "port": owner[1]})
+            try:
+                await conn.connect()
+                hello = await _hello(conn)
+            finally:
+                await conn.disconnect()
+        return Resolved(owner, Mode.CLUSTER, _major(str(hello.get("version", "0"))) >= 7)
 
     def _owner(self, ranges: Any, seed: tuple[str, int]) -> tuple[str, int]:
-        """The master of our slot in a CLUSTER SLOTS reply; every node named becomes a
-        seed for the next time."""
+        """The master of our slot in a CLUSTER SLOTS reply; the nodes it names are the
+        seeds for the next time (after the URL's own)."""
         owner = None
+        seeds = [self.url_seed]
         for start, end, master, *replicas in ranges:
             for node in (master, *replicas):
                 address = (_text(node[0]) or seed[0], int(node[1]))
-                if address not in self.seeds and len(self.seeds) < MAX_SEEDS:
-                    self.seeds.append(address)
+                if address not in seeds and len(seeds) < MAX_SEEDS:
+                    seeds.append(address)
             if int(start) <= self.slot <= int(end):
                 owner = (_text(master[0]) or seed[0], int(master[1]))
+        self.seeds = seeds
         if owner is None:
             raise ClusterDownError(f"no node of the cluster serves slot {self.slot}")
         return owner
@@ -203,8 +225,8 @@ class SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         await super().disconnect(inuse_connections)
-        for sentinel in self.sentinel_manager.sentinels:
-            await sentinel.connection_pool.disconnect()
+        for sentinel in self.sentinel_manager.sentinels:  # not a lookup under way
+            await sentinel.connection_pool.disconnect(inuse_connections=False)
 
 
 def mode_of(url: str, mode: Mode | str = Mode.AUTO) -> Mode:
@@ -221,7 +243,8 @@ def connection_pool(url: str, *, mode: Mode | str = Mode.AUTO, namespace: str = 
     mode = mode_of(url, mode)
     if mode is Mode.SENTINEL:
         sentinels, service, master_options, sentinel_options = parse_sentinel_url(url)
-        manager = Sentinel(sentinels, sentinel_kwargs={**_timeouts(options), **sentinel_options},
+        manager = Sentinel(sentinels, sentinel_kwargs={
+            **_timeouts(options), "retry": Retry(NoBackoff(), 0), **sentinel_options},
                            **{**options, **master_options})
         pool: redis.ConnectionPool = SentinelPool(  # type: ignore[no-untyped-call]
             service, manager, **{

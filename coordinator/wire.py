@@ -81,6 +81,26 @@ class BoundedPubSub(PubSub):
     """A PubSub on a connection pool of its own, closed with it."""
 
     source: redis.Redis  # the client whose options and topology it shares
+    ended_by_server = False  # the server ended a sharded subscription (its slot moved)
+
+    @property
+    def following(self) -> bool:
+        """Subscribed, and not unsubscribed by the server: a slot that moves ends its
+        shard channels' subscriptions with a SUNSUBSCRIBE nobody asked for, which
+        redis-py records nowhere (the channel stays in ``shard_channels``)."""
+        return self.subscribed and not self.ended_by_server
+
+    async def handle_message(self, response: Any,
+                             ignore_subscribe_messages: bool = False) -> Any:
+        if isinstance(response, list) and response and response[0] in (
+                b"sunsubscribe", "sunsubscribe") \
+                and response[1] not in self.pending_unsubscribe_shard_channels:
+            self.ended_by_server = True
+            pool = self.source.connection_pool
+            if isinstance(pool, topology.TopologyPool):
+                pool.forget()  # ask the cluster again where the slot is
+        return await super().handle_message(  # type: ignore[no-untyped-call]
+            response, ignore_subscribe_messages)
 
     async def follow(self, *channels: str) -> None:
         """Subscribe to ``channels``: with SSUBSCRIBE where the topology shards channels

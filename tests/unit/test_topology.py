@@ -95,16 +95,22 @@ def test_a_slot_no_node_serves_is_cluster_down() -> None:
         pool("elsewhere")._owner([[0, 10, [b"h", 1, b"i"]]], ("h", 1))
 
 
-def test_a_moved_reply_after_hello_said_standalone_switches_auto_to_cluster() -> None:
+def test_only_a_moved_reply_is_taken_for_a_cluster_where_hello_said_nothing() -> None:
+    """A READONLY (a standalone master demoted: ElastiCache's or Memorystore's failover)
+    once turned auto mode into cluster mode for good, so that the next connect asked a
+    standalone server for CLUSTER SLOTS, refused, until a restart."""
     p = pool()
     p.resolved = Resolved(("10.0.0.9", 7000), Mode.STANDALONE, False)
+    p.forget(moved=False)  # READONLY, TRYAGAIN, CLUSTERDOWN, ASK: ask again, that is all
+    after: tuple[Resolved | None, bool, Mode] = (p.resolved, p.moved_seen, p.mode)
+    assert after == (None, False, Mode.AUTO)
     p.forget(moved=True)
-    after: tuple[Resolved | None, str] = (p.resolved, str(p.mode))
-    assert after == (None, "cluster")
-    forced = pool(mode=Mode.STANDALONE)
-    forced.resolved = Resolved(("10.0.0.9", 7000), Mode.STANDALONE, False)
-    forced.forget(moved=True)
-    assert forced.mode is Mode.STANDALONE  # what the operator said stands
+    assert p.moved_seen and p.mode is Mode.AUTO  # HELLO, when it answers, still decides
+
+
+async def test_standalone_mode_asks_nothing_before_it_connects() -> None:
+    forced = pool(mode=Mode.STANDALONE)  # 10.0.0.9 is nobody: a probe would time out
+    assert await forced.resolve() == Resolved(("10.0.0.9", 7000), Mode.STANDALONE, False)
 
 
 def test_a_pool_shows_without_recursing_through_its_own_proxy() -> None:

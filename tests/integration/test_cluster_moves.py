@@ -1,0 +1,83 @@
+"""Subscriptions that follow the namespace's slot when a Redis Cluster moves it.
+
+A slot that moves ends its shard channels' subscriptions with a SUNSUBSCRIBE the client
+never asked for; redis-py keeps the channel as subscribed and delivers nothing more.
+The instance's link, the dashboard's feed and ``coordinator events`` each notice and
+subscribe again where the slot is now."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from coordinator.connections import make_redis
+from coordinator.core import Coordinator
+from coordinator.dashboard import FleetFeed
+from coordinator.keys import Keys
+from coordinator.settings import Settings
+from harness.topologies import Cluster
+from tests.support import (
+    CliProcess,
+    async_wait_until,
+    cli_env,
+    equals,
+    event,
+    publish,
+    subscribers,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    topology = Cluster()
+    yield topology
+    topology.kill()
+
+
+async def test_the_link_the_feed_and_the_cli_follow_a_slot_that_moves(
+        cluster: Cluster, namespace: str) -> None:
+    keys = Keys(namespace)
+    client = make_redis(cluster.url, namespace=namespace)
+    coord = Coordinator(Settings(redis_url=cluster.url, namespace=namespace,
+                                 instance_id="moving", environment="test"))
+    reader = make_redis(cluster.url, namespace=namespace)
+    feed = FleetFeed(reader, keys, interval=60)
+    cli = CliProcess("events", "--count", "2", env=cli_env(cluster.url, namespace))
+    try:
+        async with coord, feed.subscribe() as page:
+            link, events = keys.instance_events("moving"), keys.events
+            await async_wait_until(lambda: equals(subscribers(client, link), 1), 10,
+                                   what="the instance's link subscribed")
+            await async_wait_until(lambda: equals(subscribers(client, events), 2), 10,
+                                   what="the feed and the CLI subscribed")
+            assert await publish(client, events, event("before", "ready")) == 2
+
+            to = (cluster.owner(namespace) + 1) % len(cluster.nodes)
+            await asyncio.to_thread(cluster.move, namespace, to)
+            await client.exists(keys.instances)  # MOVED: the test's own client follows too
+            # Each subscribes again on the slot's new owner...
+            await async_wait_until(lambda: equals(subscribers(client, link), 1), 10,
+                                   what="the link subscribed again where the slot is")
+            await async_wait_until(lambda: equals(subscribers(client, events), 2), 10,
+                                   what="the feed and the CLI subscribed again")
+            # ...and hears what is published there.
+            assert await publish(client, link, b"not json") == 1
+            await async_wait_until(lambda: coord.drops.counts["invalid_json"] == 1, 10,
+                                   what="the link's drop of the junk")
+            assert await publish(client, events, event("after", "ready")) == 2
+            frames = []
+            async with asyncio.timeout(10):
+                while not any(b'"after"' in f for f in frames):
+                    frame = await page.get()
+                    assert frame is not None
+                    frames.append(frame)
+        assert cli.wait(10) == 0, cli.stderr
+        assert [line.split()[1] for line in cli.lines] == ["before", "after"], cli.lines
+    finally:
+        cli.kill()
+        await reader.aclose()
+        await client.aclose()
