@@ -69,7 +69,7 @@ async def test_the_link_the_feed_and_the_cli_follow_a_slot_that_moves(
             await async_wait_until(lambda: coord.drops.counts["invalid_json"] == 1, 10,
                                    what="the link's drop of the junk")
             assert await publish(client, events, event("after", "ready")) == 2
-            frames = []
+            frames: list[bytes] = []
             async with asyncio.timeout(10):
                 while not any(b'"after"' in f for f in frames):
                     frame = await page.get()
