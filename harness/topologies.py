@@ -11,6 +11,7 @@ fail over, for the tests that show those are followed.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -120,6 +121,7 @@ class Cluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SentinelSet:
@@ -202,6 +204,7 @@ class SentinelSet:
         for server in (self.master, self.replica):
             with contextlib.suppress(Exception):
                 server.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start(name: str) -> Topology:
