@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,14 @@ from coordinator.connections import make_redis
 from harness.topologies import NAMES, Topology
 from harness.topologies import start as start_topology
 from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
+
+
+# A run started in the background by a non-interactive shell (`bin/test &`, `nohup`)
+# inherits SIGINT ignored, and so would every program the tests start and then stop with
+# Ctrl-C (`coordinator events`, `fleet --watch`, `bin/demo`): Python installs no
+# KeyboardInterrupt handler where SIGINT is ignored at start. Its children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # The conformance matrix: every test that uses the session's Redis (``redis_server``,
