@@ -28,10 +28,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # and what is made from it: ``client``, ``redis_text``, ``attacker``) under tests/
 # integration/, and every test marked ``matrix``, runs once per Redis deployment users
 # run (harness/topologies.py), each started once for the session. Every other test that
-# uses it runs on Redis alone. ``--redis`` (or COORD_TEST_REDIS) narrows the matrix, e.g.
+# uses it runs on Redis alone. ``--redis`` (or TEST_REDIS) narrows the matrix, e.g.
 # ``--redis cluster``; ``standalone_only`` keeps a test off it, with its reason.
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--redis", default=os.environ.get("COORD_TEST_REDIS", ",".join(NAMES)),
+    parser.addoption("--redis", default=os.environ.get("TEST_REDIS", ",".join(NAMES)),
                      help="the Redis deployments of the conformance matrix, comma-separated "
                           f"(default: all of {', '.join(NAMES)}; redis always runs)")
 
