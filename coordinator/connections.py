@@ -2,7 +2,8 @@
 
 The coordinator handles every failure itself (falls back to local state, reconnects
 with backoff), so redis-py's own retries are switched off: they would only stretch an
-outage into hangs.
+outage into hangs. All but one: a command a cluster refused with MOVED (it did not run)
+runs once more, on the slot's new owner (topology.py).
 """
 
 from __future__ import annotations
