@@ -44,6 +44,18 @@ async def until(predicate: Any) -> None:
     await asyncio.wait_for(poll(), DEADLINE)
 
 
+async def one_open_connection(**settings: Any) -> tuple[Any, FakeWebSocket,
+                                                       asyncio.Task[None]]:
+    """A ready gate (``settings``) with one connection open on an app that keeps it."""
+    gate, coord, _app = gate_for(**settings)
+    gate.app = open_app
+    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
+    client = FakeWebSocket()
+    task = handshake(gate, client)
+    await until(lambda: gate.state.connections)
+    return coord, client, task
+
+
 async def test_a_signal_signal_handler_is_taken_chained_and_restored() -> None:
     loop = asyncio.get_running_loop()
     ours: list[str] = []
@@ -106,12 +118,7 @@ def sigterm() -> Iterator[list[int]]:
 
 
 async def test_sigterm_drains_first_then_hands_the_signal_to_the_server(sigterm) -> None:
-    gate, coord, _app = gate_for(drain_grace=0.3, drain_spread=0.1)
-    gate.app = open_app
-    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
-    client = FakeWebSocket()
-    task = handshake(gate, client)
-    await until(lambda: gate.state.connections)
+    coord, client, task = await one_open_connection(drain_grace=0.3, drain_spread=0.1)
     drains = Drains()
     drains.attach(coord)
     try:
@@ -128,12 +135,7 @@ async def test_sigterm_drains_first_then_hands_the_signal_to_the_server(sigterm)
 
 async def test_a_second_sigterm_ends_the_drain_at_once(sigterm, monkeypatch) -> None:
     monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
-    gate, coord, _app = gate_for(drain_grace=30)
-    gate.app = open_app
-    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
-    client = FakeWebSocket()
-    task = handshake(gate, client)
-    await until(lambda: gate.state.connections)
+    coord, client, task = await one_open_connection(drain_grace=30)
     drains = Drains()
     drains.attach(coord)
     try:
@@ -155,12 +157,7 @@ async def test_a_second_signal_answers_and_leaves_the_fleet_before_the_server_he
     """The server's handler is called after our 1012 went out and the coordinator
     stopped (left the fleet): a forced exit would skip the lifespan that stops it."""
     monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
-    gate, coord, _app = gate_for(drain_grace=30)
-    gate.app = open_app
-    await run_phases(coord, "init", "dependencies", "database", "cache", "services")
-    client = FakeWebSocket()
-    task = handshake(gate, client)
-    await until(lambda: gate.state.connections)
+    coord, client, task = await one_open_connection(drain_grace=30)
     seen: list[tuple[str, State]] = []
     handlers = {sig: signal.signal(sig, lambda s, _f: seen.append(
         (client.types[-1], state_of(coord)))) for sig in (signal.SIGTERM, signal.SIGINT)}
