@@ -59,8 +59,9 @@ async def test_closing_cancels_the_read_in_flight_and_waits_for_it() -> None:
     reader = Reader()
     shared = SharedSnapshot(reader)  # type: ignore[arg-type]
     waiting = asyncio.create_task(shared.get())
-    while reader.reads == 0:  # the read has started: it waits on the reader's gate
-        await asyncio.sleep(0)
+    async with asyncio.timeout(5):  # the read has started: it waits on the reader's gate
+        while reader.reads == 0:
+            await asyncio.sleep(0)
     flight = shared._flight
     assert flight is not None and not flight.done() and reader.reads == 1
     await shared.aclose()
