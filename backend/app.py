@@ -18,11 +18,11 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from coordinator import ConnectionGate, Coordinator
-from coordinator.connections import REDIS_ERRORS
-from coordinator.dashboard import mount_dashboard
-from coordinator.health import HealthApp
-from coordinator.metrics import CONTENT_TYPE, Metrics
-from coordinator.registry import FleetReader, SharedSnapshot
+from coordinator._redis.client import REDIS_ERRORS
+from coordinator.fleet.view import FleetReader, SharedSnapshot
+from coordinator.ops.dashboard import mount_dashboard
+from coordinator.ops.health import HealthApp
+from coordinator.ops.metrics import CONTENT_TYPE, Metrics
 
 from .config import BackendConfig
 

@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from coordinator.connections import make_redis
-from coordinator.leases import LEASED, FleetLeases
+from coordinator._redis.client import make_redis
+from coordinator.fleet.leases import LEASED, FleetLeases
 
 EMPTY = "return 0"
 HOLD_FOR = 30.0

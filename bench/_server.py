@@ -16,7 +16,7 @@ HTTP control routes:
 Environment: the COORD_* variables, HOST, PORT, BENCH_ROLE (owner or follower),
 BENCH_START (ready: run every phase at once; hold: stop inside the ready phase until
 /bench/complete), BENCH_PARSER (hiredis or python: the reply parser of the coordinator's
-client, bench/parser.py; its subscription keeps coordinator.wire's parser whatever this
+client, bench/parser.py; its subscription keeps coordinator._redis.pubsub's parser whatever this
 says; unset: redis-py's default).
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import uvicorn
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.connections import REDIS_ERRORS, make_redis
-from coordinator.readiness import progressive_intervals
+from coordinator._redis.client import REDIS_ERRORS, make_redis
+from coordinator.instance.status import progressive_intervals
 
 from ._support import use_parser
 

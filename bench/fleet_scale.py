@@ -2,8 +2,8 @@
 1,000 and 5,000 registered instances, and what one instance's heartbeat costs.
 
 The records are synthetic but real: one Coordinator's own ``record()`` with the id
-varied, written through ``registry.write_record``. Each size is timed in process
-(``registry.fleet_snapshot``, and the CLI's ``fleet`` command with ``--json`` output to
+varied, written through ``write_record``. Each size is timed in process
+(``fleet_snapshot``, and the CLI's ``fleet`` command with ``--json`` output to
 a buffer), median of several runs, with Redis round trips counted by a connection class
 that counts every request it sends (a pipeline is one). ``coordinator fleet --json`` is
 also run once per size as the process users start, for its wall time.
@@ -27,9 +27,12 @@ import time
 
 import redis.asyncio as redis
 
-from coordinator import Coordinator, Settings, registry
-from coordinator.cli import fleet as cli_fleet
-from coordinator.keys import Keys
+from coordinator import Coordinator, Settings
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
+from coordinator.fleet.registry import write_record
+from coordinator.fleet.view import PAGE_SIZE, fleet_snapshot
+from coordinator.ops.cli import fleet as cli_fleet
 
 from ._support import (
     ROOT,
@@ -55,7 +58,7 @@ async def fill(client: redis.Redis, keys: Keys, template: dict[str, str], start:
         record = dict(template, id=f"instance-{i:05d}", heartbeat_at=f"{now:.6f}",
                       host=f"host-{i % 97}", pid=str(1000 + i),
                       state="ready" if i % 10 else "starting")
-        await registry.write_record(client, keys, record, TTL, now)
+        await write_record(client, keys, record, TTL, now)
 
 
 async def timed(runs: int, call: object) -> tuple[float, float]:
@@ -85,10 +88,10 @@ async def raw_pages(client: redis.Redis, keys: Keys) -> None:
     """The floor: the same reads as the snapshot (the index, then HGETALL per instance in
     pages), with nothing decoded or built."""
     ids = await client.zrange(keys.instances, 0, -1)
-    for start in range(0, len(ids), registry.PAGE_SIZE):
+    for start in range(0, len(ids), PAGE_SIZE):
         async with client.pipeline(transaction=False) as pipe:
-            for instance_id in ids[start:start + registry.PAGE_SIZE]:
-                pipe.hgetall(keys.instance(registry.as_text(instance_id)))
+            for instance_id in ids[start:start + PAGE_SIZE]:
+                pipe.hgetall(keys.instance(as_text(instance_id)))
             await pipe.execute()
 
 
@@ -106,20 +109,20 @@ async def fleet_sizes(report: Report, url: str, sizes: list[int], runs: int) -> 
         for size in sizes:
             await fill(client, keys, template, written, size)
             written = size
-            snapshot = await registry.fleet_snapshot(client, keys)
+            snapshot = await fleet_snapshot(client, keys)
             if snapshot["totals"]["instances"] != size:
                 raise RuntimeError(f"snapshot saw {snapshot['totals']['instances']} of {size}")
             repeat = max(3, min(runs, 5000 // size))
-            snap_s, snap_rt = await timed(repeat, lambda: registry.fleet_snapshot(client, keys))
+            snap_s, snap_rt = await timed(repeat, lambda: fleet_snapshot(client, keys))
             floor_s, _ = await timed(repeat, lambda: raw_pages(client, keys))
             out = io.StringIO()
             cli_s, cli_rt = await timed(repeat, lambda out=out: cli_fleet(client, keys, True, out))
             process_s, size_bytes = cli_process(url)
-            pages = math.ceil(size / registry.PAGE_SIZE)
+            pages = math.ceil(size / PAGE_SIZE)
             per_page.append((snap_rt - 1) / pages)
             report.figure(f"{size:>5} instances",
                           f"fleet_snapshot {snap_s * 1000:7.2f} ms, {snap_rt:.0f} round trips "
-                          f"({pages} page(s) of {registry.PAGE_SIZE}); the same reads alone "
+                          f"({pages} page(s) of {PAGE_SIZE}); the same reads alone "
                           f"{floor_s * 1000:.2f} ms; CLI fleet --json in "
                           f"process {cli_s * 1000:7.2f} ms, {cli_rt:.0f} round trips; "
                           f"as a process {process_s * 1000:.0f} ms, {size_bytes} bytes of JSON")

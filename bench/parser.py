@@ -15,13 +15,13 @@ with the ratio hiredis / pure Python.
              server, the owner in a third process completes the ready phase, each 101
              timed from the completion. One follower server and one owner client per
              arm, each in a namespace of its own. The follower's subscription parses
-             with coordinator.wire's pure-Python parser in both arms, by design: hiredis
+             with coordinator._redis.pubsub's pure-Python parser in both arms, by design: hiredis
              reaches only the owner's write and publish (one MULTI..EXEC) and the
              follower's other reads (the safety-net re-read of the hash)
-  owner      that write and publish (``registry.write_record`` with an event) alone,
+  owner      that write and publish (``write_record`` with an event) alone,
              timed here per parser
   hop        a plain PUBLISH from the owner's process, read here by a subscription whose
-             parser is hiredis or coordinator.wire's: what hiredis would save on the
+             parser is hiredis or coordinator._redis.pubsub's: what hiredis would save on the
              subscription were it allowed there
 
     python -m bench.parser [--smoke]
@@ -41,8 +41,12 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from coordinator import Coordinator, Settings, registry, wire
-from coordinator.keys import Keys
+from coordinator import Coordinator, Settings
+from coordinator._redis.pubsub import bounded_pubsub
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text, decode_fields, encode_record
+from coordinator.fleet.registry import write_record
+from coordinator.fleet.view import READ_PAGE, FleetReader, _flat_text, _view, fleet_totals
 
 from ._support import (
     BenchServer,
@@ -90,12 +94,12 @@ def ratio_line(report: Report, key: str, samples: dict[str, list[float]], q: flo
 
 # -- the fleet view -----------------------------------------------------------------
 
-async def script_pages(reader: registry.FleetReader, ids: list[str]) -> list[Any]:
+async def script_pages(reader: FleetReader, ids: list[str]) -> list[Any]:
     """The page scripts alone: Redis, the transfer and the reply parser, nothing decoded."""
     pages = []
     for start in range(0, len(ids), reader.page_size):
         chunk = ids[start:start + reader.page_size]
-        pages.append(await reader.client.register_script(registry.READ_PAGE)(
+        pages.append(await reader.client.register_script(READ_PAGE)(
             keys=[reader.keys.instance(i) for i in chunk]))
     return pages
 
@@ -120,8 +124,8 @@ async def fleet(report: Report, url: str, size: int, rounds: int) -> None:
                                         instance_ttl=TTL, environment="test")).owner
         assert template is not None
         await fill(observer, keys, template.record(), 0, size)
-        readers = {arm: registry.FleetReader(c, keys, prune=False) for arm, c in clients.items()}
-        ids = sorted(registry.as_text(m) for m in await observer.zrange(keys.instances, 0, -1))
+        readers = {arm: FleetReader(c, keys, prune=False) for arm, c in clients.items()}
+        ids = sorted(as_text(m) for m in await observer.zrange(keys.instances, 0, -1))
         # label -> arm -> seconds per snapshot (or per the same reads alone)
         times: dict[str, dict[str, list[float]]] = {}
         redis_usec: list[float] = []
@@ -167,7 +171,7 @@ async def fleet(report: Report, url: str, size: int, rounds: int) -> None:
             await c.aclose()
 
 
-async def script_breakdown(report: Report, reader: registry.FleetReader, ids: list[str],
+async def script_breakdown(report: Report, reader: FleetReader, ids: list[str],
                            redis_usec: float) -> None:
     """Where a script-path snapshot goes, parser aside: the same work on the same texts."""
     pages = await script_pages(reader, ids)
@@ -185,16 +189,16 @@ async def script_breakdown(report: Report, reader: registry.FleetReader, ids: li
         started = time.perf_counter()
         if not all(len(r) == n for r, n in zip(rows, sizes, strict=True)):
             raise RuntimeError("a page of the wrong length")
-        if not all(registry._flat_text(row) for page in rows for row in page):
+        if not all(_flat_text(row) for page in rows for row in page):
             raise RuntimeError("a record that is not flat text")
         clock("checking every value is text (decode_page's _flat_text)", started)
         started = time.perf_counter()
-        records = [registry.decode_fields(row) for page in rows for row in page]
+        records = [decode_fields(row) for page in rows for row in page]
         clock("decoding the records (decode_fields)", started)
         started = time.perf_counter()
-        instances = [registry._view(i, r, now, {}) for i, r in zip(ids, records, strict=True)]
+        instances = [_view(i, r, now, {}) for i, r in zip(ids, records, strict=True)]
         instances.sort(key=lambda r: str(r["id"]))
-        registry.fleet_totals(instances, 0)
+        fleet_totals(instances, 0)
         clock("views and totals", started)
     report.figure(f"fleet {len(ids)} script path, parser aside",
                   f"Redis runs the page and index scripts {redis_usec / 1000:.2f} ms "
@@ -216,7 +220,7 @@ async def owner_writes(clients: dict[str, redis.Redis], record: dict[str, str], 
                         "state": "ready"}).encode()
     for _ in range(n):
         started = time.perf_counter()
-        await registry.write_record(clients[arm], keys, record, TTL, time.time(), event=event)
+        await write_record(clients[arm], keys, record, TTL, time.time(), event=event)
         into.setdefault(arm, []).append(time.perf_counter() - started)
 
 
@@ -253,10 +257,10 @@ async def release(report: Report, url: str, rounds: int, clients: int, writes: i
                                  "BENCH_PARSER": arm}, f"parser-{arm}") for arm in ARMS}
     writers = {arm: client(url, arm) for arm in ARMS}
     subscribers = {"hiredis": client(url, "hiredis").pubsub(ignore_subscribe_messages=True),
-                   "python": wire.pubsub(redis.Redis.from_url(url))}
+                   "python": bounded_pubsub(redis.Redis.from_url(url))}
     owner_s: dict[str, list[float]] = {}
     hops: dict[str, list[float]] = {}
-    record = registry.encode_record(Coordinator(Settings(
+    record = encode_record(Coordinator(Settings(
         redis_url=url, namespace=NAMESPACE, instance_id=INSTANCE,
         environment="test")).owner.record())  # type: ignore[union-attr]
     try:
@@ -311,7 +315,7 @@ async def release(report: Report, url: str, rounds: int, clients: int, writes: i
     ratio_line(report, "owner.write_publish_p50.hiredis_vs_python", owner_s, 50,
                "the owner's write+publish round trip")
     ratio_line(report, "hop.subscriber_p50.hiredis_vs_python", hops, 50,
-               "raw pub/sub hop read by a hiredis or a coordinator.wire subscription")
+               "raw pub/sub hop read by a hiredis or a coordinator._redis.pubsub subscription")
 
 
 async def bench(report: Report, redis_server: RedisServer) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from coordinator.readiness import MAX_INTERVAL
+from coordinator.instance.status import MAX_INTERVAL
 
 from ._support import (
     BenchServer,

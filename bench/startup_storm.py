@@ -23,8 +23,9 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from coordinator.keys import Keys
-from coordinator.registry import decode_record, read_record
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import decode_record
+from coordinator.fleet.registry import read_record
 from harness.chat import CHAT, CLOSE, Outcome, chat, counters, health, tally
 from harness.processes import BackendProcess
 

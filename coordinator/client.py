@@ -42,8 +42,8 @@ from websockets import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from .backoff import Backoff
-from .exceptions import CoordinatorError
+from coordinator._backoff import Backoff
+from coordinator.exceptions import CoordinatorError
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # the gate's 503; a load balancer's 502/504
 RETRY_CLOSE_CODES = frozenset({1012, 1013})

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
-from .exceptions import ConfigError
-from .keys import ID_PATTERN, NAME_PATTERN
-from .messages import Keyring
-from .topology import SENTINEL_SCHEMES, parse_sentinel_url
+from coordinator._redis.topology import SENTINEL_SCHEMES, parse_sentinel_url
+from coordinator.contract.keys import ID_PATTERN, NAME_PATTERN
+from coordinator.contract.signing import Keyring
+from coordinator.exceptions import ConfigError
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 ROLES = ("owner", "follower")

@@ -28,10 +28,10 @@ from typing import Any, TextIO
 
 import redis
 
-from coordinator.connections import REDIS_ERRORS, make_redis
-from coordinator.keys import Keys
-from coordinator.registry import fleet_snapshot
-from coordinator.render import CLEAR_SCREEN, render_fleet_table
+from coordinator._redis.client import REDIS_ERRORS, make_redis
+from coordinator.contract.keys import Keys
+from coordinator.fleet.view import fleet_snapshot
+from coordinator.ops.render import CLEAR_SCREEN, render_fleet_table
 from coordinator.settings import redact_url
 from harness.processes import free_port
 

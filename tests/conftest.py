@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from coordinator.connections import make_redis
+from coordinator._redis.client import make_redis
 from harness.topologies import NAMES, Topology
 from harness.topologies import start as start_topology
 from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port

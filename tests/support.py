@@ -35,11 +35,16 @@ import redis.asyncio as redis
 import uvicorn
 from redis.typing import EncodableT
 
-from coordinator import messages, topology
-from coordinator.core import Coordinator
-from coordinator.keys import Keys
-from coordinator.middleware import MAX_REASON_BYTES, ConnectionGate, reject
-from coordinator.registry import encode_record, write_record
+from coordinator._redis import topology
+from coordinator.contract.events import Message, encode_event
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import encode_record
+from coordinator.contract.rejection import MAX_REASON_BYTES
+from coordinator.contract.signing import Keyring
+from coordinator.fleet.registry import write_record
+from coordinator.gate.gate import ConnectionGate
+from coordinator.gate.rejection import reject
+from coordinator.instance.coordinator import Coordinator
 from coordinator.settings import DEFAULT_PHASES, Settings
 from harness.chat import (
     CHAT,
@@ -203,9 +208,9 @@ async def put_instance(client: redis.Redis, keys: Keys, instance_id: str,
     return record
 
 
-def keyring(key: str, namespace: str) -> messages.Keyring:
+def keyring(key: str, namespace: str) -> Keyring:
     """What an instance of ``namespace`` with COORD_SIGNING_KEY=``key`` signs with."""
-    ring = messages.Keyring.of(key, namespace)
+    ring = Keyring.of(key, namespace)
     assert ring is not None
     return ring
 
@@ -216,12 +221,12 @@ def event(instance: str, name: str = "phase_started", phase: str | None = "servi
     """One channel message as an instance publishes it, signed with ``key`` for
     ``namespace`` if given; ``extra`` holds the optional fields (``state``,
     ``phases_total``, ``duration``, ...)."""
-    msg = messages.Message(instance, name, phase, index, time.time() if ts is None else ts,
+    msg = Message(instance, name, phase, index, time.time() if ts is None else ts,
                            extra)
     if key is None:
-        return messages.encode(msg)
+        return encode_event(msg)
     assert namespace is not None, "a signature is bound to a namespace"
-    return messages.encode(msg, keyring(key, namespace))
+    return encode_event(msg, keyring(key, namespace))
 
 
 # Derived from the reader's clock, so they differ between two reads of the same fleet.
@@ -509,8 +514,8 @@ def backend_paths() -> set[str]:
 
     from backend.app import create_app
     from backend.config import BackendConfig
-    from coordinator.health import PATHS as HEALTH_PATHS
-    from coordinator.health import HealthApp
+    from coordinator.ops.health import PATHS as HEALTH_PATHS
+    from coordinator.ops.health import HealthApp
 
     paths: set[str] = set()
     for route in create_app(BackendConfig.from_env({})).routes:

@@ -39,7 +39,7 @@ def test_both_arms_print_every_figure(output):
 def test_each_arm_parses_with_its_own_parser(output):
     assert "fleet hiredis client's parser: _AsyncHiredisParser\n" in output
     assert "fleet python  client's parser: _AsyncRESP3Parser\n" in output
-    # The hop's python subscriber is coordinator.wire's: the parser every follower uses.
+    # The hop's python subscriber is coordinator._redis.pubsub's: the parser every follower uses.
     assert ("release hiredis owner-write parser, hop subscriber parser: "
             "_AsyncHiredisParser; _AsyncHiredisParser") in output
     assert ("release python  owner-write parser, hop subscriber parser: "

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator.connections import make_redis
-from coordinator.dashboard import FleetFeed
-from coordinator.keys import Keys
-from coordinator.registry import as_text
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
+from coordinator.ops.dashboard import FleetFeed
 from harness.topologies import Cluster
 from tests.support import (
     CHAT,
@@ -217,6 +217,9 @@ async def test_on_a_cluster_each_user_needs_only_its_cluster_line_besides(
         client = asyncio.create_task(chat(backend.ws_url))
         await async_wait_until(lambda: _leases(admin, keys), 15, what="a lease in N:leases")
         assert (await client).kind == CHAT
+        # The phases after the ready one go on: the one event followed is the drain's.
+        await async_wait_until(lambda: "phase finalize done" in backend.log(), 10,
+                               what="the last phase done")
         env = cli_env(f"redis://coord-operator:ops-pw@127.0.0.1:{port}/0", namespace)
         events = follow_cli("events", "--count", "1", env=env)
         await async_wait_until(lambda: _shard_subscribed(admin, keys), 10,

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from coordinator.keys import Keys
+from coordinator.contract.keys import Keys
 from tests.support import (
     ROOT,
     BackendProcess,

@@ -14,8 +14,8 @@ import redis.asyncio as redis
 from websockets import ConnectionClosed
 from websockets.asyncio.client import connect
 
-from coordinator import wire
-from coordinator.registry import as_text
+from coordinator._redis.pubsub import bounded_pubsub
+from coordinator.contract.record import as_text
 from tests.support import (
     CLOSE,
     HTTP,
@@ -41,7 +41,7 @@ class Events:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
-        self.pubsub = wire.pubsub(client)
+        self.pubsub = bounded_pubsub(client)
         self.channel = f"{{{namespace}}}:events"
         self.seen: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
 from coordinator.settings import DEFAULT_PHASES
 from tests.support import (
     TIME_FIELDS,

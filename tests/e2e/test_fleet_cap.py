@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator.registry import as_text
+from coordinator.contract.record import as_text
 from tests.support import (
     CHAT,
     DROPPED,

@@ -15,8 +15,8 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.e2e
 
-CORE_MODULES = ("coordinator", "coordinator.core", "coordinator.middleware",
-                "coordinator.health", "coordinator.cli", "coordinator.registry")
+CORE_MODULES = ("coordinator", "coordinator.instance.coordinator", "coordinator.gate.gate",
+                "coordinator.health", "coordinator.ops.cli", "coordinator.fleet.view")
 
 
 def locked(name: str) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import pytest
 import redis
 
-from coordinator.registry import as_text
+from coordinator.contract.record import as_text
 from tests.support import (
     CHAT,
     NEAR_READY_DURATIONS,

@@ -32,8 +32,8 @@ import redis.asyncio as redis
 from websockets import ConnectionClosed
 from websockets.asyncio.client import ClientConnection, connect
 
-from coordinator.drain import SAME_SIGNAL
-from coordinator.registry import as_text
+from coordinator.contract.record import as_text
+from coordinator.instance.drain import SAME_SIGNAL
 from harness.processes import BACKEND_COMMAND
 from tests.support import (
     CHAT,

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator
-from coordinator.messages import MAX_MESSAGE_BYTES
+from coordinator.contract.events import MAX_MESSAGE_BYTES
 from tests.support import (
     ACL_PASSWORD,
     CHAT,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
-from coordinator.registry import as_text
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
 from harness.topologies import Cluster, SentinelSet
 from tests.support import (
     CHAT,

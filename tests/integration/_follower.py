@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Any
 
-from coordinator import registry
-from coordinator.core import Coordinator
+from coordinator.fleet import registry
+from coordinator.instance.coordinator import Coordinator
 from coordinator.settings import Settings
 
 hash_reads = 0

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
-from coordinator.leases import LEASED
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.fleet.leases import LEASED
 from tests.support import FakeWebSocket, RedisServer, async_wait_until, echo_app, knock
 
 pytestmark = pytest.mark.redis

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator import messages
-from coordinator.keys import Keys
-from coordinator.registry import fleet_snapshot
+from coordinator.contract.keys import Keys
+from coordinator.contract.signing import sign_record
+from coordinator.fleet.view import fleet_snapshot
 from coordinator.settings import default_id_prefix
 from tests.support import (
     COORDINATOR_CLI,
@@ -78,7 +78,8 @@ def test_the_installed_console_script_is_what_the_tests_run(env: dict[str, str])
     assert script.parent == Path(sys.executable).parent and script.name == "coordinator"
     text = script.read_text()
     assert text.startswith(f"#!{sys.executable}\n"), text
-    assert "from coordinator.cli import main" in text  # coordinator = "coordinator.cli:main"
+    # [project.scripts] coordinator = "coordinator.ops.cli:main"
+    assert "from coordinator.ops.cli import main" in text
     usage = run_cli("--help", env=env)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: coordinator "), usage
 
@@ -206,7 +207,7 @@ async def test_check_with_a_signing_key_refuses_an_unsigned_record(
     assert (proc.returncode, proc.stdout.strip()) == (
         1, "up: not ready: its record's signature does not verify")
 
-    await put_record(client, keys, {**forged, "sig": messages.sign_record(
+    await put_record(client, keys, {**forged, "sig": sign_record(
         forged, keyring("s3cret-key", namespace))})
     proc = run_cli("check", "--instance", "up", env=signed_env)
     assert (proc.returncode, proc.stdout.strip()) == (0, "up: ready (phase finalize 7/7)")
@@ -222,7 +223,7 @@ async def test_check_with_a_signing_key_trusts_no_copied_id_and_no_refreshed_hea
     signed_env = {**env, "COORD_SIGNING_KEY": key}
 
     def signed(fields: dict[str, str]) -> dict[str, str]:
-        return {**fields, "sig": messages.sign_record(fields, keyring(key, namespace))}
+        return {**fields, "sig": sign_record(fields, keyring(key, namespace))}
 
     up = signed(instance_record("up", now, state="ready", phase="finalize", index=7))
     await put_record(client, keys, up)

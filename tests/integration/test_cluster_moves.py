@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.connections import make_redis
-from coordinator.core import Coordinator
-from coordinator.dashboard import FleetFeed
-from coordinator.keys import Keys
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.instance.coordinator import Coordinator
+from coordinator.ops.dashboard import FleetFeed
 from coordinator.settings import Settings
 from harness.topologies import Cluster
 from tests.support import (

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from coordinator.connections import make_redis
-from coordinator.core import Coordinator
-from coordinator.dashboard import FleetFeed, create_app, mount_dashboard, sse_frame
-from coordinator.dashboard.feed import PAGE_QUEUE_BYTES
-from coordinator.dashboard.web import EventStream
-from coordinator.keys import Keys
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.instance.coordinator import Coordinator
+from coordinator.ops.dashboard import FleetFeed, create_app, mount_dashboard, sse_frame
+from coordinator.ops.dashboard.feed import PAGE_QUEUE_BYTES
+from coordinator.ops.dashboard.web import EventStream
 from coordinator.settings import Settings
 from tests.support import (
     RedisServer,
@@ -264,11 +264,11 @@ async def test_the_standalone_server_serves_the_page_with_a_strict_policy() -> N
 
 def test_the_page_never_parses_data_as_markup() -> None:
     """Every value from Redis reaches the DOM as text: no HTML sinks in the script."""
-    script = (resources.files("coordinator.dashboard") / "static" / "dashboard.js").read_text()
+    script = (resources.files("coordinator.ops.dashboard") / "static" / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
                  "new Function", "setAttribute('on", "srcdoc"):
         assert sink not in script, sink
-    page = (resources.files("coordinator.dashboard") / "static" / "index.html").read_text()
+    page = (resources.files("coordinator.ops.dashboard") / "static" / "index.html").read_text()
     assert "<script>" not in page and "http://" not in page and "https://" not in page
 
 

@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.keys import Keys
-from coordinator.registry import PRUNE_INDEX, as_text, fleet_snapshot
-from coordinator.render import render_fleet_table
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
+from coordinator.fleet.view import PRUNE_INDEX, fleet_snapshot
+from coordinator.ops.render import render_fleet_table
 from tests.support import RedisServer, async_wait_until, echo_app, put_instance
 
 pytestmark = pytest.mark.redis

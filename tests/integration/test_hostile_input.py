@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.middleware import reason_payload
-from coordinator.registry import MAX_PHASE_SECONDS
+from coordinator.contract.rejection import reason_payload
+from coordinator.fleet.registry import MAX_PHASE_SECONDS
 from coordinator.settings import DEFAULT_PHASES
 from tests.support import (
     DENIAL,
@@ -158,8 +158,8 @@ async def test_oversized_messages_are_discarded_unread_in_bounded_memory(
         size, count = 8 << 20, 3
         publisher = (  # in another process: its own copies are not this one's memory
             "import asyncio, sys\n"
-            "from coordinator.connections import make_redis\n"
-            "from coordinator.topology import publish\n"
+            "from coordinator._redis.client import make_redis\n"
+            "from coordinator._redis.topology import publish\n"
             "async def main(url, namespace, channel, size, count):\n"
             "    r = make_redis(url, namespace=namespace); p = b'x' * int(size)\n"
             "    for _ in range(int(count)): assert await publish(r, channel, p) == 1\n"

@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.admission import Reason
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
-from coordinator.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, REFUSED, FleetLeases
-from coordinator.registry import as_text
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
+from coordinator.contract.rejection import Reason
+from coordinator.fleet.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, REFUSED, FleetLeases
 from tests.support import (
     FakeWebSocket,
     RedisServer,
@@ -236,7 +236,7 @@ async def test_redis_down_falls_back_to_local_quickly_and_says_so(
 
 async def test_scripts_take_every_key_in_KEYS_and_no_cap_means_off(
         client: redis.Redis, namespace: str) -> None:
-    from coordinator.leases import ACQUIRE, RELEASE
+    from coordinator.fleet.leases import ACQUIRE, RELEASE
     for script in (ACQUIRE, RELEASE):  # cluster-safe: no key name is built inside Lua
         assert "KEYS[1]" in script and "KEYS[2]" not in script and ":" not in script
     off = leases_for(client, namespace, "a", cap=None)

@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.connections import make_redis
-from coordinator.metrics import Metrics
+from coordinator._redis.client import make_redis
+from coordinator.ops.metrics import Metrics
 from tests.support import (
     DENIAL,
     FakeWebSocket,

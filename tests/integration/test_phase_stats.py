@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from coordinator import ConnectionGate, Coordinator, Settings
-from coordinator.admission import Reason
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.rejection import Reason
 from tests.support import (
     DENIAL,
     FakeWebSocket,

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as redis
 from redis.typing import EncodableT
 
-from coordinator.connections import make_redis
-from coordinator.core import Coordinator
-from coordinator.messages import MAX_MESSAGE_BYTES
+from coordinator._redis.client import make_redis
+from coordinator.contract.events import MAX_MESSAGE_BYTES
+from coordinator.instance.coordinator import Coordinator
 from coordinator.settings import DEFAULT_PHASES, Settings
 from tests.support import ROOT, RedisServer, async_wait_until, event, publish, subscribers
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from coordinator import topology
-from coordinator.core import Coordinator
-from coordinator.registry import PHASE_STATS_ALPHA
+from coordinator._redis import topology
+from coordinator.fleet.registry import PHASE_STATS_ALPHA
+from coordinator.instance.coordinator import Coordinator
 from coordinator.settings import DEFAULT_PHASES, Settings
 from tests.support import RedisServer, async_wait_until
 

@@ -23,11 +23,12 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as redis
 
-from coordinator import Coordinator, Settings, connections
-from coordinator.connections import make_redis
-from coordinator.keys import Keys
-from coordinator.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, FleetLeases
-from coordinator.registry import as_text
+from coordinator import Coordinator, Settings
+from coordinator._redis import client as redis_client
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text
+from coordinator.fleet.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, FleetLeases
 from tests.support import ROOT, RedisServer, async_wait_until, equals
 
 pytestmark = pytest.mark.redis
@@ -59,8 +60,8 @@ COMMAND_TIMEOUT, CONNECT_TIMEOUT = documented_timeouts()
 
 
 def test_the_timeouts_are_the_documented_ones() -> None:
-    assert (COMMAND_TIMEOUT, CONNECT_TIMEOUT) == (connections.COMMAND_TIMEOUT,
-                                                  connections.CONNECT_TIMEOUT)
+    assert (COMMAND_TIMEOUT, CONNECT_TIMEOUT) == (redis_client.COMMAND_TIMEOUT,
+                                                  redis_client.CONNECT_TIMEOUT)
 
 
 def documented_acquire_timeout() -> float:

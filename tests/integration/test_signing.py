@@ -15,8 +15,9 @@ import time
 import pytest
 import redis.asyncio as redis
 
-from coordinator import Coordinator, wire
-from coordinator.connections import make_redis
+from coordinator import Coordinator
+from coordinator._redis.client import make_redis
+from coordinator._redis.pubsub import bounded_pubsub
 from tests.support import (
     ACL_PASSWORD,
     AclRedis,
@@ -41,7 +42,7 @@ async def test_a_followers_first_life_is_not_released_by_a_replayed_ready(
     ``ready`` of the previous life, captured seconds earlier: well within the 30 s a
     message stays fresh. It must hold on until the new life is ready."""
     channel = f"{{{namespace}}}:instance:{INSTANCE}:events"
-    listener = wire.pubsub(attacker)
+    listener = bounded_pubsub(attacker)
     await listener.follow(channel)
     previous = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, KEY))
     async with previous:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.admission import ACCEPT, HOLD, REJECT, decide
-from coordinator.phases import PhasePlan, State
+from coordinator.contract.phases import PhasePlan, State
+from coordinator.gate.admission import ACCEPT, HOLD, REJECT, decide
 from coordinator.settings import DEFAULT_PHASES
 
 PLAN = PhasePlan(DEFAULT_PHASES, "services", near_ready_phases=1)
@@ -128,7 +128,7 @@ def test_every_rejection_carries_an_integer_retry_after_of_at_least_one() -> Non
 
 
 def test_every_hint_is_capped_by_max_retry_after_whatever_the_estimate() -> None:
-    from coordinator.admission import retry_hint
+    from coordinator.contract.rejection import retry_hint
     assert retry_hint(1e300) == 30 and retry_hint(float("inf"), default=10 ** 9) == 30
     assert retry_hint(1e300, cap=7) == 7 and retry_hint(None, default=4, cap=3) == 3
     assert retry_hint(-5.0) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from coordinator.render import printable, render_event, render_fleet_table
+from coordinator.ops.render import printable, render_event, render_fleet_table
 
 HOSTILE = "x\x1b]0;owned\x07\x1b[2J\x9b31m"
 

@@ -17,8 +17,8 @@ import yaml
 
 from backend.__main__ import GRACEFUL_SHUTDOWN
 from backend.config import BackendConfig
-from coordinator.core import STOP_DEADLINE
-from coordinator.drain import CLOSE_WAIT
+from coordinator.instance.coordinator import STOP_DEADLINE
+from coordinator.instance.drain import CLOSE_WAIT
 from coordinator.settings import Settings
 from tests.support import ROOT, backend_paths, known_variables, readme_blocks, route_paths
 
@@ -105,8 +105,8 @@ def test_the_redis_url_comes_from_secret_manager(container):
 
 def test_the_drain_fits_in_cloud_runs_grace(container):
     """The grace the service runs with (as the backend reads the spec), then the drain's
-    two bounded steps as the code bounds them (the last 1012 closes, coordinator.drain's
-    CLOSE_WAIT; the whole of the coordinator's stop, coordinator.core's STOP_DEADLINE),
+    two bounded steps as the code bounds them (the last 1012 closes, drain.CLOSE_WAIT; the
+    whole of the coordinator's stop, STOP_DEADLINE),
     and uvicorn's own graceful shutdown as the launcher bounds it, fit between Cloud
     Run's SIGTERM and its SIGKILL. (The exit within the 10 s, measured:
     tests/e2e/test_servers.py.)"""

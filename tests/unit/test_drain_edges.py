@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.middleware import ClosedByGate
-from coordinator.phases import State
+from coordinator.contract.phases import State
+from coordinator.gate.connections import ClosedByGate
 from tests.support import DENIAL, FakeWebSocket, gate_for, handshake, in_phase, run_phases
 
 DEADLINE = 5.0

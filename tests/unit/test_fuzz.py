@@ -15,15 +15,24 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.exceptions import InvalidMessage
-from coordinator.messages import (
-    MAX_MESSAGE_BYTES,
-    Keyring,
-    Message,
-    decode,
-    encode,
-    record_signature_ok,
+from coordinator.contract.events import MAX_MESSAGE_BYTES, Message, decode_event, encode_event
+from coordinator.contract.phases import PhasePlan, State
+from coordinator.contract.record import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    decode_fields,
+    decode_record,
+    is_live,
+    raw_record,
 )
+from coordinator.contract.signing import Keyring, record_signature_ok
+from coordinator.exceptions import InvalidMessage
+from coordinator.fleet.registry import parse_phase_stats
+from coordinator.fleet.view import _view, decode_page, fleet_totals
+from coordinator.instance.status import Status, advance, status_from_message, status_from_record
+from coordinator.ops.cli import check_record
+from coordinator.ops.render import render_event, render_fleet_table
+from coordinator.settings import DEFAULT_PHASES
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -55,7 +64,7 @@ def dumped(obj: Any) -> bytes:
 def signed(obj: dict[str, Any]) -> bytes:
     """``obj`` with a valid signature, if it is signable at all."""
     try:
-        body = json.loads(encode(Message("web-1", "ready", None, None, NOW), KEY))
+        body = json.loads(encode_event(Message("web-1", "ready", None, None, NOW), KEY))
         body.update(obj)
         assert KEY is not None
         body["sig"] = KEY.sign("event", body)
@@ -82,7 +91,7 @@ def check_message(msg: Message) -> None:
         assert value is None or isinstance(value, (str, int, float, bool))
         assert not isinstance(value, float) or math.isfinite(value)
     json.dumps(msg.to_dict())  # the dashboard's SSE frame
-    assert decode(encode(msg)) == msg
+    assert decode_event(encode_event(msg)) == msg
 
 
 @FUZZ
@@ -91,7 +100,7 @@ def test_decode_of_anything_is_a_message_or_a_drop(data: bytes) -> None:
     for kwargs in ({}, {"keyring": KEY, "now": NOW}, {"expected_instance": "web-1"}):
         for raw in (data, data.decode("utf-8", "surrogateescape")):
             try:
-                msg = decode(raw, **kwargs)
+                msg = decode_event(raw, **kwargs)
             except InvalidMessage:
                 continue
             check_message(msg)
@@ -108,23 +117,6 @@ def test_a_record_signature_check_of_anything_is_true_or_false(record: dict[str,
 
 # -- instance hashes, phase statistics, the fleet view's pages ------------------------
 
-from coordinator.cli import check_record  # noqa: E402
-from coordinator.phases import PhasePlan, State  # noqa: E402
-from coordinator.readiness import Status, advance, status_from_message, status_from_record  # noqa: E402
-from coordinator.registry import (  # noqa: E402
-    FLOAT_FIELDS,
-    INT_FIELDS,
-    _view,
-    decode_fields,
-    decode_page,
-    decode_record,
-    fleet_totals,
-    is_live,
-    parse_phase_stats,
-    raw_record,
-)
-from coordinator.render import render_event, render_fleet_table  # noqa: E402
-from coordinator.settings import DEFAULT_PHASES  # noqa: E402
 
 PLAN = PhasePlan(DEFAULT_PHASES, "services")
 FIELDS = sorted(INT_FIELDS | FLOAT_FIELDS | {"id", "state", "phase", "host", "version", "sig"})
@@ -201,7 +193,7 @@ def test_a_message_of_anything_renders_on_one_escaped_line_or_moves_a_view(data:
     line = render_event(data, KEY)
     assert "\n" not in line and controls_free(line)
     try:
-        msg = decode(data)
+        msg = decode_event(data)
     except InvalidMessage:
         return
     try:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.drain import DRAINS
+from coordinator.contract.phases import State
+from coordinator.gate.gate import ConnectionGate
+from coordinator.instance.drain import DRAINS
 from coordinator.logs import HandshakeNoiseFilter
-from coordinator.middleware import ConnectionGate
-from coordinator.phases import State
 from coordinator.settings import DEFAULT_PHASES
 from tests.support import DENIAL, FakeWebSocket, gate_for, handshake, in_phase, run_phases
 

@@ -9,9 +9,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from coordinator.core import Coordinator
-from coordinator.health import HealthApp
-from coordinator.middleware import ConnectionGate
+from coordinator.gate.gate import ConnectionGate
+from coordinator.instance.coordinator import Coordinator
+from coordinator.ops.health import HealthApp
 from coordinator.settings import Settings
 from tests.support import NoRedis
 

@@ -10,17 +10,15 @@ from collections.abc import Mapping
 
 import pytest
 
-from coordinator.exceptions import InvalidMessage
-from coordinator.messages import (
+from coordinator.contract.events import (
     MAX_MESSAGE_BYTES,
     DropCounter,
-    Keyring,
     Message,
-    decode,
-    encode,
-    record_signature_ok,
-    sign_record,
+    decode_event,
+    encode_event,
 )
+from coordinator.contract.signing import Keyring, record_signature_ok, sign_record
+from coordinator.exceptions import InvalidMessage
 from tests.support import keyring
 
 KEY = "test-signing-key"
@@ -45,28 +43,28 @@ def raw(obj: object) -> bytes:
 
 def reason_of(data: bytes | str, **kwargs: object) -> str:
     with pytest.raises(InvalidMessage) as info:
-        decode(data, **kwargs)  # type: ignore[arg-type]
+        decode_event(data, **kwargs)  # type: ignore[arg-type]
     return info.value.reason
 
 
 def test_round_trip_keeps_every_field() -> None:
     original = message(state="ready", duration=2.5, started_at=NOW - 10)
-    data = encode(original)
+    data = encode_event(original)
     assert json.loads(data) == {"v": 1, "instance": "web-1", "event": "phase_completed",
                                 "phase": "services", "phase_index": 5, "ts": NOW,
                                 "state": "ready", "duration": 2.5, "started_at": NOW - 10}
-    assert decode(data) == original
-    assert decode(data.decode()) == original  # str as redis-py may hand it over
+    assert decode_event(data) == original
+    assert decode_event(data.decode()) == original  # str as redis-py may hand it over
 
 
 def test_extra_fields_cannot_override_the_schema_fields() -> None:
-    data = encode(Message("web-1", "ready", None, None, NOW, {"v": 9, "instance": "other"}))
+    data = encode_event(Message("web-1", "ready", None, None, NOW, {"v": 9, "instance": "other"}))
     decoded = json.loads(data)
     assert (decoded["v"], decoded["instance"]) == (1, "web-1")
 
 
 def test_phase_and_index_may_be_null() -> None:
-    decoded = decode(raw(body(event="draining", phase=None, phase_index=None)))
+    decoded = decode_event(raw(body(event="draining", phase=None, phase_index=None)))
     assert (decoded.phase, decoded.phase_index) == (None, None)
 
 
@@ -94,7 +92,7 @@ def test_oversized_message_is_dropped_before_parsing() -> None:
     assert reason_of(b"[" * (MAX_MESSAGE_BYTES + 1)) == "oversized"  # never parsed
     fits = body(padding="x" * (MAX_MESSAGE_BYTES - len(raw(body(padding="")))))
     assert len(raw(fits)) == MAX_MESSAGE_BYTES
-    assert decode(raw(fits)).extra["padding"]
+    assert decode_event(raw(fits)).extra["padding"]
 
 
 @pytest.mark.parametrize("changes", [
@@ -123,8 +121,8 @@ def test_non_finite_ts_is_dropped() -> None:
 
 
 def test_message_for_another_instance_is_dropped() -> None:
-    data = encode(message())
-    assert decode(data, expected_instance="web-1").instance == "web-1"
+    data = encode_event(message())
+    assert decode_event(data, expected_instance="web-1").instance == "web-1"
     assert reason_of(data, expected_instance="web-2") == "wrong_instance"
 
 
@@ -136,51 +134,51 @@ def expected_signature(obj: Mapping[str, object], kind: str = "event", key: str 
 
 
 def test_signed_message_carries_an_hmac_over_its_namespace_and_canonical_json() -> None:
-    data = encode(message(state="ready"), KR)
+    data = encode_event(message(state="ready"), KR)
     obj = json.loads(data)
     assert obj["sig"] == expected_signature(obj)
     assert len(obj["sig"]) == 64
     assert "namespace" not in obj  # bound, not transmitted
-    assert decode(data, keyring=KR, now=NOW + 1) == message(state="ready")
+    assert decode_event(data, keyring=KR, now=NOW + 1) == message(state="ready")
 
 
 def test_a_message_signed_for_another_namespace_is_forged_here() -> None:
-    elsewhere = encode(message(), Keyring.of(KEY, "staging"))
+    elsewhere = encode_event(message(), Keyring.of(KEY, "staging"))
     assert reason_of(elsewhere, keyring=KR, now=NOW) == "bad_signature"
 
 
 def test_unsigned_message_is_dropped_when_a_key_is_set() -> None:
-    assert reason_of(encode(message()), keyring=KR, now=NOW) == "unsigned"
+    assert reason_of(encode_event(message()), keyring=KR, now=NOW) == "unsigned"
     assert reason_of(raw(body(sig=123)), keyring=KR, now=NOW) == "unsigned"
 
 
 def test_forged_or_tampered_message_is_dropped() -> None:
-    forged = encode(message(), Keyring.of("another-key", "coord"))
+    forged = encode_event(message(), Keyring.of("another-key", "coord"))
     assert reason_of(forged, keyring=KR, now=NOW) == "bad_signature"
-    obj = json.loads(encode(message(), KR))
+    obj = json.loads(encode_event(message(), KR))
     obj["phase"] = "cache"  # tampered after signing
     assert reason_of(raw(obj), keyring=KR, now=NOW) == "bad_signature"
 
 
 @pytest.mark.parametrize("skew", [-31.0, 31.0, 3600.0])
 def test_stale_signed_message_is_dropped(skew: float) -> None:
-    data = encode(message(), KR)
+    data = encode_event(message(), KR)
     assert reason_of(data, keyring=KR, now=NOW + skew) == "stale"
-    assert decode(data, keyring=KR, now=NOW + skew / abs(skew) * 29.0)
+    assert decode_event(data, keyring=KR, now=NOW + skew / abs(skew) * 29.0)
 
 
 def test_unsigned_reader_ignores_a_signature() -> None:
-    assert decode(encode(message(), KR)) == message()
+    assert decode_event(encode_event(message(), KR)) == message()
 
 
 def test_several_keys_rotate_the_first_signs_and_every_one_verifies() -> None:
     old, both, new = (Keyring.of(k, "coord") for k in ("old", " new , old ", "new"))
     assert both is not None and len(both.keys) == 2
-    by_old, by_both = encode(message(), old), encode(message(), both)
+    by_old, by_both = encode_event(message(), old), encode_event(message(), both)
     assert json.loads(by_both)["sig"] == expected_signature(json.loads(by_both), key="new")
     for data in (by_old, by_both):
-        assert decode(data, keyring=both, now=NOW) == message()
-    assert decode(by_both, keyring=new, now=NOW) == message()
+        assert decode_event(data, keyring=both, now=NOW) == message()
+    assert decode_event(by_both, keyring=new, now=NOW) == message()
     assert reason_of(by_old, keyring=new, now=NOW) == "bad_signature"  # rotation done
     assert Keyring.of(None, "coord") is None and Keyring.of(" , ", "coord") is None
     assert "new" not in repr(both) and "old" not in repr(both)
@@ -206,7 +204,7 @@ def test_record_signature_covers_every_field_and_the_namespace() -> None:
 
 
 def test_a_record_signature_is_no_message_signature_and_back() -> None:
-    obj = json.loads(encode(message(), KR))
+    obj = json.loads(encode_event(message(), KR))
     assert not record_signature_ok(obj, KR)
     as_record = {**obj, "sig": sign_record(obj, KR)}
     assert reason_of(raw(as_record), keyring=KR, now=NOW) == "bad_signature"
@@ -256,7 +254,7 @@ def test_deep_nesting_is_invalid_json_not_a_recursion_error() -> None:
 
 
 def test_a_signature_that_is_not_ascii_is_a_bad_signature_not_a_type_error() -> None:
-    obj = {**json.loads(encode(message(), KR)), "sig": "\u00e9"}
+    obj = {**json.loads(encode_event(message(), KR)), "sig": "\u00e9"}
     assert reason_of(raw(obj), keyring=KR, now=NOW) == "bad_signature"
     assert reason_of(raw({**obj, "sig": "ab" * 31 + "\u00e9\u00e9"}), keyring=KR,
                      now=NOW) == "bad_signature"

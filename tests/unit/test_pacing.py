@@ -9,8 +9,9 @@ import random
 from collections import Counter
 from typing import Any
 
-from coordinator.admission import Reason, spread
-from coordinator.pacing import Bucket
+from coordinator.contract.rejection import Reason
+from coordinator.gate.admission import spread
+from coordinator.gate.pacing import Bucket
 from tests.support import FakeWebSocket, gate_for, handshake, run_phases
 
 DEADLINE = 10.0

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from coordinator.admission import Reason
-from coordinator.queue import ADMIT, Hold, HoldQueue
+from coordinator.contract.rejection import Reason
+from coordinator.gate.holds import ADMIT, Hold, HoldQueue
 
 DEADLINE = 5.0  # generous: only bounds a test that would otherwise hang
 

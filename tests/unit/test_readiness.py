@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from coordinator.messages import Message
-from coordinator.phases import PhasePlan, State
-from coordinator.readiness import (
+from coordinator.contract.events import Message
+from coordinator.contract.phases import PhasePlan, State
+from coordinator.instance.status import (
     Status,
     advance,
     progressive_intervals,

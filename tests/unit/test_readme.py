@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from coordinator.cli import build_parser
+from coordinator.ops.cli import build_parser
 from coordinator.settings import Settings
 from tests.support import ROOT, _Recorder, known_variables
 

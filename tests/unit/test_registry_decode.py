@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.registry import decode_fields, decode_record, raw_record
+from coordinator.contract.record import decode_fields, decode_record, raw_record
 
 RAW = {"state": "ready", "phase": "", "phase_index": "6", "queue_depth": "x",
        "heartbeat_at": "1795726098.481775", "ttl": "inf", "ready_at": "nan",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.registry import SharedSnapshot
+from coordinator.fleet.view import SharedSnapshot
 
 
 class Reader:

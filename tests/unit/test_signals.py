@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from coordinator import signals
-from coordinator.drain import Drains, drain
-from coordinator.phases import State
+from coordinator.contract.phases import State
+from coordinator.instance import signals
+from coordinator.instance.drain import Drains, drain
 from tests.support import FakeWebSocket, gate_for, handshake, run_phases
 
 DEADLINE = 5.0
@@ -134,7 +134,7 @@ async def test_sigterm_drains_first_then_hands_the_signal_to_the_server(sigterm)
 
 
 async def test_a_second_sigterm_ends_the_drain_at_once(sigterm, monkeypatch) -> None:
-    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
+    monkeypatch.setattr("coordinator.instance.drain.SAME_SIGNAL", 0.05)
     coord, client, task = await one_open_connection(drain_grace=30)
     drains = Drains()
     drains.attach(coord)
@@ -156,7 +156,7 @@ async def test_a_second_signal_answers_and_leaves_the_fleet_before_the_server_he
         monkeypatch) -> None:
     """The server's handler is called after our 1012 went out and the coordinator
     stopped (left the fleet): a forced exit would skip the lifespan that stops it."""
-    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
+    monkeypatch.setattr("coordinator.instance.drain.SAME_SIGNAL", 0.05)
     coord, client, task = await one_open_connection(drain_grace=30)
     seen: list[tuple[str, State]] = []
     handlers = {sig: signal.signal(sig, lambda s, _f: seen.append(
@@ -178,7 +178,7 @@ async def test_a_second_signal_answers_and_leaves_the_fleet_before_the_server_he
 
 async def test_a_second_sigterm_during_the_spread_closes_the_rest_at_once(
         sigterm, monkeypatch) -> None:
-    monkeypatch.setattr("coordinator.drain.SAME_SIGNAL", 0.05)
+    monkeypatch.setattr("coordinator.instance.drain.SAME_SIGNAL", 0.05)
     gate, coord, _app = gate_for(drain_grace=60, drain_spread=59.5)
     gate.app = open_app
     await run_phases(coord, "init", "dependencies", "database", "cache", "services")

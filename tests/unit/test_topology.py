@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from coordinator import topology
+from coordinator._redis import topology
+from coordinator._redis.topology import Mode, Resolved, TopologyPool, parse_sentinel_url
+from coordinator.contract.keys import Keys
 from coordinator.exceptions import ConfigError
-from coordinator.keys import Keys
 from coordinator.settings import Settings, redact_url
-from coordinator.topology import Mode, Resolved, TopologyPool, parse_sentinel_url
 
 
 def test_every_key_and_channel_of_a_namespace_hashes_to_one_slot() -> None:

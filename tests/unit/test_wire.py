@@ -1,4 +1,4 @@
-"""The subscription's reply parser (coordinator.wire) on a stream fed by hand: an oversized
+"""The subscription's reply parser (coordinator._redis.pubsub) on a stream fed by hand: an oversized
 bulk string is discarded as it arrives, also when the read is interrupted halfway."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from redis._parsers import Encoder
 
-from coordinator.messages import Oversized
-from coordinator.wire import CHUNK, DiscardingRESP2Parser, DiscardingRESP3Parser
+from coordinator._redis.pubsub import CHUNK, DiscardingRESP2Parser, DiscardingRESP3Parser
+from coordinator.contract.events import Oversized
 
 
 def push(data: bytes, resp3: bool = True) -> bytes:

@@ -1,4 +1,4 @@
-"""The event schema on the pub/sub channels: encoding, validation and optional signing.
+"""The event schema on the pub/sub channels: encoding and validation.
 
 Anything that fails validation raises :class:`InvalidMessage` with a reason that names a
 drop counter; a dropped message never crashes a reader and never releases a connection.
@@ -6,33 +6,40 @@ drop counter; a dropped message never crashes a reader and never releases a conn
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .exceptions import InvalidMessage
-from .keys import MAX_ID_CHARS, MAX_NAME_CHARS, printable_name
-from .phases import Event
+from coordinator.contract.keys import MAX_ID_CHARS, MAX_NAME_CHARS, printable_name
+from coordinator.contract.phases import Event
+from coordinator.contract.signing import Keyring
+from coordinator.exceptions import InvalidMessage
 
 SCHEMA_VERSION = 1
+
+
 MAX_MESSAGE_BYTES = 4096
+
+
 MAX_CLOCK_SKEW = 30.0
+
+
 MAX_TS = 1e11  # year 5138: a larger (or negative) ts is garbage that would break readers
+
+
 MAX_PHASES = 1000  # phase_index and phases_total beyond this are garbage
+
+
 MAX_DURATION = 86400.0  # a phase's duration, seconds
-_SIG = re.compile(r"[0-9a-f]{64}")
+
+
 EVENTS = frozenset(e.value for e in Event)
-UNSIGNED = ("running unsigned (COORD_SIGNING_KEY is not set): anyone who can write to "
-            "namespace %r can release held connections and forge the fleet view "
-            "(README: Security)")
+
 
 log = logging.getLogger("coordinator.messages")
 
@@ -53,58 +60,14 @@ class Message:
         return body
 
 
-def canonical(body: Mapping[str, Any]) -> bytes:
-    """JSON without ``sig``, keys sorted, compact: what a signature covers, after the
-    kind of data and the namespace (see :class:`Keyring`)."""
-    unsigned = {k: v for k, v in body.items() if k != "sig"}
-    return json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class Keyring:
-    """The keys of ``COORD_SIGNING_KEY`` and the namespace every signature is bound to.
-
-    Several comma-separated keys rotate without downtime: the first signs, every one
-    verifies (roll out ``old,new``, then ``new,old``, then ``new``). A signature is HMAC-SHA256,
-    hex, over ``<kind>\n<namespace>\n<canonical JSON>`` with kind ``event`` or
-    ``record``: a message signed for one namespace (or an instance hash) is never valid as
-    another's, although the namespace is not transmitted.
-    """
-
-    keys: tuple[bytes, ...] = field(repr=False)
-    namespace: str
-
-    @classmethod
-    def of(cls, raw: str | None, namespace: str) -> Keyring | None:
-        """The keyring of a ``COORD_SIGNING_KEY`` value; None when it is unset or empty."""
-        keys = tuple(k.strip().encode() for k in (raw or "").split(",") if k.strip())
-        return cls(keys, namespace) if keys else None
-
-    def sign(self, kind: str, body: Mapping[str, Any]) -> str:
-        return self._mac(self.keys[0], kind, body)
-
-    def verify(self, kind: str, body: Mapping[str, Any]) -> bool:
-        """Whether ``body["sig"]`` is the signature of ``body`` by any of the keys."""
-        sig = body.get("sig")
-        if not isinstance(sig, str) or not _SIG.fullmatch(sig):  # compare_digest would
-            return False  # raise on a non-ASCII str
-        # Every key is tried (a list, not a generator that stops at the first match), so
-        # the time taken does not say which key signed.
-        return any([hmac.compare_digest(sig, self._mac(k, kind, body)) for k in self.keys])  # noqa: C419
-
-    def _mac(self, key: bytes, kind: str, body: Mapping[str, Any]) -> str:
-        signed = f"{kind}\n{self.namespace}\n".encode() + canonical(body)
-        return hmac.new(key, signed, hashlib.sha256).hexdigest()
-
-
-def encode(message: Message, keyring: Keyring | None = None) -> bytes:
+def encode_event(message: Message, keyring: Keyring | None = None) -> bytes:
     body = message.to_dict()
     if keyring is not None:
         body["sig"] = keyring.sign("event", body)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | str, *, keyring: Keyring | None = None, now: float | None = None,
+def decode_event(raw: bytes | str, *, keyring: Keyring | None = None, now: float | None = None,
            expected_instance: str | None = None) -> Message:
     """Validate one message off a channel; raise InvalidMessage(reason) to drop it.
 
@@ -198,17 +161,6 @@ _EXTRA_OK: dict[str, Any] = {
     "state": lambda v: isinstance(v, str),
     "error": lambda v: isinstance(v, str),
 }
-
-
-def sign_record(record: Mapping[str, str], keyring: Keyring) -> str:
-    """Signature of an instance hash: every field as stored but ``sig`` itself (the
-    record is rewritten whole at every write), bound to the namespace."""
-    return keyring.sign("record", record)
-
-
-def record_signature_ok(record: Mapping[str, str], keyring: Keyring | None) -> bool:
-    """True without a keyring; else whether ``record["sig"]`` covers every other field."""
-    return keyring is None or keyring.verify("record", record)
 
 
 class DropCounter:

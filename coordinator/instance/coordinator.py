@@ -3,8 +3,8 @@
 What every process does lives here: hold the status in memory (Redis only mirrors it),
 keep the Redis link, wake those waiting for ready, tell the gate and other listeners of
 every change, start and stop. What depends on the role is chosen once, at construction:
-an :class:`~coordinator.owner.Owner` runs the startup sequence and publishes it; a
-:class:`~coordinator.follower.Follower` gates connections for an instance whose startup
+an :class:`~coordinator.instance.owner.Owner` runs the startup sequence and publishes it; a
+:class:`~coordinator.instance.follower.Follower` gates connections for an instance whose startup
 runs elsewhere and learns its status from Redis.
 
 Every background task is started through ``self.tasks`` and cancelled and awaited by
@@ -25,15 +25,18 @@ from typing import Protocol
 
 import redis.asyncio as redis
 
-from . import logs, messages, registry
-from .connections import REDIS_ERRORS, make_redis, refused
-from .exceptions import InvalidMessage
-from .keys import Keys
-from .link import Subscription
-from .phases import Event, PhasePlan, State
-from .readiness import Status
-from .settings import Settings
-from .tasks import TaskSet
+from coordinator import logs
+from coordinator._redis.client import REDIS_ERRORS, make_redis, refused
+from coordinator._redis.subscription import Subscription
+from coordinator._tasks import TaskSet
+from coordinator.contract.events import DropCounter, Message, decode_event
+from coordinator.contract.keys import Keys
+from coordinator.contract.phases import Event, PhasePlan, State
+from coordinator.contract.signing import UNSIGNED
+from coordinator.exceptions import InvalidMessage
+from coordinator.fleet.registry import read_phase_stats
+from coordinator.instance.status import Status
+from coordinator.settings import Settings
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
@@ -108,7 +111,7 @@ class _Role(Protocol):
     def start(self) -> None: ...
     async def on_link_up(self) -> None: ...
     def after_link_up(self, published: Status) -> None: ...
-    def on_message(self, msg: messages.Message) -> None: ...
+    def on_message(self, msg: Message) -> None: ...
     def emit(self, event: Event, **extra: object) -> None: ...
     def wanted(self) -> None: ...
     async def leave(self) -> None: ...
@@ -160,7 +163,7 @@ class Coordinator:
         self.updated_at = now
         self.ready_at: float | None = None
         self.phase_stats: dict[str, float] = {}
-        self.drops = messages.DropCounter()
+        self.drops = DropCounter()
         self.redis_ok = False
         self.redis_errors = 0
         self.listeners: list[Listener] = []
@@ -175,11 +178,11 @@ class Coordinator:
         self._stopping: asyncio.Task[None] | None = None
         self._role: _Role
         if self.role is Role.OWNER:
-            from .owner import Owner
+            from coordinator.instance.owner import Owner
             self.owner: Owner | None = Owner(self)
             self._role = self.owner
         else:
-            from .follower import Follower
+            from coordinator.instance.follower import Follower
             self.owner = None
             self._role = Follower(self)
 
@@ -251,7 +254,7 @@ class Coordinator:
         self._started = True
         logs.ensure_visible()
         if self.keyring is None:
-            log.warning(messages.UNSIGNED, self.settings.namespace)
+            log.warning(UNSIGNED, self.settings.namespace)
         link = Subscription(self.redis, [self.keys.instance_events(self.id)],
                             on_message=self._on_message, on_up=self._on_link_up,
                             on_error=self._link_lost, healthy=lambda: self.redis_ok,
@@ -381,7 +384,7 @@ class Coordinator:
 
     async def _on_link_up(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            self.phase_stats = await registry.read_phase_stats(self.redis, self.keys,
+            self.phase_stats = await read_phase_stats(self.redis, self.keys,
                                                                self.plan.phases)
         published = self.status
         await self._role.on_link_up()
@@ -410,7 +413,7 @@ class Coordinator:
 
     def _on_message(self, channel: str, data: object) -> None:
         try:
-            msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
+            msg = decode_event(data if isinstance(data, (bytes, str)) else b"",
                                   keyring=self.keyring,
                                   expected_instance=self.id)
         except InvalidMessage as exc:

@@ -2,7 +2,7 @@
 
 Every scope but ``websocket`` passes through untouched. On a ready instance a WebSocket
 passes through too, after one attribute read and no Redis call. Otherwise the gate
-applies the admission table (admission.py): it holds the handshake without accepting
+applies the admission table (gate/admission.py): it holds the handshake without accepting
 it, releases it first in, first out once the instance is ready, or rejects it with a
 retry hint. Close code 1011 is never its answer.
 """
@@ -10,50 +10,42 @@ retry hint. Close code 1011 is never its answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from .admission import (
+from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
+from coordinator._tasks import TaskSet
+from coordinator.contract.phases import State
+from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason, reason_payload, retry_hint
+from coordinator.fleet.leases import REFUSED, FleetLeases
+from coordinator.gate.admission import (
     DRAIN_HINT,
     FAILED_HINT,
     HOLD,
     REJECT,
     Decision,
-    Reason,
     decide,
-    retry_hint,
     spread,
 )
-from .core import Coordinator, GateCounts
-from .drain import DRAINS
-from .leases import REFUSED, FleetLeases
-from .logs import handshake_noise, quiet_handshake_noise
-from .pacing import Pacer
-from .phases import State
-from .queue import ADMIT, Hold, HoldEnd, HoldQueue
-from .tasks import TaskSet
+from coordinator.gate.connections import ClosedByGate, Closer, _GuardedConnection
+from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
+from coordinator.gate.pacing import Pacer
+from coordinator.gate.rejection import reject
+from coordinator.instance.coordinator import Coordinator, GateCounts
+from coordinator.instance.drain import DRAINS
+from coordinator.logs import quiet_handshake_noise
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Closer = Callable[[int, str], Coroutine[Any, Any, None]]
 Observer = Callable[[str, str | None, float], None]
 
+
 log = logging.getLogger("coordinator.gate")
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_SERVICE_RESTART = 1012
-MAX_REASON_BYTES = 123
-MAX_HINT = 86400  # reject()'s own ceiling on a hint; the gate's are COORD_MAX_RETRY_AFTER
+
+
 GAVE_UP = Reason.GAVE_UP
 
 
@@ -378,101 +370,6 @@ def _give_up(hold: asyncio.Future[HoldEnd], _pending: object) -> None:
 def _reason_for(state: State) -> Reason:
     return {State.FAILED: Reason.FAILED, State.STARTING: Reason.TIMEOUT}.get(
         state, Reason.DRAINING)
-
-
-def reason_payload(reason: str, retry_after: int) -> str:
-    """``{"reason": ..., "retry_after": N}``: always valid JSON of at most 123 bytes (a
-    close reason's limit), the reason shortened if it must be."""
-    retry_after = retry_hint(retry_after, cap=MAX_HINT)
-    while True:
-        text = json.dumps({"reason": reason, "retry_after": retry_after}, separators=(",", ":"))
-        if len(text.encode()) <= MAX_REASON_BYTES:
-            return text
-        reason = reason[:len(reason) - max(1, len(text.encode()) - MAX_REASON_BYTES)]
-
-
-async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
-                 mode: str = "http") -> None:
-    """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
-    response, else accept and close with 1013 (1012 while draining)."""
-    retry_after = retry_hint(retry_after, cap=MAX_HINT)
-    payload = reason_payload(reason, retry_after)
-    message = await receive()  # websocket.connect (or disconnect: nothing to answer)
-    if message["type"] != "websocket.connect":
-        return
-    try:
-        if mode == "http" and "websocket.http.response" in scope.get("extensions", {}):
-            await _deny(send, payload)
-            return
-        code = CLOSE_SERVICE_RESTART if reason == Reason.DRAINING else CLOSE_TRY_AGAIN_LATER
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": code, "reason": payload})
-    except OSError:  # the client is already gone; nothing left to tell it
-        pass
-
-
-async def _deny(send: Send, payload: str) -> None:
-    """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body."""
-    retry_after = json.loads(payload)["retry_after"]
-    body = payload.encode()
-    await send({"type": "websocket.http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"),
-        (b"retry-after", str(retry_after).encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]})
-    await send({"type": "websocket.http.response.body", "body": body})
-    handshake_noise.expect()
-
-
-class ClosedByGate(OSError):
-    """What the app's ``send`` raises once the gate has closed its connection (a drain, a
-    maximum age): an ``OSError``, as a server's own "client disconnected" is, so Starlette
-    turns it into ``WebSocketDisconnect`` and a handler that only sends stops."""
-
-
-class _GuardedConnection:
-    """The app's ``send`` and ``receive``, through which the gate can close the connection.
-
-    Once the gate has closed it, the app's next send raises :class:`ClosedByGate` and its
-    next receive is a ``websocket.disconnect`` (1012): an app that loops on either ends,
-    instead of running on, unseen, after the client is gone. A connection the app has not
-    accepted yet is refused instead (HTTP 503 + Retry-After where the server offers a
-    denial response): a close before the accept would reach the client as HTTP 403.
-    """
-
-    __slots__ = ("_extensions", "_receive", "_send", "accepted", "closed")
-
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._extensions = scope.get("extensions") or {}
-        self._receive = receive
-        self._send = send
-        self.accepted = False
-        self.closed = False
-
-    async def send(self, message: Message) -> None:
-        if self.closed:
-            raise ClosedByGate("the gate closed this connection")
-        if message["type"] == "websocket.accept":
-            self.accepted = True
-        await self._send(message)
-
-    async def receive(self) -> Message:
-        if self.closed:
-            return {"type": "websocket.disconnect", "code": CLOSE_SERVICE_RESTART}
-        return await self._receive()
-
-    async def close(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(Exception):
-            if self.accepted:
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
-            elif "websocket.http.response" in self._extensions:
-                await _deny(self._send, reason)
-            else:
-                await self._send({"type": "websocket.accept"})
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class _Replay:

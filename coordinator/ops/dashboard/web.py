@@ -21,11 +21,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from ..connections import make_redis
-from ..core import Change, Coordinator
-from ..keys import Keys
-from ..phases import State
-from .feed import SNAPSHOT_INTERVAL, FleetFeed
+from coordinator._redis.client import make_redis
+from coordinator.contract.keys import Keys
+from coordinator.contract.phases import State
+from coordinator.instance.coordinator import Change, Coordinator
+from coordinator.ops.dashboard.feed import SNAPSHOT_INTERVAL, FleetFeed
 
 PATH = "/dashboard"
 RETRY_MS = 1000  # how soon a browser reconnects after the stream ends

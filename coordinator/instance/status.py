@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .messages import Message
-from .phases import STATE_AFTER, Event, PhasePlan, State
+from coordinator.contract.events import Message
+from coordinator.contract.phases import STATE_AFTER, Event, PhasePlan, State
 
 FIRST_INTERVAL = 0.05
 MAX_INTERVAL = 1.0

@@ -13,11 +13,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from . import messages, registry
-from .connections import REDIS_ERRORS
-from .exceptions import InvalidMessage
-from .phases import Event, State
-from .readiness import (
+from coordinator._redis.client import REDIS_ERRORS
+from coordinator.contract.events import Message
+from coordinator.contract.phases import Event, State
+from coordinator.contract.record import decode_record, is_live
+from coordinator.contract.signing import record_signature_ok
+from coordinator.exceptions import InvalidMessage
+from coordinator.fleet import registry
+from coordinator.instance.status import (
     Status,
     advance,
     progressive_intervals,
@@ -26,11 +29,11 @@ from .readiness import (
 )
 
 if TYPE_CHECKING:
-    from .core import Coordinator
+    from coordinator.instance.coordinator import Coordinator
 
 
 class Follower:
-    """The follower's side of a :class:`~coordinator.core.Coordinator`.
+    """The follower's side of a :class:`~coordinator.instance.coordinator.Coordinator`.
 
     With a signing key it trusts only what the owner signed, for this instance (the
     record's signed ``id``, the message's ``instance``) in this namespace, and lets no
@@ -59,7 +62,7 @@ class Follower:
     def after_link_up(self, published: Status) -> None:
         """A follower publishes nothing."""
 
-    def on_message(self, msg: messages.Message) -> None:
+    def on_message(self, msg: Message) -> None:
         self._follow(status_from_message(msg, self.coord.plan), msg.ts)
 
     def emit(self, event: Event, **extra: object) -> None:
@@ -93,15 +96,15 @@ class Follower:
         if not raw:
             return
         coord = self.coord
-        if not messages.record_signature_ok(raw, coord.keyring):
+        if not record_signature_ok(raw, coord.keyring):
             coord.dropped(InvalidMessage("bad_record_signature"), coord.keys.instance(coord.id))
             return
         if raw.get("id") != coord.id:  # signed, but copied from another instance's hash
             coord.dropped(InvalidMessage("wrong_instance", "in the record"),
                           coord.keys.instance(coord.id))
             return
-        record = registry.decode_record(raw)
-        if not registry.is_live(record, time.time()):
+        record = decode_record(raw)
+        if not is_live(record, time.time()):
             return  # left by an instance that died: its successor has not written yet
         self._follow(status_from_record(record), record.get("heartbeat_at"))
 

@@ -1,6 +1,6 @@
 """The admission decision: a pure function of what the instance knows, no I/O.
 
-The gate (middleware.py) gathers the inputs, calls :func:`decide`, and carries out the
+The gate (gate/gate.py) gathers the inputs, calls :func:`decide`, and carries out the
 answer. Keeping the table here, free of Redis and ASGI, is what lets each row be tested
 on its own.
 """
@@ -8,31 +8,17 @@ on its own.
 from __future__ import annotations
 
 import enum
-import math
 import random
 from dataclasses import dataclass
 
-from .phases import PhasePlan, State
+from coordinator.contract.phases import PhasePlan, State
+from coordinator.contract.rejection import MAX_RETRY_AFTER, Reason, retry_hint
 
 
 class Action(enum.StrEnum):
     ACCEPT = "accept"
     HOLD = "hold"
     REJECT = "reject"
-
-
-class Reason(enum.StrEnum):
-    """Why a handshake was refused: the ``reason`` of the rejection JSON, and the label of
-    ``coordinator_rejected_total`` (``gave_up``: the client left while held, never sent)."""
-
-    STARTING = "starting"
-    QUEUE_FULL = "queue_full"
-    FLEET_CAP = "fleet_cap"
-    TIMEOUT = "timeout"
-    DRAINING = "draining"
-    FAILED = "failed"
-    MAX_AGE = "max_age"  # an open connection closed at COORD_MAX_CONNECTION_AGE (1012)
-    GAVE_UP = "gave_up"
 
 
 ACCEPT, HOLD, REJECT = Action.ACCEPT, Action.HOLD, Action.REJECT
@@ -50,18 +36,10 @@ class Decision:
         return self.action == ACCEPT
 
 
-MAX_RETRY_AFTER = 30  # seconds: COORD_MAX_RETRY_AFTER's default
-
-
 DRAIN_HINT = 1  # seconds: while draining, other instances are ready
+
+
 FAILED_HINT = 5  # seconds: a failed instance will be replaced, not soon
-
-
-def retry_hint(seconds: float | None, default: int = 1, cap: int = MAX_RETRY_AFTER) -> int:
-    """An integer Retry-After from 1 to ``cap`` seconds, whatever Redis data said."""
-    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
-        seconds = default
-    return max(1, min(cap, math.ceil(seconds)))
 
 
 def spread(hint: int, cap: int = MAX_RETRY_AFTER, rng: random.Random | None = None) -> int:

@@ -19,13 +19,14 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from .. import messages
-from ..connections import REDIS_ERRORS
-from ..exceptions import InvalidMessage
-from ..keys import Keys
-from ..link import Subscription
-from ..registry import FleetReader
-from ..tasks import TaskSet
+from coordinator._redis.client import REDIS_ERRORS
+from coordinator._redis.subscription import Subscription
+from coordinator._tasks import TaskSet
+from coordinator.contract.events import DropCounter, decode_event
+from coordinator.contract.keys import Keys
+from coordinator.contract.signing import Keyring
+from coordinator.exceptions import InvalidMessage
+from coordinator.fleet.view import FleetReader
 
 SNAPSHOT_INTERVAL = 1.0
 EVENT_SETTLE = 0.25  # after an event, wait this long so that a burst costs one snapshot
@@ -76,13 +77,13 @@ class FleetFeed:
                  queue_size: int = PAGE_QUEUE_SIZE, max_pages: int = MAX_PAGES) -> None:
         self.client = client
         self.keys = keys
-        self.keyring = messages.Keyring.of(signing_key, keys.namespace)
+        self.keyring = Keyring.of(signing_key, keys.namespace)
         self.reader = FleetReader(client, keys)  # remembers what this user may not do
         self.interval = interval
         self.queue_size = queue_size
         self.max_pages = max_pages  # each open page may hold PAGE_QUEUE_BYTES
         self.turned_away = 0
-        self.drops = messages.DropCounter()
+        self.drops = DropCounter()
         self.lagged = 0  # frames a slow page lost (a later snapshot supersedes them)
         self.closed = False
         self._pages: set[PageQueue] = set()
@@ -166,7 +167,7 @@ class FleetFeed:
 
     def _on_event(self, _channel: str, data: Any) -> None:
         try:
-            msg = messages.decode(data if isinstance(data, (bytes, str)) else b"",
+            msg = decode_event(data if isinstance(data, (bytes, str)) else b"",
                                   keyring=self.keyring)
         except InvalidMessage as exc:
             self.drops.drop(exc, self.keys.events)

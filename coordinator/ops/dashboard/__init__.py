@@ -2,7 +2,7 @@
 Events from ``N:events`` and periodic fleet snapshots. Served at ``/dashboard`` by an
 instance (``mount_dashboard``) or on its own (``serve``, ``coordinator dashboard``)."""
 
-from .feed import FleetFeed, sse_frame
-from .web import create_app, dashboard_app, mount_dashboard, serve
+from coordinator.ops.dashboard.feed import FleetFeed, sse_frame
+from coordinator.ops.dashboard.web import create_app, dashboard_app, mount_dashboard, serve
 
 __all__ = ["FleetFeed", "create_app", "dashboard_app", "mount_dashboard", "serve", "sse_frame"]

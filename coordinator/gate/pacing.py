@@ -26,10 +26,10 @@ from collections.abc import Callable
 
 import redis.asyncio as redis
 
-from .connections import REDIS_ERRORS, refused
-from .queue import HoldQueue
-from .settings import Settings
-from .tasks import TaskSet
+from coordinator._redis.client import REDIS_ERRORS, refused
+from coordinator._tasks import TaskSet
+from coordinator.gate.holds import HoldQueue
+from coordinator.settings import Settings
 
 log = logging.getLogger("coordinator.pacing")
 DOUBLINGS = 10  # the slow-start rate doubles this many times over its window

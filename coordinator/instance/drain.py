@@ -12,7 +12,7 @@ handling of that signal runs.
 
 The gate starts this when its application's lifespan starts (:meth:`Drains.attach`), so
 no launcher is needed: ``uvicorn app:app``, ``fastapi run``, gunicorn's uvicorn workers,
-hypercorn and granian are all covered; :mod:`coordinator.signals` says how each server's
+hypercorn and granian are all covered; :mod:`coordinator.instance.signals` says how each server's
 handler is found. Without a lifespan (``--lifespan off``) there is no drain.
 """
 
@@ -24,11 +24,11 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from . import signals
-from .phases import State
+from coordinator.contract.phases import State
+from coordinator.instance import signals
 
 if TYPE_CHECKING:
-    from .core import Coordinator
+    from coordinator.instance.coordinator import Coordinator
 
 log = logging.getLogger("coordinator.drain")
 CLOSE_WAIT = 1.0  # seconds the last closes may take before the drain moves on

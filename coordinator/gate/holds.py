@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from .admission import Reason
+from coordinator.contract.rejection import Reason
 
 
 class _Admit(enum.Enum):

@@ -25,8 +25,8 @@ from redis._parsers import _AsyncRESP2Parser, _AsyncRESP3Parser
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from . import topology
-from .messages import MAX_MESSAGE_BYTES, Oversized
+from coordinator._redis import topology
+from coordinator.contract.events import MAX_MESSAGE_BYTES, Oversized
 
 CHUNK = 64 << 10  # bytes read and discarded at a time
 
@@ -117,7 +117,7 @@ class BoundedPubSub(PubSub):
             await self.connection_pool.disconnect()
 
 
-def pubsub(client: redis.Redis) -> BoundedPubSub:
+def bounded_pubsub(client: redis.Redis) -> BoundedPubSub:
     """A PubSub like ``client.pubsub(ignore_subscribe_messages=True)``, on a connection
     made with the client's own options (URL, credentials, TLS, timeouts) whose parser
     discards any bulk string over :data:`MAX_MESSAGE_BYTES`. Close it with ``aclose()``.

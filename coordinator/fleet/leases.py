@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 
 import redis.asyncio as redis
 
-from .connections import REDIS_ERRORS, refused
-from .tasks import TaskSet
+from coordinator._redis.client import REDIS_ERRORS, refused
+from coordinator._tasks import TaskSet
 
 log = logging.getLogger("coordinator.leases")
 

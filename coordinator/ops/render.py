@@ -11,8 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import messages
-from .exceptions import InvalidMessage
+from coordinator.contract.events import decode_event
+from coordinator.contract.signing import Keyring
+from coordinator.exceptions import InvalidMessage
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 BAR_WIDTH = 10
@@ -96,10 +97,10 @@ def duration(seconds: Any) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def render_event(data: bytes | str, keyring: messages.Keyring | None) -> str:
+def render_event(data: bytes | str, keyring: Keyring | None) -> str:
     """One channel message as one line: time, instance, event, phase k/n, details."""
     try:
-        msg = messages.decode(data, keyring=keyring)
+        msg = decode_event(data, keyring=keyring)
     except InvalidMessage as exc:
         return printable(f"{_clock(time.time())}  -  dropped invalid message ({exc})")
     total = msg.extra.get("phases_total")

@@ -17,13 +17,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from . import messages, registry
-from .connections import REDIS_ERRORS
-from .phases import Event, State
-from .readiness import Status
+from coordinator._redis.client import REDIS_ERRORS
+from coordinator.contract.events import Message, encode_event
+from coordinator.contract.phases import Event, State
+from coordinator.contract.record import encode_record
+from coordinator.contract.signing import sign_record
+from coordinator.fleet.registry import fold_phase_stats, remove_record, write_record
+from coordinator.instance.status import Status
 
 if TYPE_CHECKING:
-    from .core import Coordinator
+    from coordinator.instance.coordinator import Coordinator
 
 log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
@@ -35,7 +38,7 @@ STATE_EVENT = {State.READY: Event.READY, State.FAILED: Event.FAILED,
 
 
 class Owner:
-    """The owner's side of a :class:`~coordinator.core.Coordinator`.
+    """The owner's side of a :class:`~coordinator.instance.coordinator.Coordinator`.
 
     Publishing never blocks a transition: events go through a bounded outbox to one
     publisher task, and while the link is down they are dropped, because the reconnect
@@ -46,7 +49,7 @@ class Owner:
         self.coord = coord
         self.phase_durations: dict[str, float] = {}
         self._folded: set[str] = set()
-        self.outbox: asyncio.Queue[messages.Message] = asyncio.Queue(OUTBOX_SIZE)
+        self.outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_SIZE)
 
     def start(self) -> None:
         self.coord.tasks.spawn(self._publisher(), "publisher")
@@ -105,7 +108,7 @@ class Owner:
         status = coord.status
         expected = coord.expected_ready_in(now)
         counts = coord.gate_counts(coord.redis_ok or link_up)
-        fields = registry.encode_record({
+        fields = encode_record({
             "id": coord.id,
             "state": status.state.value,
             "phase": status.phase,
@@ -132,12 +135,12 @@ class Owner:
             "version": coord.version,
         })
         if coord.keyring is not None:
-            fields["sig"] = messages.sign_record(fields, coord.keyring)
+            fields["sig"] = sign_record(fields, coord.keyring)
         return fields
 
-    def message(self, event: Event, **extra: object) -> messages.Message:
+    def message(self, event: Event, **extra: object) -> Message:
         coord = self.coord
-        return messages.Message(coord.id, event.value, coord.status.phase,
+        return Message(coord.id, event.value, coord.status.phase,
                                 coord.status.phase_index, time.time(),
                                 {"state": coord.state.value,
                                  "started_at": coord.status.started_at,
@@ -161,13 +164,13 @@ class Owner:
             finally:
                 self.outbox.task_done()  # leave() waits for the queue to be published
 
-    async def _publish(self, msg: messages.Message | None, link_up: bool = False) -> None:
+    async def _publish(self, msg: Message | None, link_up: bool = False) -> None:
         coord = self.coord
         record = self.record(link_up)
-        await registry.write_record(coord.redis, coord.keys, record,
+        await write_record(coord.redis, coord.keys, record,
                                     coord.settings.instance_ttl, float(record["heartbeat_at"]),
                                     event=None if msg is None
-                                    else messages.encode(msg, coord.keyring))
+                                    else encode_event(msg, coord.keyring))
 
     async def _heartbeat_loop(self) -> None:
         coord = self.coord
@@ -182,7 +185,7 @@ class Owner:
                 continue
             try:
                 record = self.record()  # N:instances score = the hash's heartbeat_at
-                await registry.write_record(coord.redis, coord.keys, record,
+                await write_record(coord.redis, coord.keys, record,
                                             coord.settings.instance_ttl,
                                             float(record["heartbeat_at"]))
             except REDIS_ERRORS as exc:
@@ -198,7 +201,7 @@ class Owner:
 
     async def _fold_stats(self, durations: dict[str, float]) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await registry.fold_phase_stats(self.coord.redis, self.coord.keys, durations)
+            await fold_phase_stats(self.coord.redis, self.coord.keys, durations)
 
     # -- the link and the end -------------------------------------------------------
 
@@ -222,7 +225,7 @@ class Owner:
             return None
         return STATE_EVENT.get(coord.state, Event.PHASE_STARTED)
 
-    def on_message(self, msg: messages.Message) -> None:
+    def on_message(self, msg: Message) -> None:
         """The owner's own events, echoed back on its channel: nothing to learn."""
 
     def wanted(self) -> None:
@@ -236,5 +239,5 @@ class Owner:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LEAVE_FLUSH):
                 await self.outbox.join()
-        await registry.remove_record(coord.redis, coord.keys, coord.id, event=messages.encode(
+        await remove_record(coord.redis, coord.keys, coord.id, event=encode_event(
             self.message(Event.STOPPED), coord.keyring))

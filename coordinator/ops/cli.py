@@ -28,13 +28,16 @@ from urllib.parse import parse_qs, urlsplit
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError
 
-from . import messages, wire
-from .connections import REDIS_ERRORS, make_redis
-from .exceptions import ConfigError, CoordinatorError, InvalidMessage
-from .keys import Keys
-from .messages import Keyring
-from .registry import FleetReader, as_text, decode_record, fleet_snapshot, is_live, read_record
-from .render import (
+from coordinator._redis.client import REDIS_ERRORS, make_redis
+from coordinator._redis.pubsub import bounded_pubsub
+from coordinator.contract.events import decode_event
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text, decode_record, is_live
+from coordinator.contract.signing import Keyring, record_signature_ok
+from coordinator.exceptions import ConfigError, CoordinatorError, InvalidMessage
+from coordinator.fleet.registry import read_record
+from coordinator.fleet.view import FleetReader, fleet_snapshot
+from coordinator.ops.render import (
     CLEAR_SCREEN,
     duration,
     phase_progress,
@@ -42,7 +45,7 @@ from .render import (
     render_event,
     render_fleet_table,
 )
-from .settings import Settings, generated_on
+from coordinator.settings import Settings, generated_on
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
@@ -83,7 +86,7 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
         while True:
             try:
                 if pubsub is None:
-                    pubsub = wire.pubsub(client)
+                    pubsub = bounded_pubsub(client)
                     await pubsub.follow(keys.events)
                 doc = await reader.snapshot()
                 frame = _json(doc) if as_json else render_fleet_table(doc)
@@ -141,7 +144,7 @@ async def _close(pubsub: Any) -> None:
 async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | None,
                  keyring: Keyring | None, out: TextIO) -> int:
     """Follow ``N:events``: one line per message, until ``count`` messages or Ctrl-C."""
-    pubsub = wire.pubsub(client)
+    pubsub = bounded_pubsub(client)
     try:
         await pubsub.follow(keys.events)
         print(f"following {keys.events} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -149,7 +152,7 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
         while count is None or seen < count:
             if not pubsub.following:  # the slot moved: follow it where it is now
                 await _close(pubsub)
-                pubsub = wire.pubsub(client)
+                pubsub = bounded_pubsub(client)
                 await pubsub.follow(keys.events)
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg is None:
@@ -160,7 +163,7 @@ async def events(client: redis.Redis, keys: Keys, as_json: bool, count: int | No
                 continue
             if as_json:
                 try:
-                    messages.decode(data, keyring=keyring)
+                    decode_event(data, keyring=keyring)
                 except InvalidMessage as exc:
                     print(f"coordinator: dropped invalid message ({exc})", file=sys.stderr,
                           flush=True)
@@ -224,7 +227,7 @@ def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
                  keyring: Keyring | None, now: float) -> tuple[int, str]:
     if not raw:
         return EXIT_NOT_READY, f"{instance_id}: not ready: no record in namespace {namespace!r}"
-    if not messages.record_signature_ok(raw, keyring):
+    if not record_signature_ok(raw, keyring):
         return EXIT_NOT_READY, f"{instance_id}: not ready: its record's signature does not verify"
     if raw.get("id") != instance_id:  # a copy of another instance's (signed) record
         return EXIT_NOT_READY, f"{instance_id}: not ready: its record is instance {raw.get('id')}'s"
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None,
 
 def dashboard(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        from .dashboard import serve  # only this command needs the web stack
+        from coordinator.ops.dashboard import serve  # only this command needs the web stack
     except ImportError as exc:
         raise CliError(f"the dashboard needs the `dashboard` extra ({exc.name} is missing): "
                        "pip install 'ws-coordinator[dashboard]'") from None

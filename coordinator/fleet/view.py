@@ -1,8 +1,7 @@
-"""The instance record in Redis, its heartbeat, the phase statistics and the fleet view.
+"""The fleet view: every live instance and the totals, read from Redis in bounded pages.
 
-Writers and readers of ``N:instance:<id>``, ``N:instances`` and ``N:phase_stats`` all
-live here, so the public contract of DESIGN.md has one implementation.
-"""
+The one reader behind everything that shows the fleet (``/fleet``, ``coordinator fleet``,
+the dashboard), so they always agree."""
 
 from __future__ import annotations
 
@@ -12,29 +11,28 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
 
-from . import topology
-from .connections import REDIS_ERRORS, refused
-from .keys import MAX_ID_CHARS, Keys, printable_name
-from .messages import MAX_TS
-from .phases import State
+from coordinator._redis.client import REDIS_ERRORS, refused
+from coordinator.contract.keys import MAX_ID_CHARS, Keys, printable_name
+from coordinator.contract.phases import State
+from coordinator.contract.record import as_text, decode_fields, decode_record, is_live
 
-INT_FIELDS = frozenset({"phase_index", "phases_total", "queue_depth", "connections",
-                        "queue_max", "admitted", "rejected", "held_leases", "fleet_cap", "pid"})
-FLOAT_FIELDS = frozenset({"started_at", "updated_at", "heartbeat_at", "ttl", "phase_started_at",
-                          "ready_at", "expected_ready_at"})
-PHASE_STATS_ALPHA = 0.3
-MAX_PHASE_SECONDS = 3600.0  # a phase's average is clamped to this when read
-MAX_INT = 2 ** 53  # larger counts are garbage (and would not survive a JSON reader)
 PAGE_SIZE = 200
+
+
 MAX_INSTANCES = 5000  # index members one snapshot reads at most (the most recent)
+
+
 MAX_LEASES = 10000  # leases one snapshot reads at most (the latest expiry first)
+
+
 PRUNE_BATCH = 500  # members per prune call
+
 
 # KEYS[1] = N:instances, KEYS[2] = N:leases
 # ARGV[1] = how many index members to read at most, ARGV[2] = how many leases at most
@@ -51,6 +49,7 @@ return cjson.encode({index = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1
                      time = t})
 """
 
+
 # KEYS   = N:instance:<id> for each instance of one page of the fleet view
 # ARGV   = none
 # Returns one JSON array with, for each key, its HGETALL as a flat [field, value, ...]
@@ -62,6 +61,7 @@ for i = 1, #KEYS do
 end
 return cjson.encode(out)
 """
+
 
 # KEYS[1] = N:instances
 # ARGV    = member, score pairs: each member judged gone, with the score it had when read
@@ -77,167 +77,6 @@ for i = 1, #ARGV, 2 do
 end
 return removed
 """
-
-# KEYS[1] = N:phase_stats
-# ARGV    = alpha, then phase, duration pairs
-# Folds each duration into the phase's exponential moving average; returns nothing.
-FOLD_PHASE_STATS = """
-local alpha = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
-  local new = tonumber(ARGV[i + 1])
-  if old then new = old * (1 - alpha) + new * alpha end
-  redis.call('HSET', KEYS[1], ARGV[i], string.format('%.4f', new))
-end
-return 0
-"""
-
-
-def encode_record(record: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in record.items():
-        if value is None:
-            out[name] = ""
-        elif isinstance(value, float):
-            out[name] = f"{value:.6f}".rstrip("0").rstrip(".")
-        else:
-            out[name] = str(value)
-    return out
-
-
-def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """A hash as read from Redis, with numbers parsed and empty strings as None."""
-    return decode_fields([as_text(x) for kv in raw.items() for x in kv])
-
-
-def decode_fields(flat: list[str]) -> dict[str, Any]:
-    """``decode_record`` of a hash given as text, flat: [field, value, field, value, ...].
-
-    The fleet view decodes every record of the fleet through here, so it is one plain
-    loop (half the time of building a dict first and decoding that, bench/fleet_scale.py).
-    """
-    out: dict[str, Any] = {}
-    pairs = iter(flat)
-    for name, text in zip(pairs, pairs, strict=True):
-        parse = _PARSERS.get(name)
-        if text == "":
-            out[name] = None
-        elif parse is None:
-            out[name] = text
-        else:
-            try:
-                out[name] = parse(text)
-            except ValueError:
-                out[name] = None
-    return out
-
-
-def _count(text: str) -> int | None:
-    """A non-negative integer that JSON and every reader can take (no 4,000 digits)."""
-    value = int(text) if len(text) <= 20 else -1
-    return value if 0 <= value <= MAX_INT else None
-
-
-def _time(text: str) -> float | None:
-    """A finite, non-negative number of seconds below MAX_TS (year 5138)."""
-    value = float(text)
-    return value if 0 <= value < MAX_TS else None
-
-
-_PARSERS: dict[str, Any] = {**dict.fromkeys(INT_FIELDS, _count),
-                            **dict.fromkeys(FLOAT_FIELDS, _time)}
-
-
-def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A hash as read from Redis, as text (what a signature covers)."""
-    return {as_text(k): as_text(v) for k, v in raw.items()}
-
-
-async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
-                       ttl: float, heartbeat_at: float, *, event: bytes | None = None) -> None:
-    """Write the whole record, refresh its TTL and index entry in one atomic round trip,
-    and publish ``event`` (an encoded message) on both channels in the same transaction.
-
-    Writing every field every time makes the record self-healing: after a Redis restart
-    or an expiry, the next heartbeat restores it whole.
-    """
-    instance_id = record["id"]
-    key = keys.instance(instance_id)
-    publish = await _publish_command(client, event)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
-        pipe.pexpire(key, int(ttl * 1000))
-        pipe.zadd(keys.instances, {instance_id: heartbeat_at})
-        _publish(pipe, publish, keys, instance_id, event)
-        await pipe.execute()
-
-
-async def remove_record(client: redis.Redis, keys: Keys, instance_id: str, *,
-                        event: bytes | None = None) -> None:
-    """Remove the record and its index entry, publishing ``event`` in the same transaction."""
-    publish = await _publish_command(client, event)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.instance(instance_id))
-        pipe.zrem(keys.instances, instance_id)
-        _publish(pipe, publish, keys, instance_id, event)
-        await pipe.execute()
-
-
-async def _publish_command(client: redis.Redis, event: bytes | None) -> str:
-    """SPUBLISH where the topology shards channels (subscribers there SSUBSCRIBE)."""
-    if event is None:
-        return "PUBLISH"
-    return "SPUBLISH" if (await topology.resolve(client)).sharded else "PUBLISH"
-
-
-def _publish(pipe: Any, command: str, keys: Keys, instance_id: str,
-             event: bytes | None) -> None:
-    if event is not None:
-        pipe.execute_command(command, keys.events, event)
-        pipe.execute_command(command, keys.instance_events(instance_id), event)
-
-
-async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:
-    return raw_record(await client.hgetall(keys.instance(instance_id)))
-
-
-async def fold_phase_stats(client: redis.Redis, keys: Keys,
-                           durations: Mapping[str, float]) -> None:
-    args: list[Any] = [PHASE_STATS_ALPHA]
-    for phase, seconds in durations.items():
-        args += [phase, f"{seconds:.4f}"]
-    script = client.register_script(FOLD_PHASE_STATS)
-    await script(keys=[keys.phase_stats], args=args)
-
-
-async def read_phase_stats(client: redis.Redis, keys: Keys,
-                           phases: Sequence[str]) -> dict[str, float]:
-    """The fleet's average duration of each of ``phases`` (one HMGET: however many fields
-    a writer added to the hash, only these are read)."""
-    if not phases:
-        return {}
-    return parse_phase_stats(phases, await client.hmget(keys.phase_stats, list(phases)))
-
-
-def parse_phase_stats(phases: Sequence[str], values: Sequence[Any]) -> dict[str, float]:
-    """``phases`` with their values as read: each a number of seconds clamped to
-    [0, MAX_PHASE_SECONDS]; missing, unparsable, negative or non-finite ones left out."""
-    stats: dict[str, float] = {}
-    for phase, value in zip(phases, values, strict=False):
-        try:
-            seconds = float(as_text(value)) if value is not None else math.nan
-        except ValueError:
-            continue
-        if math.isfinite(seconds) and seconds >= 0:
-            stats[phase] = min(seconds, MAX_PHASE_SECONDS)
-    return stats
-
-
-def is_live(record: Mapping[str, Any], now: float) -> bool:
-    heartbeat, ttl = record.get("heartbeat_at"), record.get("ttl")
-    if not isinstance(heartbeat, float) or not isinstance(ttl, float):
-        return False
-    return now - heartbeat <= ttl
 
 
 async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
@@ -497,8 +336,3 @@ def fleet_totals(instances: list[dict[str, Any]], leases: int,
         "admitted": sum(int(r.get("admitted") or 0) for r in instances),
         "rejected": sum(int(r.get("rejected") or 0) for r in instances),
     }
-
-
-def as_text(value: Any) -> str:
-    """A value read from Redis as text (bytes that are not UTF-8 replaced)."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

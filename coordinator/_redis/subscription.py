@@ -17,9 +17,9 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from . import wire
-from .backoff import RECONNECT, Backoff
-from .connections import REDIS_ERRORS
+from coordinator._backoff import RECONNECT, Backoff
+from coordinator._redis.client import REDIS_ERRORS
+from coordinator._redis.pubsub import bounded_pubsub
 
 log = logging.getLogger("coordinator.link")
 POLL = 1.0  # seconds get_message waits before the loop checks that it should go on
@@ -62,7 +62,7 @@ class Subscription:
     async def run(self) -> None:
         attempt = 0
         while True:
-            pubsub = wire.pubsub(self.client)  # oversized messages are discarded unread
+            pubsub = bounded_pubsub(self.client)  # oversized messages are discarded unread
             try:
                 await pubsub.follow(*self.channels)
                 if self.on_up is not None:

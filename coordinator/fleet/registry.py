@@ -1,0 +1,114 @@
+"""The instance record in Redis: its writes (whole, with the heartbeat and the events of
+a transition), its removal, and the fleet's phase statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import redis.asyncio as redis
+
+from coordinator._redis import topology
+from coordinator.contract.keys import Keys
+from coordinator.contract.record import as_text, raw_record
+
+PHASE_STATS_ALPHA = 0.3
+
+
+MAX_PHASE_SECONDS = 3600.0  # a phase's average is clamped to this when read
+
+
+# KEYS[1] = N:phase_stats
+# ARGV    = alpha, then phase, duration pairs
+# Folds each duration into the phase's exponential moving average; returns nothing.
+FOLD_PHASE_STATS = """
+local alpha = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  local new = tonumber(ARGV[i + 1])
+  if old then new = old * (1 - alpha) + new * alpha end
+  redis.call('HSET', KEYS[1], ARGV[i], string.format('%.4f', new))
+end
+return 0
+"""
+
+
+async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
+                       ttl: float, heartbeat_at: float, *, event: bytes | None = None) -> None:
+    """Write the whole record, refresh its TTL and index entry in one atomic round trip,
+    and publish ``event`` (an encoded message) on both channels in the same transaction.
+
+    Writing every field every time makes the record self-healing: after a Redis restart
+    or an expiry, the next heartbeat restores it whole.
+    """
+    instance_id = record["id"]
+    key = keys.instance(instance_id)
+    publish = await _publish_command(client, event)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
+        pipe.pexpire(key, int(ttl * 1000))
+        pipe.zadd(keys.instances, {instance_id: heartbeat_at})
+        _publish(pipe, publish, keys, instance_id, event)
+        await pipe.execute()
+
+
+async def remove_record(client: redis.Redis, keys: Keys, instance_id: str, *,
+                        event: bytes | None = None) -> None:
+    """Remove the record and its index entry, publishing ``event`` in the same transaction."""
+    publish = await _publish_command(client, event)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.instance(instance_id))
+        pipe.zrem(keys.instances, instance_id)
+        _publish(pipe, publish, keys, instance_id, event)
+        await pipe.execute()
+
+
+async def _publish_command(client: redis.Redis, event: bytes | None) -> str:
+    """SPUBLISH where the topology shards channels (subscribers there SSUBSCRIBE)."""
+    if event is None:
+        return "PUBLISH"
+    return "SPUBLISH" if (await topology.resolve(client)).sharded else "PUBLISH"
+
+
+def _publish(pipe: Any, command: str, keys: Keys, instance_id: str,
+             event: bytes | None) -> None:
+    if event is not None:
+        pipe.execute_command(command, keys.events, event)
+        pipe.execute_command(command, keys.instance_events(instance_id), event)
+
+
+async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:
+    return raw_record(await client.hgetall(keys.instance(instance_id)))
+
+
+async def fold_phase_stats(client: redis.Redis, keys: Keys,
+                           durations: Mapping[str, float]) -> None:
+    args: list[Any] = [PHASE_STATS_ALPHA]
+    for phase, seconds in durations.items():
+        args += [phase, f"{seconds:.4f}"]
+    script = client.register_script(FOLD_PHASE_STATS)
+    await script(keys=[keys.phase_stats], args=args)
+
+
+async def read_phase_stats(client: redis.Redis, keys: Keys,
+                           phases: Sequence[str]) -> dict[str, float]:
+    """The fleet's average duration of each of ``phases`` (one HMGET: however many fields
+    a writer added to the hash, only these are read)."""
+    if not phases:
+        return {}
+    return parse_phase_stats(phases, await client.hmget(keys.phase_stats, list(phases)))
+
+
+def parse_phase_stats(phases: Sequence[str], values: Sequence[Any]) -> dict[str, float]:
+    """``phases`` with their values as read: each a number of seconds clamped to
+    [0, MAX_PHASE_SECONDS]; missing, unparsable, negative or non-finite ones left out."""
+    stats: dict[str, float] = {}
+    for phase, value in zip(phases, values, strict=False):
+        try:
+            seconds = float(as_text(value)) if value is not None else math.nan
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            stats[phase] = min(seconds, MAX_PHASE_SECONDS)
+    return stats

@@ -1,0 +1,3 @@
+"""What operators and platforms read: the health routes (:mod:`.health`), Prometheus
+metrics (:mod:`.metrics`), the ``coordinator`` command (:mod:`.cli`, printing through
+:mod:`.render`) and the live dashboard (:mod:`.dashboard`)."""
