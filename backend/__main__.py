@@ -31,7 +31,7 @@ def main() -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, ws=config.ws, log_config=log_config,
         lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN, access_log=False,
-        # What uvicorn can bound itself (README: Security); a front end must do the rest.
+        # What uvicorn can bound itself (docs/security.md); a front end must do the rest.
         limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.keepalive,
         ws_max_size=config.ws_max_size, h11_max_incomplete_event_size=16 << 10,
     ))

@@ -6,7 +6,7 @@
     hypercorn backend.asgi:app           granian --interface asgi backend.asgi:app
 
 It reads its configuration (COORD_*, BACKEND_*) when imported. The gate drains it on
-SIGTERM under each of them (README: Drain).
+SIGTERM under each of them (docs/guide.md: Drain).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ log = logging.getLogger("backend")
 WS_IMPLEMENTATIONS = ("auto", "websockets", "websockets-sansio", "wsproto")
 # uvicorn's legacy `websockets` implementation drops a handshake that is not answered
 # within websockets' open_timeout (10 s) with no HTTP response at all; holds are capped
-# below it so that a held client gets a clean 503 instead (README: hold limits).
+# below it so that a held client gets a clean 503 instead (docs/guide.md: Handshake hold limits).
 LEGACY_WS_HOLD_CAP = 9.0
 
 
@@ -65,7 +65,7 @@ class BackendConfig:
                    raw_ops == "on", **limits)
 
 
-# What the launcher sets on uvicorn (README: Security): field, variable, default, range.
+# What the launcher sets on uvicorn (docs/security.md): field, variable, default, range.
 UVICORN_LIMITS = (("limit_concurrency", "BACKEND_LIMIT_CONCURRENCY", 4000, 1, 1_000_000),
                   ("keepalive", "BACKEND_KEEPALIVE", 5, 1, 3600),
                   ("ws_max_size", "BACKEND_WS_MAX_SIZE", 65536, 1024, 16 << 20))

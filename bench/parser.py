@@ -44,7 +44,7 @@ import redis.asyncio as redis
 from coordinator import Coordinator, Settings
 from coordinator._redis.pubsub import bounded_pubsub
 from coordinator.contract.keys import Keys
-from coordinator.contract.record import as_text, decode_fields, encode_record
+from coordinator.contract.record import as_text, decode_fields
 from coordinator.fleet.registry import write_record
 from coordinator.fleet.view import READ_PAGE, FleetReader, _flat_text, _view, fleet_totals
 
@@ -260,9 +260,9 @@ async def release(report: Report, url: str, rounds: int, clients: int, writes: i
                    "python": bounded_pubsub(redis.Redis.from_url(url))}
     owner_s: dict[str, list[float]] = {}
     hops: dict[str, list[float]] = {}
-    record = encode_record(Coordinator(Settings(
+    record = Coordinator(Settings(
         redis_url=url, namespace=NAMESPACE, instance_id=INSTANCE,
-        environment="test")).owner.record())  # type: ignore[union-attr]
+        environment="test")).owner.record()  # type: ignore[union-attr]
     try:
         for server in servers.values():
             server.start()

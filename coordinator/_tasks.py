@@ -1,9 +1,14 @@
 """Background tasks with an owner: named, logged when they die, cancelled and awaited.
 
 Every long-lived task in the package (the coordinator's link, publisher, heartbeat and
-poll; the lease releaser; the dashboard feed's subscription and ticker) is started
-through a :class:`TaskSet`, and its owner's ``stop``/``close`` calls :meth:`TaskSet.cancel`.
-Nothing runs on after its owner is gone.
+poll; the gate's closes and pacing; the lease releaser; the dashboard feed's
+subscription and ticker) is started through a :class:`TaskSet`, and its owner's
+``stop``/``close`` calls :meth:`TaskSet.cancel`. The few tasks made directly each belong
+to one call or one object that ends them itself: a dashboard request's pump (its
+``finally``), a held handshake's pending receive (its ``finally``), a shared fleet read
+(``SharedSnapshot.aclose``), the coordinator's one stop (awaited by every caller), the
+drain's tasks (cancelled by ``Drains.detach``) and hypercorn's shutdown watcher
+(cancelled by the restore of its signal). Nothing runs on after its owner is gone.
 """
 
 from __future__ import annotations

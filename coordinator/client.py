@@ -43,7 +43,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from coordinator._backoff import Backoff
-from coordinator.exceptions import CoordinatorError
+from coordinator.exceptions import CoordinatorError, UsageError
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # the gate's 503; a load balancer's 502/504
 RETRY_CLOSE_CODES = frozenset({1012, 1013})
@@ -75,12 +75,12 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+            raise UsageError("max_attempts must be >= 1")
         for name in ("max_time", "base_delay", "max_delay", "open_timeout"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+                raise UsageError(f"{name} must be > 0")
         if self.first_message_timeout is not None and not self.first_message_timeout > 0:
-            raise ValueError("first_message_timeout must be > 0 or None")
+            raise UsageError("first_message_timeout must be > 0 or None")
 
     def jitter(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt - 1))]."""

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 
 class CoordinatorError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises to its caller (errors of Redis
+    itself reach the caller as redis-py's own, where a call is documented to raise)."""
+
+
+class UsageError(CoordinatorError, ValueError):
+    """An argument the API cannot take (an unknown role or setting, a bad client policy)."""
+
+
+class PhaseError(CoordinatorError, RuntimeError):
+    """A startup phase run where it cannot be: by a follower, unknown to the plan, or
+    after the instance failed, began draining or stopped."""
 
 
 class ConfigError(CoordinatorError, ValueError):

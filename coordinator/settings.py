@@ -1,19 +1,24 @@
 """Every ``COORD_*`` variable, read once into one validated, immutable object.
 
-A bad value raises :class:`ConfigError` naming the variable, so a process stops at
-start-up with a message an operator can act on instead of misbehaving later.
+:data:`VARIABLES` is the one table of them: each variable's field, parser, check and
+meaning. The loader (:meth:`Settings.from_env`), the validation
+(``Settings.__post_init__``) and docs/configuration.md's table
+(:func:`configuration_table`) all come from it. A bad value raises :class:`ConfigError`
+naming the variable, so a process stops at start-up with a message an operator can act
+on instead of misbehaving later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import ConnectionPool
@@ -22,18 +27,40 @@ from redis.exceptions import RedisError
 from coordinator._redis.topology import SENTINEL_SCHEMES, parse_sentinel_url
 from coordinator.contract.keys import ID_PATTERN, NAME_PATTERN
 from coordinator.contract.signing import Keyring
-from coordinator.exceptions import ConfigError
+from coordinator.exceptions import ConfigError, UsageError
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
-ROLES = ("owner", "follower")
-REDIS_MODES = ("auto", "standalone", "cluster")
-ENVIRONMENTS = ("local", "test", "development", "staging", "production")
+
+
+class Role(enum.StrEnum):
+    """COORD_ROLE."""
+
+    OWNER = "owner"  # runs the startup sequence, writes and publishes the instance's record
+    FOLLOWER = "follower"  # gates for an instance whose startup runs in another process
+
+
+class RedisMode(enum.StrEnum):
+    """COORD_REDIS_MODE (a redis+sentinel:// URL says Sentinel)."""
+
+    AUTO = "auto"  # ask the server (HELLO; a MOVED reply)
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+
+
+class Environment(enum.StrEnum):
+    """COORD_ENVIRONMENT: picks the wait budget."""
+
+    LOCAL = "local"
+    TEST = "test"
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+ENVIRONMENTS = tuple(e.value for e in Environment)
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
 CLOUD_RUN_READY_PHASE_BUDGET = 8.0
-
-T = TypeVar("T")
-
 
 def default_id_prefix(hostname: str | None = None) -> str:
     """How a generated instance id starts on this host: ``<host>-`` (then pid, random)."""
@@ -55,7 +82,7 @@ def generated_on(instance_id: str, hostname: str) -> bool:
 class Settings:
     """Everything the coordinator and the gate are told, validated once.
 
-    Build it with :meth:`from_env` (the ``COORD_*`` variables, README: Configuration) or
+    Build it with :meth:`from_env` (the ``COORD_*`` variables: :data:`VARIABLES`) or
     directly with keyword arguments, as the tests do. Every field is checked in
     ``__post_init__``: a bad value raises :class:`ConfigError` naming the variable, so a
     misconfigured process stops at start-up instead of misbehaving under load. Frozen,
@@ -64,11 +91,11 @@ class Settings:
     """
 
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # has a password
-    redis_mode: str = "auto"  # auto, standalone, cluster (a sentinel URL says sentinel)
+    redis_mode: str = RedisMode.AUTO.value
     namespace: str = "coord"
     instance_id: str = field(default_factory=_default_instance_id)
-    environment: str = "local"
-    cloud_run: bool = False
+    environment: str = Environment.LOCAL.value
+    cloud_run: bool = False  # K_SERVICE is set: not a COORD_* variable
     phases: tuple[str, ...] = DEFAULT_PHASES
     ready_phase: str = "services"
     near_ready_phases: int = 1
@@ -80,67 +107,24 @@ class Settings:
     timeout_multiplier: float = 1.0
     drain_grace: float = 5.0
     drain_spread: float | None = None  # None: half of drain_grace
-    reject: str = "http"
-    gate: bool = True
-    signing_key: str | None = field(default=None, repr=False)
-    log_format: str = "text"
-    role: str = "owner"
-    max_retry_after: int = 30
     slowstart: float = 0.0  # seconds; 0: off
     fleet_admit_rate: float | None = None  # new connections per second, fleet-wide
     fleet_admit_burst: float | None = None  # None: one second's worth of the rate
     max_connection_age: float | None = None  # seconds; None: off
+    max_retry_after: int = 30
+    reject: str = "http"
+    gate: bool = True
+    signing_key: str | None = field(default=None, repr=False)
+    log_format: str = "text"
+    role: str = Role.OWNER.value
 
     def __post_init__(self) -> None:
-        _check("COORD_NAMESPACE", bool(NAME_PATTERN.fullmatch(self.namespace)), self.namespace,
-               "1-64 characters of letters, digits, '_', '.', '-'")
-        _check("COORD_INSTANCE_ID", bool(ID_PATTERN.fullmatch(self.instance_id)), self.instance_id,
-               "1-128 characters of letters, digits, '_', '.', '-'")
-        _check("COORD_ENVIRONMENT", self.environment in ENVIRONMENTS, self.environment,
-               "one of " + ", ".join(ENVIRONMENTS))
-        _check("COORD_PHASES", len(self.phases) > 0 and len(set(self.phases)) == len(self.phases)
-               and all(NAME_PATTERN.fullmatch(p) for p in self.phases), ",".join(self.phases),
-               "a comma-separated list of distinct phase names")
-        _check("COORD_READY_PHASE", self.ready_phase in self.phases, self.ready_phase,
-               "one of the phases: " + ", ".join(self.phases))
-        _check("COORD_NEAR_READY_PHASES", self.near_ready_phases >= 0, self.near_ready_phases,
-               "an integer >= 0")
-        _check("COORD_MAX_QUEUE", self.max_queue >= 0, self.max_queue, "an integer >= 0")
-        _check("COORD_MAX_QUEUE_TIME", self.max_queue_time > 0, self.max_queue_time, "a number > 0")
-        _check("COORD_FLEET_MAX_QUEUE", self.fleet_max_queue is None or self.fleet_max_queue >= 0,
-               self.fleet_max_queue, "an integer >= 0, or unset")
-        _check("COORD_HEARTBEAT_INTERVAL", self.heartbeat_interval > 0, self.heartbeat_interval,
-               "a number > 0")
-        _check("COORD_INSTANCE_TTL", self.instance_ttl > self.heartbeat_interval, self.instance_ttl,
-               "a number of seconds greater than COORD_HEARTBEAT_INTERVAL")
-        _check("COORD_TIMEOUT_MULTIPLIER", self.timeout_multiplier > 0, self.timeout_multiplier,
-               "a number > 0")
-        _check("COORD_DRAIN_GRACE", self.drain_grace >= 0, self.drain_grace, "a number >= 0")
-        _check("COORD_DRAIN_SPREAD", self.drain_spread is None
-               or 0 <= self.drain_spread <= self.drain_grace, self.drain_spread,
-               "a number of seconds from 0 to COORD_DRAIN_GRACE")
-        _check("COORD_REJECT", self.reject in ("http", "close"), self.reject, "http or close")
-        _check("COORD_LOG_FORMAT", self.log_format in ("text", "json"), self.log_format,
-               "text or json")
-        _check("COORD_ROLE", self.role in ROLES, self.role, "owner or follower")
-        _check("COORD_MAX_RETRY_AFTER", 1 <= self.max_retry_after <= 86400,
-               self.max_retry_after, "an integer from 1 to 86400")
-        _check("COORD_SLOWSTART", 0 <= self.slowstart <= 3600, self.slowstart,
-               "a number of seconds from 0 (off) to 3600")
-        _check("COORD_FLEET_ADMIT_RATE", self.fleet_admit_rate is None
-               or 0 < self.fleet_admit_rate <= 1e6, self.fleet_admit_rate,
-               "a number of connections per second > 0, or unset")
-        _check("COORD_FLEET_ADMIT_BURST", self.fleet_admit_burst is None
-               or (self.fleet_admit_rate is not None and 1 <= self.fleet_admit_burst <= 1e6),
-               self.fleet_admit_burst, "a number >= 1 (with COORD_FLEET_ADMIT_RATE), or unset")
-        _check("COORD_MAX_CONNECTION_AGE", self.max_connection_age is None
-               or 10 <= self.max_connection_age <= 7 * 86400, self.max_connection_age,
-               "a number of seconds from 10 to 604800, or unset")
-        _check("COORD_SIGNING_KEY", not self.signing_key
-               or all(k.strip() for k in self.signing_key.split(",")), "***",
-               "a key, or several separated by commas (the first signs), none empty")
-        _check("COORD_REDIS_MODE", self.redis_mode in REDIS_MODES, self.redis_mode,
-               "auto, standalone or cluster (Sentinel: a redis+sentinel:// URL)")
+        for var in VARIABLES:
+            if var.check is not None and not var.check(self):
+                value = getattr(self, var.field)
+                expected = var.expected if isinstance(var.expected, str) else var.expected(self)
+                raise ConfigError(var.name, var.shown(value) if var.shown else value,
+                                  f"expected {expected}")
         _check_redis_url(self.redis_url)
 
     # -- derived values -------------------------------------------------------------
@@ -178,69 +162,49 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read ``COORD_*`` from ``env`` (default: the process environment)."""
+        """Read ``COORD_*`` from ``env`` (default: the process environment).
+
+        Where a variable is unset, the field keeps its default, except on Cloud Run
+        (``K_SERVICE`` set): ``COORD_ENVIRONMENT`` is then ``production`` and
+        ``COORD_LOG_FORMAT`` ``json``.
+        """
         env = os.environ if env is None else env
-        reader = _Reader(env)
-        kwargs: dict[str, object] = {}
-        reader.put(kwargs, "redis_url", "COORD_REDIS_URL", str)
-        reader.put(kwargs, "redis_mode", "COORD_REDIS_MODE", str.lower)
-        reader.put(kwargs, "namespace", "COORD_NAMESPACE", str)
-        reader.put(kwargs, "instance_id", "COORD_INSTANCE_ID", str)
         cloud_run = bool(env.get("K_SERVICE"))
-        kwargs["cloud_run"] = cloud_run
-        if not reader.put(kwargs, "environment", "COORD_ENVIRONMENT", str.lower) and cloud_run:
-            kwargs["environment"] = "production"
-        reader.put(kwargs, "phases", "COORD_PHASES", _phase_list)
-        reader.put(kwargs, "ready_phase", "COORD_READY_PHASE", str)
-        reader.put(kwargs, "near_ready_phases", "COORD_NEAR_READY_PHASES", int)
-        reader.put(kwargs, "max_queue", "COORD_MAX_QUEUE", int)
-        reader.put(kwargs, "max_queue_time", "COORD_MAX_QUEUE_TIME", _number)
-        reader.put(kwargs, "fleet_max_queue", "COORD_FLEET_MAX_QUEUE", int)
-        reader.put(kwargs, "heartbeat_interval", "COORD_HEARTBEAT_INTERVAL", _number)
-        reader.put(kwargs, "instance_ttl", "COORD_INSTANCE_TTL", _number)
-        reader.put(kwargs, "timeout_multiplier", "COORD_TIMEOUT_MULTIPLIER", _number)
-        reader.put(kwargs, "drain_grace", "COORD_DRAIN_GRACE", _number)
-        reader.put(kwargs, "drain_spread", "COORD_DRAIN_SPREAD", _number)
-        reader.put(kwargs, "reject", "COORD_REJECT", str.lower)
-        reader.put(kwargs, "gate", "COORD_GATE", _on_off)
-        reader.put(kwargs, "signing_key", "COORD_SIGNING_KEY", str)
-        if not reader.put(kwargs, "log_format", "COORD_LOG_FORMAT", str.lower):
-            kwargs["log_format"] = "json" if cloud_run else "text"
-        reader.put(kwargs, "role", "COORD_ROLE", str.lower)
-        reader.put(kwargs, "max_retry_after", "COORD_MAX_RETRY_AFTER", int)
-        reader.put(kwargs, "slowstart", "COORD_SLOWSTART", _number)
-        reader.put(kwargs, "fleet_admit_rate", "COORD_FLEET_ADMIT_RATE", _number)
-        reader.put(kwargs, "fleet_admit_burst", "COORD_FLEET_ADMIT_BURST", _number)
-        reader.put(kwargs, "max_connection_age", "COORD_MAX_CONNECTION_AGE", _number)
+        kwargs: dict[str, object] = {"cloud_run": cloud_run}
+        if cloud_run:
+            kwargs.update(environment=Environment.PRODUCTION.value, log_format="json")
+        for var in VARIABLES:
+            raw = env.get(var.name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                kwargs[var.field] = var.parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(var.name, raw, str(exc) or "invalid value") from None
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise TypeError(f"Settings has no field {', '.join(map(repr, unknown))}")
+            raise UsageError(f"Settings has no field {', '.join(map(repr, unknown))}")
         if isinstance(overrides.get("phases"), list | tuple):  # a list is fine too
             overrides["phases"] = tuple(overrides["phases"])  # type: ignore[arg-type]
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]  # checked in __post_init__
 
 
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
+@dataclass(frozen=True)
+class Variable:
+    """One ``COORD_*`` variable: the field it sets, how its text is read, what a valid
+    value is (``check`` on the whole settings, ``expected`` saying it in words), and
+    what it means and defaults to, for the documentation."""
 
-    def put(self, kwargs: dict[str, object], attr: str, var: str,
-            parse: Callable[[str], T]) -> bool:
-        raw = self.env.get(var)
-        if raw is None or raw.strip() == "":
-            return False
-        try:
-            kwargs[attr] = parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(var, raw, str(exc) or "invalid value") from None
-        return True
-
-
-def _check(var: str, ok: bool, value: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(var, value, f"expected {expected}")
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    default: str  # as the documentation states it
+    meaning: str
+    check: Callable[[Settings], bool] | None = None
+    expected: str | Callable[[Settings], str] = ""  # a function: it depends on other fields
+    shown: Callable[[Any], object] | None = None  # the value as an error shows it
 
 
 def _number(raw: str) -> float:
@@ -261,6 +225,131 @@ def _on_off(raw: str) -> bool:
 
 def _phase_list(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _one_of(kind: type[enum.StrEnum]) -> Callable[[Settings], bool]:
+    name = {Role: "role", RedisMode: "redis_mode", Environment: "environment"}[kind]
+    return lambda s: getattr(s, name) in {k.value for k in kind}
+
+
+def _names(values: tuple[str, ...]) -> bool:
+    return (len(values) > 0 and len(set(values)) == len(values)
+            and all(NAME_PATTERN.fullmatch(p) for p in values))
+
+
+_ENVIRONMENT_DEFAULT = "`local` (`production` when `K_SERVICE` is set)"
+
+# The table: in the order the documentation lists them (and the checks run).
+VARIABLES: tuple[Variable, ...] = (
+    Variable("COORD_REDIS_URL", "redis_url", str, "`redis://127.0.0.1:6379/0`",
+             "`redis://`, `rediss://` or `unix://`, with `user:password@` for ACLs; the "
+             "password is never logged. A cluster: any node's URL; Sentinel: "
+             "`redis+sentinel://host:26379/<service>` "
+             "([Redis deployments](deploy.md#redis-deployments))"),
+    Variable("COORD_REDIS_MODE", "redis_mode", str.lower, "`auto`",
+             "`auto` (ask the server: `HELLO`), `standalone` or `cluster`; a "
+             "`redis+sentinel://` URL is Sentinel",
+             _one_of(RedisMode), "auto, standalone or cluster (Sentinel: a redis+sentinel:// URL)"),
+    Variable("COORD_NAMESPACE", "namespace", str, "`coord`", "prefix of every key and channel",
+             lambda s: bool(NAME_PATTERN.fullmatch(s.namespace)),
+             "1-64 characters of letters, digits, '_', '.', '-'"),
+    Variable("COORD_INSTANCE_ID", "instance_id", str, "host-pid-random",
+             "this instance's id (letters, digits, `_.-`)",
+             lambda s: bool(ID_PATTERN.fullmatch(s.instance_id)),
+             "1-128 characters of letters, digits, '_', '.', '-'"),
+    Variable("COORD_ENVIRONMENT", "environment", str.lower, _ENVIRONMENT_DEFAULT,
+             "`local`, `test`, `development`, `staging`, `production`: picks the wait budget",
+             _one_of(Environment), "one of " + ", ".join(ENVIRONMENTS)),
+    Variable("COORD_PHASES", "phases", _phase_list, "`" + ",".join(DEFAULT_PHASES) + "`",
+             "the startup phases, in order", lambda s: _names(s.phases),
+             "a comma-separated list of distinct phase names", shown=",".join),
+    Variable("COORD_READY_PHASE", "ready_phase", str, "`services`",
+             "the phase whose completion opens admission",
+             lambda s: s.ready_phase in s.phases,
+             lambda s: "one of the phases: " + ", ".join(s.phases)),
+    Variable("COORD_NEAR_READY_PHASES", "near_ready_phases", int, "`1`",
+             "phases before the ready phase that still hold connections",
+             lambda s: s.near_ready_phases >= 0, "an integer >= 0"),
+    Variable("COORD_MAX_QUEUE", "max_queue", int, "`50`", "local cap on held handshakes",
+             lambda s: s.max_queue >= 0, "an integer >= 0"),
+    Variable("COORD_MAX_QUEUE_TIME", "max_queue_time", _number, "`30`", "longest hold, seconds",
+             lambda s: s.max_queue_time > 0, "a number > 0"),
+    Variable("COORD_FLEET_MAX_QUEUE", "fleet_max_queue", int, "unset",
+             "fleet-wide cap on held handshakes (leases in Redis)",
+             lambda s: s.fleet_max_queue is None or s.fleet_max_queue >= 0,
+             "an integer >= 0, or unset"),
+    Variable("COORD_HEARTBEAT_INTERVAL", "heartbeat_interval", _number, "`2`",
+             "seconds between heartbeats", lambda s: s.heartbeat_interval > 0, "a number > 0"),
+    Variable("COORD_INSTANCE_TTL", "instance_ttl", _number, "`10`",
+             "seconds an instance record lives without a heartbeat",
+             lambda s: s.instance_ttl > s.heartbeat_interval,
+             "a number of seconds greater than COORD_HEARTBEAT_INTERVAL"),
+    Variable("COORD_TIMEOUT_MULTIPLIER", "timeout_multiplier", _number, "`1.0`",
+             "scales the wait budget", lambda s: s.timeout_multiplier > 0, "a number > 0"),
+    Variable("COORD_DRAIN_GRACE", "drain_grace", _number, "`5`",
+             "seconds a draining instance keeps listening (and turning new arrivals away "
+             "with 503) after SIGTERM", lambda s: s.drain_grace >= 0, "a number >= 0"),
+    Variable("COORD_DRAIN_SPREAD", "drain_spread", _number, "half the grace",
+             "over how many seconds at the end of the grace open connections are closed "
+             "with 1012, evenly; `0`: all at once",
+             lambda s: s.drain_spread is None or 0 <= s.drain_spread <= s.drain_grace,
+             "a number of seconds from 0 to COORD_DRAIN_GRACE"),
+    Variable("COORD_SLOWSTART", "slowstart", _number, "`0` (off)",
+             "seconds of slow start after an instance becomes ready: admissions start at "
+             "`COORD_MAX_QUEUE / COORD_SLOWSTART` per second and double every tenth of it; "
+             "the excess is held", lambda s: 0 <= s.slowstart <= 3600,
+             "a number of seconds from 0 (off) to 3600"),
+    Variable("COORD_FLEET_ADMIT_RATE", "fleet_admit_rate", _number, "unset",
+             "new connections per second across the fleet (a token bucket in Redis); the "
+             "excess is held, then admitted at the rate",
+             lambda s: s.fleet_admit_rate is None or 0 < s.fleet_admit_rate <= 1e6,
+             "a number of connections per second > 0, or unset"),
+    Variable("COORD_FLEET_ADMIT_BURST", "fleet_admit_burst", _number, "one second of the rate",
+             "the bucket's size: how many may be admitted at once after a quiet spell",
+             lambda s: s.fleet_admit_burst is None or (s.fleet_admit_rate is not None
+                                                       and 1 <= s.fleet_admit_burst <= 1e6),
+             "a number >= 1 (with COORD_FLEET_ADMIT_RATE), or unset"),
+    Variable("COORD_MAX_CONNECTION_AGE", "max_connection_age", _number, "unset",
+             "seconds after which an open connection is closed with 1012 and a retry hint, "
+             "at a moment of its own in the last tenth of it (10 to 604800)",
+             lambda s: s.max_connection_age is None or 10 <= s.max_connection_age <= 7 * 86400,
+             "a number of seconds from 10 to 604800, or unset"),
+    Variable("COORD_MAX_RETRY_AFTER", "max_retry_after", int, "`30`",
+             "the longest retry hint a rejection gives, seconds (1 to 86400), whatever the "
+             "statistics in Redis say", lambda s: 1 <= s.max_retry_after <= 86400,
+             "an integer from 1 to 86400"),
+    Variable("COORD_REJECT", "reject", str.lower, "`http`",
+             "`http` (503 + Retry-After) or `close` (accept, then 1013/1012)",
+             lambda s: s.reject in ("http", "close"), "http or close"),
+    Variable("COORD_GATE", "gate", _on_off, "`on`",
+             "`off` disables the gate (to show the failure it prevents)"),
+    Variable("COORD_SIGNING_KEY", "signing_key", str, "unset",
+             "HMAC-SHA256 key, or several comma-separated (the first signs, all verify: "
+             "rotation): events and the instance hash are signed, unsigned or forged ones "
+             "ignored",
+             lambda s: not s.signing_key or all(k.strip() for k in s.signing_key.split(",")),
+             "a key, or several separated by commas (the first signs), none empty",
+             shown=lambda _key: "***"),
+    Variable("COORD_LOG_FORMAT", "log_format", str.lower, "`text` (`json` on Cloud Run)",
+             "`json`: one object per line with `severity` and `instance`, for Cloud Logging",
+             lambda s: s.log_format in ("text", "json"), "text or json"),
+    Variable("COORD_ROLE", "role", str.lower, "`owner`",
+             "`owner`: this process runs the startup phases and publishes them; `follower`: "
+             "it only gates, for an instance whose startup runs in another process",
+             _one_of(Role), "owner or follower"),
+)
+
+
+def configuration_table() -> str:
+    """docs/configuration.md's table, from :data:`VARIABLES`."""
+    rows = ["| variable | `Settings` field | default | meaning |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{v.name}` | `{v.field}` | {v.default} | {v.meaning} |" for v in VARIABLES]
+    return "\n".join(rows) + "\n"
+
+
+def _check(var: str, ok: bool, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(var, value, f"expected {expected}")
 
 
 def _check_redis_url(url: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import redis
 
 from coordinator._redis.client import REDIS_ERRORS, make_redis
+from coordinator.contract.documents import FleetDocument
 from coordinator.contract.keys import Keys
 from coordinator.fleet.view import fleet_snapshot
 from coordinator.ops.render import CLEAR_SCREEN, render_fleet_table
@@ -103,13 +104,13 @@ class Display:
         self._shape: Any = None
         self._last_progress = 0.0
 
-    def show(self, doc: dict[str, Any] | None, progress: str, final: bool = False) -> None:
+    def show(self, doc: FleetDocument | None, progress: str, final: bool = False) -> None:
         table = render_fleet_table(doc) if doc is not None else "fleet: Redis unavailable"
         if self.tty:
             self.out.write(f"{CLEAR_SCREEN}{self.title}\n\n{table}\n\n{progress}\n")
         else:
             shape = [(r.get("id"), r.get("state"), r.get("phase"))
-                     for r in (doc or {}).get("instances", [])]
+                     for r in (doc["instances"] if doc else [])]
             if shape != self._shape or final:
                 self._shape = shape
                 self.out.write(table + "\n")
@@ -183,8 +184,8 @@ class Demo:
                     await storm_task
         doc = await self._fleet(client)
         display.show(doc, storm.progress_line(time.monotonic() - started), final=True)
-        ready_at = {r["id"]: r["ready_at"] for r in (doc or {}).get("instances", [])
-                    if isinstance(r.get("ready_at"), float)}
+        ready_at = {str(r.get("id")): ready for r in (doc["instances"] if doc else [])
+                    if isinstance(ready := r.get("ready_at"), float)}
         report = Report.build(self.gate, results, ready_at, await self._counters())
         print(report.render(), file=self.out)
         if args.json:
@@ -210,7 +211,7 @@ class Demo:
                 raise SetupError(f"{child.name} exited with status {child.proc.returncode}:"
                                  f"\n{child.log_tail()}")
 
-    async def _fleet(self, client: Any) -> dict[str, Any] | None:
+    async def _fleet(self, client: Any) -> FleetDocument | None:
         try:
             return await fleet_snapshot(client, Keys(self.namespace))
         except REDIS_ERRORS:

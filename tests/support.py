@@ -38,7 +38,7 @@ from redis.typing import EncodableT
 from coordinator._redis import topology
 from coordinator.contract.events import Message, encode_event
 from coordinator.contract.keys import Keys
-from coordinator.contract.record import encode_record
+from coordinator.contract.record import encode_fields
 from coordinator.contract.rejection import MAX_REASON_BYTES
 from coordinator.contract.signing import Keyring
 from coordinator.fleet.registry import write_record
@@ -186,7 +186,7 @@ def instance_record(instance_id: str, now: float, *, state: str = "starting",
         "host": "node-1", "pid": 1234, "version": "0.1.0",
     }
     fields.update(extra)
-    return encode_record(fields)
+    return encode_fields(fields)
 
 
 def redis_mapping(fields: Mapping[Any, Any]) -> dict[EncodableT, EncodableT]:
@@ -233,7 +233,7 @@ def event(instance: str, name: str = "phase_started", phase: str | None = "servi
 TIME_FIELDS = ("generated_at", "heartbeat_age", "time_in_phase", "expected_ready_in")
 
 
-def without_times(doc: dict[str, Any]) -> dict[str, Any]:
+def without_times(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A fleet document without the fields that move between two reads."""
     return {**{k: v for k, v in doc.items() if k not in TIME_FIELDS},
             "instances": [{k: v for k, v in r.items() if k not in TIME_FIELDS}
@@ -715,9 +715,10 @@ def wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> int:
         raise
 
 
-def readme_blocks(section: str, language: str = "sh") -> list[str]:
-    """The fenced blocks in ``language`` of the README's ``## section``, in order."""
-    text = (ROOT / "README.md").read_text()
+def doc_blocks(doc: str, section: str, language: str = "sh") -> list[str]:
+    """The fenced blocks in ``language`` of ``## section`` in ``doc`` (a path from the
+    repository's root: ``README.md``, ``docs/guide.md``, ...), in order."""
+    text = (ROOT / doc).read_text()
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
     body = text[start:end if end >= 0 else len(text)]

@@ -1,9 +1,14 @@
-"""The one pub/sub loop: subscribe, deliver, and on any failure subscribe again.
+"""The long-lived readers' pub/sub loop: subscribe, deliver, and on any failure
+subscribe again, for as long as the process runs.
 
-Both readers of channels use it: the coordinator's Redis link (its instance channel) and
-the dashboard feed (``N:events``). Each delivered message goes to a synchronous
-callback; a callback that raises is logged (at most once per ``LOG_INTERVAL``) and the
-loop goes on, so no message, however malformed, can take the link down.
+The coordinator's Redis link (its instance channel) and the dashboard feed
+(``N:events``) use it. The ``coordinator`` command's ``events`` and ``fleet --watch``
+follow ``N:events`` for one command's life instead, with loops of their own that end on
+an error (``events``) or show it in place of the table (``--watch``).
+
+Each delivered message goes to a synchronous callback; a callback that raises is logged
+(at most once per ``LOG_INTERVAL``) and the loop goes on, so no message, however
+malformed, can take the link down.
 """
 
 from __future__ import annotations

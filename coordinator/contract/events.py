@@ -6,6 +6,7 @@ drop counter; a dropped message never crashes a reader and never releases a conn
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -44,6 +45,27 @@ EVENTS = frozenset(e.value for e in Event)
 log = logging.getLogger("coordinator.messages")
 
 
+class Drop(enum.StrEnum):
+    """Why a message (or an instance record a follower read) was dropped: the reason of
+    ``InvalidMessage``, the label of ``coordinator_dropped_messages``, the key of the
+    health document's ``dropped_messages``."""
+
+    OVERSIZED = "oversized"  # over MAX_MESSAGE_BYTES (discarded unread where it can be)
+    INVALID_JSON = "invalid_json"  # not JSON, not UTF-8, NaN/Infinity, nested too deep
+    INVALID_SCHEMA = "invalid_schema"  # not an object, or a field of the wrong type
+    UNKNOWN_VERSION = "unknown_version"  # "v" is not SCHEMA_VERSION
+    UNSIGNED = "unsigned"  # with a signing key: no "sig"
+    BAD_SIGNATURE = "bad_signature"  # with a signing key: "sig" does not verify
+    STALE = "stale"  # with a signing key: "ts" too far from the reader's clock
+    WRONG_INSTANCE = "wrong_instance"  # on an instance's channel (or in its record): another's
+    BAD_RECORD_SIGNATURE = "bad_record_signature"  # a record whose "sig" does not verify
+    OUTBOX_FULL = "outbox_full"  # the owner's own event, no room to queue it (republished)
+
+
+# Every message carries these; SCHEMA_VERSION is "v".
+BASE_FIELDS = ("v", "instance", "event", "phase", "phase_index", "ts")
+
+
 @dataclass(frozen=True)
 class Message:
     instance: str
@@ -68,57 +90,68 @@ def encode_event(message: Message, keyring: Keyring | None = None) -> bytes:
 
 
 def decode_event(raw: bytes | str, *, keyring: Keyring | None = None, now: float | None = None,
-           expected_instance: str | None = None) -> Message:
+                 expected_instance: str | None = None) -> Message:
     """Validate one message off a channel; raise InvalidMessage(reason) to drop it.
 
     Whatever ``raw`` holds (any bytes, any JSON however nested, numbers of any size,
     NaN, lone surrogates), this returns a valid :class:`Message` or raises
     :class:`InvalidMessage`, and nothing else: readers count the drop and go on.
     """
+    body = _parse(raw)
+    message = _validated(body)
+    if keyring is not None:
+        _check_signature(body, keyring, message.ts, time.time() if now is None else now)
+    if expected_instance is not None and message.instance != expected_instance:
+        raise InvalidMessage(Drop.WRONG_INSTANCE, message.instance)
+    return message
+
+
+def _parse(raw: bytes | str) -> dict[str, Any]:
+    """The message's JSON object, of at most MAX_MESSAGE_BYTES, in schema version 1."""
     if isinstance(raw, Oversized):
-        raise InvalidMessage("oversized", f"{raw.length} bytes, discarded unread")
+        raise InvalidMessage(Drop.OVERSIZED, f"{raw.length} bytes, discarded unread")
     if isinstance(raw, str):
         raw = raw.encode(errors="surrogatepass")
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage("oversized", f"{len(raw)} bytes")
+        raise InvalidMessage(Drop.OVERSIZED, f"{len(raw)} bytes")
     try:
         body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN/Infinity, deep nesting
-        raise InvalidMessage("invalid_json") from None
+        raise InvalidMessage(Drop.INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise InvalidMessage("invalid_schema", "not a JSON object")
+        raise InvalidMessage(Drop.INVALID_SCHEMA, "not a JSON object")
     if body.get("v") != SCHEMA_VERSION or isinstance(body.get("v"), bool):
-        raise InvalidMessage("unknown_version", repr(body.get("v"))[:20])
+        raise InvalidMessage(Drop.UNKNOWN_VERSION, repr(body.get("v"))[:20])
+    return body
+
+
+def _validated(body: dict[str, Any]) -> Message:
+    """The message, each field checked against the schema (BASE_FIELDS, EXTRA_FIELDS)."""
     instance, event, phase = body.get("instance"), body.get("event"), body.get("phase")
     phase_index, ts = body.get("phase_index"), body.get("ts")
-    if not printable_name(instance, MAX_ID_CHARS):
-        raise InvalidMessage("invalid_schema", "instance")
-    if not isinstance(event, str) or event not in EVENTS:
-        raise InvalidMessage("invalid_schema", "event")
-    if phase is not None and not printable_name(phase, MAX_NAME_CHARS):
-        raise InvalidMessage("invalid_schema", "phase")
-    if phase_index is not None and not _count(phase_index):
-        raise InvalidMessage("invalid_schema", "phase_index")
-    if not _number(ts, MAX_TS):
-        raise InvalidMessage("invalid_schema", "ts")
-    # Checked above (the checks are typed as bool, so the types are restated here).
-    instance, ts = cast(str, instance), cast(float, ts)
-    extra = {k: v for k, v in body.items()
-             if k not in ("v", "instance", "event", "phase", "phase_index", "ts", "sig")}
+    for name, ok in (("instance", printable_name(instance, MAX_ID_CHARS)),
+                     ("event", isinstance(event, str) and event in EVENTS),
+                     ("phase", phase is None or printable_name(phase, MAX_NAME_CHARS)),
+                     ("phase_index", phase_index is None or _count(phase_index)),
+                     ("ts", _number(ts, MAX_TS))):
+        if not ok:
+            raise InvalidMessage(Drop.INVALID_SCHEMA, name)
+    extra = {k: v for k, v in body.items() if k not in BASE_FIELDS and k != "sig"}
     for name, value in extra.items():
         if not _EXTRA_OK.get(name, _scalar)(value):
-            raise InvalidMessage("invalid_schema", name[:32])
-    if keyring is not None:
-        if not isinstance(body.get("sig"), str):
-            raise InvalidMessage("unsigned")
-        if not keyring.verify("event", body):
-            raise InvalidMessage("bad_signature")
-        now = time.time() if now is None else now
-        if abs(now - ts) > MAX_CLOCK_SKEW:
-            raise InvalidMessage("stale", f"{now - ts:.1f}s")
-    if expected_instance is not None and instance != expected_instance:
-        raise InvalidMessage("wrong_instance", instance)
-    return Message(instance, event, phase, phase_index, float(ts), extra)
+            raise InvalidMessage(Drop.INVALID_SCHEMA, name[:32])
+    # Checked above (the checks are typed as bool, so the types are restated here).
+    return Message(cast(str, instance), cast(str, event), phase, phase_index,
+                   float(cast(float, ts)), extra)
+
+
+def _check_signature(body: dict[str, Any], keyring: Keyring, ts: float, now: float) -> None:
+    if not isinstance(body.get("sig"), str):
+        raise InvalidMessage(Drop.UNSIGNED)
+    if not keyring.verify("event", body):
+        raise InvalidMessage(Drop.BAD_SIGNATURE)
+    if abs(now - ts) > MAX_CLOCK_SKEW:
+        raise InvalidMessage(Drop.STALE, f"{now - ts:.1f}s")
 
 
 class Oversized(bytes):
@@ -153,14 +186,17 @@ def _scalar(value: object) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-# The extra fields readers act on, and what each must be when present.
+# The extra fields readers act on, and what each must be when present. Any other extra
+# field must be a scalar (_scalar).
 _EXTRA_OK: dict[str, Any] = {
-    "started_at": lambda v: v is None or _number(v, MAX_TS),
+    "state": lambda v: isinstance(v, str),  # the instance's State after the event
+    "started_at": lambda v: v is None or _number(v, MAX_TS),  # its life (the record's)
     "phases_total": lambda v: v is None or _count(v),
-    "duration": lambda v: _number(v, MAX_DURATION),
-    "state": lambda v: isinstance(v, str),
-    "error": lambda v: isinstance(v, str),
+    "duration": lambda v: _number(v, MAX_DURATION),  # phase_completed: seconds it took
+    "error": lambda v: isinstance(v, str),  # failed: what raised (at most 200 characters)
 }
+EXTRA_FIELDS = tuple(_EXTRA_OK)
+MESSAGE_FIELDS = (*BASE_FIELDS, *EXTRA_FIELDS, "sig")  # sig: with a signing key
 
 
 class DropCounter:

@@ -45,7 +45,8 @@ class Keys:
 
     @property
     def leases(self) -> str:
-        """Sorted set: member ``<id>:<conn>``, score the lease's expiry (server clock)."""
+        """Sorted set: member ``<id>:<process>.<conn>``, score the lease's expiry (the
+        server's clock)."""
         return f"{self.prefix}leases"
 
     @property

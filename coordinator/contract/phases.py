@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from coordinator.exceptions import UsageError
+
 
 class State(enum.StrEnum):
     STARTING = "starting"
@@ -40,7 +42,7 @@ class PhasePlan:
 
     def __post_init__(self) -> None:
         if self.ready_phase not in self.phases:
-            raise ValueError(f"ready phase {self.ready_phase!r} is not one of {self.phases}")
+            raise UsageError(f"ready phase {self.ready_phase!r} is not one of {self.phases}")
 
     @property
     def total(self) -> int:

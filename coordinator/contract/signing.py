@@ -16,7 +16,7 @@ _SIG = re.compile(r"[0-9a-f]{64}")
 
 UNSIGNED = ("running unsigned (COORD_SIGNING_KEY is not set): anyone who can write to "
             "namespace %r can release held connections and forge the fleet view "
-            "(README: Security)")
+            "(docs/security.md)")
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:

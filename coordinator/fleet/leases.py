@@ -25,6 +25,8 @@ import redis.asyncio as redis
 
 from coordinator._redis.client import REDIS_ERRORS, refused
 from coordinator._tasks import TaskSet
+from coordinator.contract.record import CapMode
+from coordinator.exceptions import UsageError
 
 log = logging.getLogger("coordinator.leases")
 
@@ -33,14 +35,6 @@ class LeaseOutcome(enum.StrEnum):
     LEASED = "leased"  # the fleet granted a lease
     REFUSED = "refused"  # the fleet cap is reached
     LOCAL = "local"  # Redis unavailable: the local cap alone decides
-
-
-class CapMode(enum.StrEnum):
-    """How the fleet cap is enforced now."""
-
-    FLEET = "fleet"  # by leases in Redis
-    LOCAL = "local"  # Redis unavailable: by the local cap alone
-    OFF = "off"  # no fleet cap is set
 
 
 LEASED, REFUSED, LOCAL = LeaseOutcome.LEASED, LeaseOutcome.REFUSED, LeaseOutcome.LOCAL
@@ -161,7 +155,7 @@ class FleetLeases:
             return LOCAL
         cap = self.cap
         if cap is None:
-            raise RuntimeError("acquire() needs a fleet cap")
+            raise UsageError("acquire() needs a fleet cap")
         member = self.member(conn)
         longest_ms = int((self.max_hold + self.margin) * 1000)
         ttl_ms = max(1, min(longest_ms, int((hold_for + self.margin) * 1000)))
@@ -233,7 +227,7 @@ class FleetLeases:
         self.denial = f"{str(exc)[:160]} ({SCRIPT_NEEDS} on {self.key})"
         if first:
             log.error("fleet lease refused by Redis (NOPERM): %s; this instance's ACL lacks a "
-                      "permission (README: Security); holding under the local cap alone",
+                      "permission (docs/security.md); holding under the local cap alone",
                       self.denial)
         return self._fall_back()
 

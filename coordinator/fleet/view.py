@@ -11,18 +11,21 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from coordinator._redis.client import REDIS_ERRORS, refused
+from coordinator.contract.documents import FleetDocument, FleetTotals, InstanceView
 from coordinator.contract.keys import MAX_ID_CHARS, Keys, printable_name
 from coordinator.contract.phases import State
-from coordinator.contract.record import as_text, decode_fields, decode_record, is_live
+from coordinator.contract.record import RecordView, as_text, decode_fields, decode_record, is_live
 
 PAGE_SIZE = 200
+DocT = TypeVar("DocT")
+DocT_co = TypeVar("DocT_co", covariant=True)
 
 
 MAX_INSTANCES = 5000  # index members one snapshot reads at most (the most recent)
@@ -82,7 +85,7 @@ return removed
 async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
                          now: float | None = None, page_size: int = PAGE_SIZE,
                          prune: bool = True, max_instances: int = MAX_INSTANCES
-                         ) -> dict[str, Any]:
+                         ) -> FleetDocument:
     """The fleet as one JSON-ready document: a :class:`FleetReader`'s snapshot, once."""
     reader = FleetReader(client, keys, page_size=page_size, prune=prune,
                          max_instances=max_instances)
@@ -127,7 +130,7 @@ class FleetReader:
         self._prune_script = client.register_script(PRUNE_INDEX)
 
     async def snapshot(self, *, fleet_cap: int | None = None, now: float | None = None
-                       ) -> dict[str, Any]:
+                       ) -> FleetDocument:
         now = time.time() if now is None else now
         index, size, lease_rows, server_now = await self._read_index()
         leases_by_instance: Counter[str] = Counter()
@@ -137,7 +140,7 @@ class FleetReader:
         scores = {as_text(member): score for member, score in index}
         ids = [i for i in scores if printable_name(i, MAX_ID_CHARS)]
         gone = [i for i in scores if not printable_name(i, MAX_ID_CHARS)]
-        instances: list[dict[str, Any]] = []
+        instances: list[InstanceView] = []
         for start in range(0, len(ids), self.page_size):
             chunk = ids[start:start + self.page_size]
             records = await self._read_page(chunk)
@@ -184,7 +187,7 @@ class FleetReader:
             index, size, (secs, usecs), leases = await pipe.execute()
         return list(index), int(size), list(leases), secs + usecs / 1e6
 
-    async def _read_page(self, ids: list[str]) -> list[dict[str, Any]]:
+    async def _read_page(self, ids: list[str]) -> list[RecordView]:
         """Every instance hash of one page, decoded (``{}`` for a missing one), in one
         round trip.
 
@@ -208,7 +211,7 @@ class FleetReader:
             for instance_id in ids:
                 pipe.hgetall(keys.instance(instance_id))
             # A key of the wrong type reads as a missing record (pruned), not as an outage.
-            return [decode_record(raw) if isinstance(raw, dict) else {}
+            return [decode_record(raw) if isinstance(raw, dict) else RecordView()
                     for raw in await pipe.execute(raise_on_error=False)]
 
     async def _prune(self, gone: list[tuple[str, float]]) -> None:
@@ -228,7 +231,13 @@ class FleetReader:
                 return
 
 
-class SharedSnapshot:
+class Snapshots(Protocol[DocT_co]):
+    """What :class:`SharedSnapshot` reads through (a :class:`FleetReader`)."""
+
+    def snapshot(self) -> Awaitable[DocT_co]: ...
+
+
+class SharedSnapshot(Generic[DocT]):
     """One fleet snapshot for every concurrent reader: at most one Redis read per
     ``max_age`` seconds however many ask (single flight, then a cache), so that readers
     of ``/fleet`` cannot put the fleet's whole read on the gate's event loop once each.
@@ -236,7 +245,7 @@ class SharedSnapshot:
     (the instance's Redis link is down) nothing cached is served: each reader waits for
     a read of its own (still one at a time), so an outage shows at once."""
 
-    def __init__(self, reader: FleetReader, max_age: float = 1.0,
+    def __init__(self, reader: Snapshots[DocT], max_age: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  usable: Callable[[], bool] = lambda: True) -> None:
         self.reader = reader
@@ -244,10 +253,10 @@ class SharedSnapshot:
         self.clock = clock
         self.usable = usable
         self.reads = 0
-        self._flight: asyncio.Future[dict[str, Any]] | None = None
+        self._flight: asyncio.Future[DocT] | None = None
         self._started = -math.inf
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> DocT:
         now = self.clock()
         flight = self._flight
         if flight is None or (flight.done() and (now - self._started >= self.max_age
@@ -272,14 +281,14 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # seen: no "exception was never retrieved" when all left
 
 
-def decode_page(raw: bytes | str, expected: int) -> list[dict[str, Any]]:
+def decode_page(raw: bytes | str, expected: int) -> list[RecordView]:
     """READ_PAGE's JSON text: one decoded record per key (``{}`` for a missing or
     malformed one). ValueError when the text is not such a page at all (the caller
     reads the page another way)."""
     rows = json.loads(raw)
     if not isinstance(rows, list) or len(rows) != expected:
         raise ValueError("a page of the fleet view has the wrong length")
-    return [decode_fields(r) if _flat_text(r) else {} for r in rows]
+    return [decode_fields(r) if _flat_text(r) else RecordView() for r in rows]
 
 
 def _flat_text(row: Any) -> bool:
@@ -293,12 +302,13 @@ def _pairs(flat: Any) -> list[tuple[Any, float]]:
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
-def _view(instance_id: str, record: dict[str, Any], now: float,
-          leases: Mapping[str, int]) -> dict[str, Any]:
-    """One instance as the fleet view shows it: its hash fields plus derived ages."""
+def _view(instance_id: str, decoded: RecordView, now: float,
+          leases: Mapping[str, int]) -> InstanceView:
+    """One live instance as the fleet view shows it: its hash fields plus derived ages."""
+    record = InstanceView(**decoded)  # type: ignore[typeddict-item]  # the same keys, more
     record.pop("sig", None)
     record["id"] = instance_id
-    record["heartbeat_age"] = round(max(0.0, now - record["heartbeat_at"]), 3)
+    record["heartbeat_age"] = round(max(0.0, now - (record.get("heartbeat_at") or now)), 3)
     phase_started = record.get("phase_started_at")
     record["time_in_phase"] = (round(max(0.0, now - phase_started), 3)
                                if isinstance(phase_started, float) else None)
@@ -310,8 +320,8 @@ def _view(instance_id: str, record: dict[str, Any], now: float,
     return record
 
 
-def fleet_totals(instances: list[dict[str, Any]], leases: int,
-                 fleet_cap: int | None = None) -> dict[str, Any]:
+def fleet_totals(instances: list[InstanceView], leases: int,
+                 fleet_cap: int | None = None) -> FleetTotals:
     """Instances by state, ready ratio, held connections against the caps, leases.
 
     ``fleet_cap`` is the smallest cap any live instance enforces (they should all agree),
@@ -319,7 +329,7 @@ def fleet_totals(instances: list[dict[str, Any]], leases: int,
     instances already gone. ``by_state`` lists every state, zeros included.
     """
     by_state = Counter(str(r.get("state")) for r in instances)
-    caps = [r["fleet_cap"] for r in instances if isinstance(r.get("fleet_cap"), int)]
+    caps = [cap for r in instances if isinstance(cap := r.get("fleet_cap"), int)]
     ready = by_state[State.READY.value]
     known = [s.value for s in State]
     return {

@@ -9,7 +9,7 @@ from typing import Any
 
 from coordinator._asgi import Message, Receive, Scope, Send
 from coordinator.contract.rejection import CLOSE_SERVICE_RESTART
-from coordinator.gate.rejection import _deny
+from coordinator.gate.rejection import deny
 
 Closer = Callable[[int, str], Coroutine[Any, Any, None]]
 
@@ -20,7 +20,7 @@ class ClosedByGate(OSError):
     turns it into ``WebSocketDisconnect`` and a handler that only sends stops."""
 
 
-class _GuardedConnection:
+class GuardedConnection:
     """The app's ``send`` and ``receive``, through which the gate can close the connection.
 
     Once the gate has closed it, the app's next send raises :class:`ClosedByGate` and its
@@ -59,7 +59,7 @@ class _GuardedConnection:
             if self.accepted:
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})
             elif "websocket.http.response" in self._extensions:
-                await _deny(self._send, reason)
+                await deny(self._send, reason)
             else:
                 await self._send({"type": "websocket.accept"})
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})

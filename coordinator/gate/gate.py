@@ -20,27 +20,30 @@ from dataclasses import dataclass, field
 
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
 from coordinator._tasks import TaskSet
+from coordinator.contract.outcomes import Admitted, Seen
 from coordinator.contract.phases import State
-from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason, reason_payload, retry_hint
-from coordinator.fleet.leases import REFUSED, FleetLeases
+from coordinator.contract.record import CapMode
+from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason, reason_payload
+from coordinator.fleet.leases import REFUSED, FleetLeases, LeaseOutcome
 from coordinator.gate.admission import (
-    DRAIN_HINT,
-    FAILED_HINT,
     HOLD,
     REJECT,
     Decision,
     decide,
+    reason_for,
+    rejection,
     spread,
 )
-from coordinator.gate.connections import ClosedByGate, Closer, _GuardedConnection
+from coordinator.gate.connections import ClosedByGate, Closer, GuardedConnection
 from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
 from coordinator.gate.pacing import Pacer
 from coordinator.gate.rejection import reject
-from coordinator.instance.coordinator import Coordinator, GateCounts
+from coordinator.instance.coordinator import Coordinator
 from coordinator.instance.drain import DRAINS
+from coordinator.instance.interfaces import GateCounts
 from coordinator.logs import quiet_handshake_noise
 
-Observer = Callable[[str, str | None, float], None]
+Observer = Callable[[Seen, Reason | None, float], None]
 
 
 log = logging.getLogger("coordinator.gate")
@@ -61,9 +64,32 @@ class GateState:
 
     queue: HoldQueue
     leases: FleetLeases
-    admitted: Counter[str] = field(default_factory=Counter)
+    admitted: Counter[Admitted] = field(default_factory=Counter)
     rejected: Counter[Reason] = field(default_factory=Counter)
     connections: dict[int, Closer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """One gate's figures at one moment: what the instance record (:meth:`counts`), the
+    health document and the metrics all show, read in one place."""
+
+    queue: dict[str, object]  # HoldQueue.status(): depth, max, oldest_wait, totals
+    held: int
+    queue_max: int
+    oldest_wait: float
+    connections: int  # open: handed to the app and not yet closed
+    admitted: dict[Admitted, int]  # every Admitted, zeros included
+    rejected: dict[Reason, int]
+    leases_held: int
+    fleet_cap: int | None
+    cap_mode: CapMode
+    lease_outcomes: dict[LeaseOutcome, int]
+    lease_errors: int
+    lease_denied: int  # acquires Redis refused for want of a permission (NOPERM)
+    lease_denial: str | None  # the latest such refusal, until an acquire succeeds
+    paced: int  # held for a token of slow start or the fleet admission rate
+    admit_errors: int  # the fleet admission rate's failed Redis calls
 
 
 class ConnectionGate:
@@ -126,12 +152,26 @@ class ConnectionGate:
     def on_link_up(self) -> None:
         self.state.leases.on_link_up()  # releases queued while the link was down
 
+    def figures(self) -> GateFigures:
+        state, queue, leases = self.state, self.state.queue, self.state.leases
+        return GateFigures(
+            queue=queue.status(), held=len(queue), queue_max=queue.max_size,
+            oldest_wait=queue.oldest_wait(), connections=len(state.connections),
+            admitted={**dict.fromkeys(Admitted, 0), **state.admitted},
+            rejected=dict(state.rejected), leases_held=len(leases.held), fleet_cap=leases.cap,
+            cap_mode=leases.mode, lease_outcomes=dict(leases.outcomes),
+            lease_errors=leases.errors, lease_denied=leases.denied,
+            lease_denial=leases.denial, paced=self.pacer.paced,
+            admit_errors=self.pacer.fleet_errors)
+
     def counts(self, link_up: bool) -> GateCounts:
-        state = self.state
-        return GateCounts(len(state.queue), state.queue.max_size, len(state.leases.held),
-                          state.leases.cap, state.leases.mode_with(link_up),
-                          sum(state.admitted.values()), sum(state.rejected.values()),
-                          len(state.connections))
+        """The record's figures; ``link_up``: as they will be once the link that is coming
+        up is marked up (the fleet cap's mode)."""
+        figures = self.figures()
+        return GateCounts(figures.held, figures.queue_max, figures.leases_held,
+                          figures.fleet_cap, self.state.leases.mode_with(link_up),
+                          sum(figures.admitted.values()), sum(figures.rejected.values()),
+                          figures.connections)
 
     async def aclose(self) -> None:
         await self.tasks.cancel()
@@ -183,7 +223,7 @@ class ConnectionGate:
                 await self.app(scope, receive, send)
             return
         if self.coord.status.state is State.READY and not (self._pacing and self.pacer.active):
-            self.state.admitted["immediate"] += 1  # the fast path: no I/O, no queue
+            self.state.admitted[Admitted.IMMEDIATE] += 1  # the fast path: no I/O, no queue
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
@@ -216,8 +256,7 @@ class ConnectionGate:
             expected_ready_in=coord.expected_ready_in(),
             wait_budget=coord.settings.wait_budget(coord.current_phase),
             max_queue_time=coord.settings.max_queue_time,
-            max_retry_after=coord.settings.max_retry_after,
-        )
+            max_retry_after=coord.settings.max_retry_after)
         if decision.action is REJECT:
             await self._reject(scope, receive, send, decision)
             return
@@ -229,7 +268,7 @@ class ConnectionGate:
             await self._hold(scope, receive, send, coord.settings.max_queue_time,
                              lease=False)
         else:
-            self.state.admitted["immediate"] += 1
+            self.state.admitted[Admitted.IMMEDIATE] += 1
             await self._run(scope, receive, send)
 
     async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float,
@@ -248,7 +287,7 @@ class ConnectionGate:
             with coord.waiting():
                 if coord.state is State.READY:
                     self.pacer.kick()  # a paced hold: the pump releases it
-                self._notify("held", None, 0.0)
+                self._notify(Seen.HELD, None, 0.0)
                 # The server's first message is websocket.connect; the next one, before we
                 # accept, can only be websocket.disconnect: the client gave up.
                 connect = await receive()
@@ -262,17 +301,17 @@ class ConnectionGate:
             state.leases.release(entry.conn)  # the hold is over, whatever happens next
             if outcome is GAVE_UP:  # the client went away while held
                 state.rejected[GAVE_UP] += 1
-                self._notify(GAVE_UP, None, waited)
+                self._notify(Seen.GAVE_UP, None, waited)
                 return
             if outcome is ADMIT and coord.state is State.READY:  # re-checked before handing over
-                state.admitted["after_hold"] += 1
-                self._notify("released", None, waited)
+                state.admitted[Admitted.AFTER_HOLD] += 1
+                self._notify(Seen.RELEASED, None, waited)
                 replay = _Replay(connect, pending, receive)
                 pending = None  # now the app's to read
                 await self._run(scope, replay, send)
                 return
-            reason = outcome if outcome is not ADMIT else _reason_for(coord.state)
-            self._notify("rejected", reason, waited)
+            reason = outcome if outcome is not ADMIT else reason_for(coord.state)
+            self._notify(Seen.REJECTED, reason, waited)
             await self._reject(scope, _Replay(connect, None, receive), send,
                                self._rejection(reason), counted=False)
             state.rejected[reason] += 1
@@ -296,7 +335,7 @@ class ConnectionGate:
         """Hand the connection to the app, tracking it so a drain can close it."""
         connections = self.state.connections
         conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
-        guarded = _GuardedConnection(scope, receive, send)
+        guarded = GuardedConnection(scope, receive, send)
         connections[conn] = guarded.close
         expiry = None
         if self._max_age is not None:
@@ -327,29 +366,26 @@ class ConnectionGate:
         return reason_payload(reason, hint)
 
     def _rejection(self, reason: Reason) -> Decision:
-        coord, cap = self.coord, self.coord.settings.max_retry_after
-        if reason in (Reason.DRAINING, Reason.MAX_AGE):
-            hint = retry_hint(DRAIN_HINT, cap=cap)
-        elif reason is Reason.FAILED:
-            hint = retry_hint(FAILED_HINT, cap=cap)
-        elif coord.state is State.READY:  # paced: when the pacer could take one more
-            hint = retry_hint(self.pacer.retry_after(), cap=cap)
-        else:
-            budget = retry_hint(coord.settings.wait_budget(coord.current_phase), cap=cap)
-            hint = retry_hint(coord.expected_ready_in(), default=budget, cap=cap)
-        return Decision(REJECT, reason, retry_after=hint)
+        """A refusal for ``reason`` decided after the table's row (the queue or the fleet
+        cap filled meanwhile, a hold ended): its hint from admission.rejection."""
+        coord = self.coord
+        ready = coord.state is State.READY
+        return rejection(reason, state=coord.state, expected_ready_in=coord.expected_ready_in(),
+                         wait_budget=coord.settings.wait_budget(coord.current_phase),
+                         max_retry_after=coord.settings.max_retry_after,
+                         paced_retry_after=self.pacer.retry_after() if ready else None)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       counted: bool = True) -> None:
         reason = decision.reason or Reason.STARTING
         if counted:
             self.state.rejected[reason] += 1
-            self._notify("rejected", reason, 0.0)
+            self._notify(Seen.REJECTED, reason, 0.0)
         cap = self.coord.settings.max_retry_after
         await reject(scope, receive, send, reason, spread(decision.retry_after, cap),
                      mode=self.coord.settings.reject)
 
-    def _notify(self, what: str, reason: str | None, waited: float) -> None:
+    def _notify(self, what: Seen, reason: Reason | None, waited: float) -> None:
         for observer in self.observers:
             try:
                 observer(what, reason, waited)
@@ -365,11 +401,6 @@ def gate_of(coord: Coordinator) -> ConnectionGate | None:
 def _give_up(hold: asyncio.Future[HoldEnd], _pending: object) -> None:
     if not hold.done():
         hold.set_result(GAVE_UP)
-
-
-def _reason_for(state: State) -> Reason:
-    return {State.FAILED: Reason.FAILED, State.STARTING: Reason.TIMEOUT}.get(
-        state, Reason.DRAINING)
 
 
 class _Replay:

@@ -28,7 +28,7 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
         return
     try:
         if mode == "http" and "websocket.http.response" in scope.get("extensions", {}):
-            await _deny(send, payload)
+            await deny(send, payload)
             return
         code = CLOSE_SERVICE_RESTART if reason == Reason.DRAINING else CLOSE_TRY_AGAIN_LATER
         await send({"type": "websocket.accept"})
@@ -37,7 +37,7 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
         pass
 
 
-async def _deny(send: Send, payload: str) -> None:
+async def deny(send: Send, payload: str) -> None:
     """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body."""
     retry_after = json.loads(payload)["retry_after"]
     body = payload.encode()

@@ -20,35 +20,32 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
 
 import redis.asyncio as redis
 
-from coordinator import logs
+from coordinator import __version__, logs
 from coordinator._redis.client import REDIS_ERRORS, make_redis, refused
 from coordinator._redis.subscription import Subscription
 from coordinator._tasks import TaskSet
-from coordinator.contract.events import DropCounter, Message, decode_event
+from coordinator.contract.events import DropCounter, decode_event
 from coordinator.contract.keys import Keys
 from coordinator.contract.phases import Event, PhasePlan, State
+from coordinator.contract.record import CapMode
 from coordinator.contract.signing import UNSIGNED
-from coordinator.exceptions import InvalidMessage
+from coordinator.exceptions import InvalidMessage, PhaseError, UsageError
 from coordinator.fleet.registry import read_phase_stats
+from coordinator.instance.follower import Follower
+from coordinator.instance.interfaces import Gate, GateCounts, RolePart
+from coordinator.instance.owner import Owner
 from coordinator.instance.status import Status
-from coordinator.settings import Settings
+from coordinator.settings import Role, Settings
 
 log = logging.getLogger("coordinator")
 START_LINK_WAIT = 1.0
 LEAVE_TIMEOUT = 2.0  # seconds a clean stop may take to remove the record, index entry, leases
 STOP_DEADLINE = 3.0  # seconds the whole of stop() may take: leases, leaving, tasks, client
 NOPERM_LINK = ("redis at %s refused a command (NOPERM): %s; this instance's ACL lacks a "
-               "permission it needs (README: Security); gating on local state meanwhile")
-
-
-class Role(enum.StrEnum):
-    OWNER = "owner"  # runs the startup sequence, writes and publishes the instance's record
-    FOLLOWER = "follower"  # gates for an instance whose startup runs in another process
+               "permission it needs (docs/security.md); gating on local state meanwhile")
 
 
 class Change(enum.StrEnum):
@@ -59,70 +56,7 @@ class Change(enum.StrEnum):
     DROP = "drop"  # an invalid message was dropped
 
 
-@dataclass(frozen=True)
-class GateCounts:
-    """What a gate contributes to the instance record and the fleet view."""
-
-    queue_depth: int = 0
-    queue_max: int = 0
-    held_leases: int = 0
-    fleet_cap: int | None = None
-    fleet_cap_mode: str = "off"
-    admitted: int = 0
-    rejected: int = 0
-    connections: int = 0  # open: handed to the app and not yet closed
-
-    @staticmethod
-    def total(parts: list[GateCounts]) -> GateCounts:
-        """Several gates' figures as one (the first gate's fleet cap and mode)."""
-        if len(parts) == 1:
-            return parts[0]
-        return GateCounts(sum(p.queue_depth for p in parts), sum(p.queue_max for p in parts),
-                          sum(p.held_leases for p in parts), parts[0].fleet_cap,
-                          parts[0].fleet_cap_mode, sum(p.admitted for p in parts),
-                          sum(p.rejected for p in parts), sum(p.connections for p in parts))
-
-
-class Gate(Protocol):
-    """What the coordinator asks of a gate attached to it (``ConnectionGate`` is one)."""
-
-    def on_state(self, state: State) -> None:
-        """The state changed: release or reject what is held. Synchronous, and called
-        before anyone else hears of the change (release before publish)."""
-
-    def on_link_up(self) -> None:
-        """The Redis link came (back) up."""
-
-    def counts(self, link_up: bool) -> GateCounts:
-        """The gate's figures for the instance record."""
-
-    async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
-        """Close every open connection with 1012, ``spread`` over that many seconds;
-        return how many closed cleanly."""
-
-    async def aclose(self) -> None:
-        """The coordinator is stopping: give back what the gate holds in Redis."""
-
-
 Listener = Callable[[Change, "Coordinator"], None]
-
-
-class _Role(Protocol):
-    def start(self) -> None: ...
-    async def on_link_up(self) -> None: ...
-    def after_link_up(self, published: Status) -> None: ...
-    def on_message(self, msg: Message) -> None: ...
-    def emit(self, event: Event, **extra: object) -> None: ...
-    def wanted(self) -> None: ...
-    async def leave(self) -> None: ...
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("ws-coordinator")
-    except Exception:  # pragma: no cover - running from a source tree
-        return "0.0.0"
 
 
 class Coordinator:
@@ -145,7 +79,7 @@ class Coordinator:
         try:
             self.role = Role(settings.role if role is None else role)
         except ValueError:
-            raise ValueError("role must be 'owner' or 'follower'") from None
+            raise UsageError("role must be 'owner' or 'follower'") from None
         self.settings = settings
         self.id = settings.instance_id
         self.keys = Keys(settings.namespace)
@@ -155,7 +89,7 @@ class Coordinator:
             settings.redis_url, namespace=settings.namespace, mode=settings.redis_mode,
             health_check_interval=settings.heartbeat_interval * 2)
         self._owns_client = client is None
-        self.version = _version()
+        self.version = __version__
         self.host = socket.gethostname()
 
         now = time.time()
@@ -176,13 +110,11 @@ class Coordinator:
         self._started = False
         self._stopped = False
         self._stopping: asyncio.Task[None] | None = None
-        self._role: _Role
+        self._role: RolePart
         if self.role is Role.OWNER:
-            from coordinator.instance.owner import Owner
             self.owner: Owner | None = Owner(self)
             self._role = self.owner
         else:
-            from coordinator.instance.follower import Follower
             self.owner = None
             self._role = Follower(self)
 
@@ -230,7 +162,8 @@ class Coordinator:
         if self.gates:
             return GateCounts.total([g.counts(link_up) for g in self.gates])
         cap = self.settings.fleet_max_queue
-        mode = "off" if cap is None else "fleet" if self.redis_ok or link_up else "local"
+        mode = (CapMode.OFF if cap is None else CapMode.FLEET if self.redis_ok or link_up
+                else CapMode.LOCAL)
         return GateCounts(queue_max=self.settings.max_queue, fleet_cap=cap, fleet_cap_mode=mode)
 
     def _tell(self, change: Change) -> None:
@@ -257,7 +190,7 @@ class Coordinator:
             log.warning(UNSIGNED, self.settings.namespace)
         link = Subscription(self.redis, [self.keys.instance_events(self.id)],
                             on_message=self._on_message, on_up=self._on_link_up,
-                            on_error=self._link_lost, healthy=lambda: self.redis_ok,
+                            on_error=self.link_lost, healthy=lambda: self.redis_ok,
                             name="redis link")
         self.tasks.spawn(link.run(), "link")
         self._role.start()
@@ -278,7 +211,7 @@ class Coordinator:
 
     async def _stop(self) -> None:
         self._stopped = True
-        self._set_status(Status(State.STOPPED, self.status.phase, self.status.phase_index,
+        self.set_status(Status(State.STOPPED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
         try:
             async with asyncio.timeout(STOP_DEADLINE):
@@ -308,7 +241,7 @@ class Coordinator:
     async def phase(self, name: str) -> AsyncIterator[None]:
         """Run one startup phase (owner only): see :meth:`Owner.phase`."""
         if self.owner is None:
-            raise RuntimeError("only the owner runs phases")
+            raise PhaseError("only the owner runs phases")
         async with self.owner.phase(name):
             yield
 
@@ -318,7 +251,7 @@ class Coordinator:
             log.warning("instance %s: %s (while %s; ignored)", self.id, why, self.state)
             return
         log.error("instance %s failed: %s", self.id, why)
-        self._set_status(Status(State.FAILED, self.status.phase, self.status.phase_index,
+        self.set_status(Status(State.FAILED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
         self._role.emit(Event.FAILED, error=why[:200])
 
@@ -326,11 +259,13 @@ class Coordinator:
         """Reject held and new handshakes from now on; publish ``draining`` at once."""
         if self.state in (State.DRAINING, State.STOPPED):
             return
-        self._set_status(Status(State.DRAINING, self.status.phase, self.status.phase_index,
+        self.set_status(Status(State.DRAINING, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
         self._role.emit(Event.DRAINING)
 
-    def _set_status(self, status: Status) -> None:
+    def set_status(self, status: Status) -> None:
+        """Move to ``status`` (the role's call): the gates act on it first (release
+        before publish), then the waiters for ready, then the listeners."""
         previous = self.status.state
         self.status = status
         self.updated_at = time.time()
@@ -397,7 +332,9 @@ class Coordinator:
         self._link_attempted.set()
         self._tell(Change.LINK)
 
-    def _link_lost(self, exc: BaseException) -> None:
+    def link_lost(self, exc: BaseException) -> None:
+        """A Redis command failed (the link's, or a role's): gate on local state and say
+        so once; the link reconnects by itself."""
         self._link_attempted.set()
         self.redis_errors += 1
         if refused(exc):  # at every attempt: it will not heal by itself
@@ -424,4 +361,10 @@ class Coordinator:
     def dropped(self, error: InvalidMessage, where: str) -> None:
         """Count (and, rate-limited, log) invalid data read from ``where``."""
         self.drops.drop(error, where)
+        self._tell(Change.DROP)
+
+    def count_drop(self, reason: str) -> None:
+        """Count something of the instance's own that was dropped (an event the outbox
+        had no room for) beside the invalid messages, and tell the listeners."""
+        self.drops.counts[reason] += 1
         self._tell(Change.DROP)

@@ -99,7 +99,7 @@ class Drains:
                 self._taken[sig] = taken
         if signal.SIGTERM not in self._taken:
             log.warning("no server SIGTERM handler found in this process: instance %s will "
-                        "not drain on SIGTERM (README: Drain)", coord.id)
+                        "not drain on SIGTERM (docs/guide.md: Drain)", coord.id)
         else:
             log.info("SIGTERM will drain instance %s first (taken over through %s)", coord.id,
                      self.hooked)

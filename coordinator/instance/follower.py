@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from coordinator._redis.client import REDIS_ERRORS
-from coordinator.contract.events import Message
+from coordinator.contract.events import Drop, Message
 from coordinator.contract.phases import Event, State
 from coordinator.contract.record import decode_record, is_live
 from coordinator.contract.signing import record_signature_ok
@@ -29,7 +29,7 @@ from coordinator.instance.status import (
 )
 
 if TYPE_CHECKING:
-    from coordinator.instance.coordinator import Coordinator
+    from coordinator.instance.interfaces import RoleHost
 
 
 class Follower:
@@ -46,7 +46,7 @@ class Follower:
     The owner and its followers share a host (a sidecar, uvicorn workers), so one clock.
     """
 
-    def __init__(self, coord: Coordinator) -> None:
+    def __init__(self, coord: RoleHost) -> None:
         self.coord = coord
         self._poll: asyncio.Task[None] | None = None
         self.joined = time.time()
@@ -86,7 +86,7 @@ class Follower:
             try:
                 raw = await registry.read_record(coord.redis, coord.keys, coord.id)
             except REDIS_ERRORS as exc:
-                coord._link_lost(exc)
+                coord.link_lost(exc)
                 continue
             self.follow_record(raw)
 
@@ -97,10 +97,10 @@ class Follower:
             return
         coord = self.coord
         if not record_signature_ok(raw, coord.keyring):
-            coord.dropped(InvalidMessage("bad_record_signature"), coord.keys.instance(coord.id))
+            coord.dropped(InvalidMessage(Drop.BAD_RECORD_SIGNATURE), coord.keys.instance(coord.id))
             return
         if raw.get("id") != coord.id:  # signed, but copied from another instance's hash
-            coord.dropped(InvalidMessage("wrong_instance", "in the record"),
+            coord.dropped(InvalidMessage(Drop.WRONG_INSTANCE, "in the record"),
                           coord.keys.instance(coord.id))
             return
         record = decode_record(raw)
@@ -115,4 +115,4 @@ class Follower:
         trusted = self.coord.keyring is None or (stamp is not None and stamp >= self.joined)
         new = advance(current, incoming, trusted=trusted)
         if new != current:
-            self.coord._set_status(new)
+            self.coord.set_status(new)

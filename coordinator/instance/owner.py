@@ -18,15 +18,16 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from coordinator._redis.client import REDIS_ERRORS
-from coordinator.contract.events import Message, encode_event
+from coordinator.contract.events import Drop, Message, encode_event
 from coordinator.contract.phases import Event, State
-from coordinator.contract.record import encode_record
+from coordinator.contract.record import InstanceRecord, Link
 from coordinator.contract.signing import sign_record
+from coordinator.exceptions import PhaseError
 from coordinator.fleet.registry import fold_phase_stats, remove_record, write_record
 from coordinator.instance.status import Status
 
 if TYPE_CHECKING:
-    from coordinator.instance.coordinator import Coordinator
+    from coordinator.instance.interfaces import RoleHost
 
 log = logging.getLogger("coordinator")
 OUTBOX_SIZE = 256
@@ -45,7 +46,7 @@ class Owner:
     re-publishes the whole state.
     """
 
-    def __init__(self, coord: Coordinator) -> None:
+    def __init__(self, coord: RoleHost) -> None:
         self.coord = coord
         self.phase_durations: dict[str, float] = {}
         self._folded: set[str] = set()
@@ -68,12 +69,12 @@ class Owner:
         coord = self.coord
         index = coord.plan.index(name)
         if index is None:
-            raise ValueError(f"unknown phase {name!r}; phases are {coord.plan.phases}")
+            raise PhaseError(f"unknown phase {name!r}; phases are {coord.plan.phases}")
         if coord.state in (State.FAILED, State.DRAINING, State.STOPPED):
-            raise RuntimeError(f"cannot start phase {name!r} while {coord.state}")
+            raise PhaseError(f"cannot start phase {name!r} while {coord.state}")
         started = time.monotonic()
         state = State.READY if coord.is_ready else State.STARTING
-        coord._set_status(Status(state, name, index, time.time(), coord.status.started_at))
+        coord.set_status(Status(state, name, index, time.time(), coord.status.started_at))
         self.emit(Event.PHASE_STARTED)
         try:
             yield
@@ -90,7 +91,7 @@ class Owner:
         if becomes_ready:
             # Release before publishing: the held handshakes are woken first and go out
             # before the publisher's turn (bench/release_latency.py: 0.9 -> 0.3 ms).
-            coord._set_status(Status(State.READY, name, index, coord.status.phase_started_at,
+            coord.set_status(Status(State.READY, name, index, coord.status.phase_started_at,
                                      coord.status.started_at))
         self.emit(Event.PHASE_COMPLETED, duration=round(duration, 4))
         if becomes_ready:
@@ -108,32 +109,32 @@ class Owner:
         status = coord.status
         expected = coord.expected_ready_in(now)
         counts = coord.gate_counts(coord.redis_ok or link_up)
-        fields = encode_record({
-            "id": coord.id,
-            "state": status.state.value,
-            "phase": status.phase,
-            "phase_index": status.phase_index,
-            "phases_total": coord.plan.total,
-            "started_at": status.started_at,
-            "updated_at": coord.updated_at,
-            "heartbeat_at": now,
-            "phase_started_at": status.phase_started_at,
-            "ready_at": coord.ready_at,
-            "expected_ready_at": None if expected is None or coord.is_ready else now + expected,
-            "ttl": float(coord.settings.instance_ttl),
-            "queue_depth": counts.queue_depth,
-            "connections": counts.connections,
-            "queue_max": counts.queue_max,
-            "held_leases": counts.held_leases,
-            "fleet_cap_mode": counts.fleet_cap_mode,
-            "fleet_cap": counts.fleet_cap,
-            "admitted": counts.admitted,
-            "rejected": counts.rejected,
-            "redis": "ok" if coord.redis_ok or link_up else "down",
-            "host": coord.host,
-            "pid": os.getpid(),
-            "version": coord.version,
-        })
+        fields = InstanceRecord(
+            id=coord.id,
+            state=status.state.value,
+            phase=status.phase,
+            phase_index=status.phase_index,
+            phases_total=coord.plan.total,
+            started_at=status.started_at,
+            updated_at=coord.updated_at,
+            heartbeat_at=now,
+            phase_started_at=status.phase_started_at,
+            ready_at=coord.ready_at,
+            expected_ready_at=None if expected is None or coord.is_ready else now + expected,
+            ttl=float(coord.settings.instance_ttl),
+            queue_depth=counts.queue_depth,
+            connections=counts.connections,
+            queue_max=counts.queue_max,
+            held_leases=counts.held_leases,
+            fleet_cap_mode=counts.fleet_cap_mode,
+            fleet_cap=counts.fleet_cap,
+            admitted=counts.admitted,
+            rejected=counts.rejected,
+            redis=Link.OK if coord.redis_ok or link_up else Link.DOWN,
+            host=coord.host,
+            pid=os.getpid(),
+            version=coord.version,
+        ).encode()
         if coord.keyring is not None:
             fields["sig"] = sign_record(fields, coord.keyring)
         return fields
@@ -150,7 +151,7 @@ class Owner:
         try:
             self.outbox.put_nowait(self.message(event, **extra))
         except asyncio.QueueFull:
-            self.coord.drops.counts["outbox_full"] += 1  # the next republish carries it
+            self.coord.count_drop(Drop.OUTBOX_FULL)  # the next republish carries it
 
     async def _publisher(self) -> None:
         coord = self.coord
@@ -160,7 +161,7 @@ class Owner:
                 if coord.redis_ok:  # else dropped: the reconnect republishes the whole state
                     await self._publish(msg)
             except REDIS_ERRORS as exc:
-                coord._link_lost(exc)
+                coord.link_lost(exc)
             finally:
                 self.outbox.task_done()  # leave() waits for the queue to be published
 
@@ -189,7 +190,7 @@ class Owner:
                                             coord.settings.instance_ttl,
                                             float(record["heartbeat_at"]))
             except REDIS_ERRORS as exc:
-                coord._link_lost(exc)
+                coord.link_lost(exc)
 
     def _fold_new_stats(self) -> None:
         """Teach the fleet this startup's durations: at ready (what the estimate of when

@@ -153,7 +153,10 @@ def _loop_handler(loop: asyncio.AbstractEventLoop,
         handle = handlers.get(sig)
         if handle is None:
             return None
-        return handle._callback, tuple(handle._args or ()), getattr(handle, "_context", None)
+        # asyncio.Handle has no public accessor for what it calls (a private name of a
+        # dependency: to be confined with the others to one compatibility module).
+        return (handle._callback, tuple(handle._args or ()),  # noqa: SLF001
+                getattr(handle, "_context", None))
     if type(loop).__module__.startswith("rloop"):
         # rloop (granian's first choice when installed) keeps its table in Rust, out of
         # reach; granian's own handler is a closure that the garbage collector can find.

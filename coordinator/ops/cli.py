@@ -235,8 +235,8 @@ def check_record(instance_id: str, namespace: str, raw: Mapping[str, str],
     where = phase_progress(record.get("phase"), record.get("phase_index"),
                            record.get("phases_total"), bar=False)
     if not is_live(record, now):
-        age = now - record["heartbeat_at"] if isinstance(record.get("heartbeat_at"), float) \
-            else None
+        beat = record.get("heartbeat_at")
+        age = now - beat if isinstance(beat, float) else None
         return EXIT_NOT_READY, (f"{instance_id}: not ready: last heartbeat {duration(age)} ago, "
                                 f"older than its ttl {duration(record.get('ttl'))}")
     state = record.get("state")
@@ -345,7 +345,7 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
     except NoPermissionError as exc:  # reached it, and it said no: not an outage
         raise CliError(f"Redis at {settings.redis_url_redacted} refused a command (NOPERM): "
                        f"{redis_problem(exc, settings.redis_url)}; the user's ACL lacks a "
-                       "permission (README: Security)") from None
+                       "permission (docs/security.md)") from None
     except REDIS_ERRORS as exc:
         raise CliError(f"cannot reach Redis at {settings.redis_url_redacted}: "
                        f"{redis_problem(exc, settings.redis_url)}") from None

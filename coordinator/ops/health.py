@@ -19,10 +19,12 @@ memory, so a probe answers even while Redis is down.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from coordinator.contract.documents import CapStatus, HealthDocument
 from coordinator.contract.phases import State
+from coordinator.contract.record import Link
 from coordinator.gate.gate import ConnectionGate, gate_of
 from coordinator.instance.coordinator import Coordinator
 
@@ -32,28 +34,28 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 PATHS = ("/health/live", "/health/startup", "/health/ready")
 
 
-def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> dict[str, Any]:
+def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> HealthDocument:
     """What every health route answers: the instance as this process sees it now."""
     gate = gate if gate is not None else gate_of(coord)
-    doc: dict[str, Any] = {
-        "instance": coord.id,
-        "state": coord.state.value,
-        "phase": coord.current_phase,
-        "phase_index": coord.status.phase_index,
-        "phases_total": coord.plan.total,
-        "redis": "ok" if coord.redis_ok else "down",
-        "dropped_messages": dict(coord.drops.counts),
-    }
+    doc = HealthDocument(
+        instance=coord.id,
+        state=coord.state.value,
+        phase=coord.current_phase,
+        phase_index=coord.status.phase_index,
+        phases_total=coord.plan.total,
+        redis=Link.OK if coord.redis_ok else Link.DOWN,
+        dropped_messages=dict(coord.drops.counts),
+    )
     if gate is not None:
-        state = gate.state
-        doc.update(
-            queue=state.queue.status(),
-            fleet_cap={"cap": state.leases.cap, "mode": state.leases.mode.value,
-                       "held_leases": len(state.leases.held),
-                       **({"refused": state.leases.denial} if state.leases.denial else {})},
-            admitted=dict(state.admitted),
-            rejected={str(reason): n for reason, n in state.rejected.items()},
-        )
+        figures = gate.figures()
+        cap = CapStatus(cap=figures.fleet_cap, mode=figures.cap_mode.value,
+                        held_leases=figures.leases_held)
+        if figures.lease_denial:
+            cap["refused"] = figures.lease_denial
+        doc["queue"] = figures.queue
+        doc["fleet_cap"] = cap
+        doc["admitted"] = {str(how): n for how, n in figures.admitted.items() if n}
+        doc["rejected"] = {str(reason): n for reason, n in figures.rejected.items()}
     return doc
 
 
@@ -91,7 +93,7 @@ class HealthApp:
         await _respond(send, 200 if ok else 503, health_document(coord, self.gate), scope)
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], scope: Scope) -> None:
+async def _respond(send: Send, status: int, body: Mapping[str, Any], scope: Scope) -> None:
     data = json.dumps(body, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),

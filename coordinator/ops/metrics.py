@@ -14,9 +14,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.contract.outcomes import Seen
 from coordinator.contract.phases import State
-from coordinator.fleet.leases import CapMode
-from coordinator.gate.gate import ConnectionGate, GateState, gate_of
+from coordinator.contract.record import CapMode
+from coordinator.contract.rejection import Reason
+from coordinator.gate.gate import ConnectionGate, GateFigures, gate_of
 from coordinator.instance.coordinator import Coordinator
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -56,13 +58,11 @@ class _CoordinatorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
         gate = self.gate
+        figures = gate.figures() if gate is not None else None
         yield _family(gauge, "coordinator_state", "1 for the instance's current state", c.id,
                       _one_hot(State, c.state), "state")
-        if gate is not None:
-            yield from self._gate(gate.state)
-            yield _family(CounterMetricFamily, "coordinator_paced",
-                          "Handshakes held for a token of slow start or the fleet admission "
-                          "rate, then admitted", c.id, gate.pacer.paced)
+        if figures is not None:
+            yield from self._gate(figures)
         yield _family(gauge, "coordinator_phase_duration_seconds",
                       "Duration of each completed startup phase", c.id, c.phase_durations,
                       "phase")
@@ -72,43 +72,45 @@ class _CoordinatorCollector(Collector):
                           "Seconds until ready, estimated from N:phase_stats", c.id, expected)
         yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
                       1.0 if c.redis_ok else 0.0)
-        leases = gate.state.leases if gate is not None else None
+        f = figures
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
-                      c.id, {"link": c.redis_errors, "leases": leases.errors if leases else 0,
-                             "leases_noperm": leases.denied if leases else 0,
-                             "admit": gate.pacer.fleet_errors if gate else 0}, "source")
+                      c.id, {"link": c.redis_errors, "leases": f.lease_errors if f else 0,
+                             "leases_noperm": f.lease_denied if f else 0,
+                             "admit": f.admit_errors if f else 0}, "source")
         yield _family(counter, "coordinator_dropped_messages",
                       "Invalid pub/sub messages (and instance hashes) dropped", c.id,
                       dict(c.drops.counts), "reason")
 
-    def _gate(self, state: GateState) -> Iterator[Metric]:
+    def _gate(self, f: GateFigures) -> Iterator[Metric]:
         c, gauge, counter = self.coord, GaugeMetricFamily, CounterMetricFamily
-        queue, leases = state.queue, state.leases
-        yield _family(gauge, "coordinator_held", "Handshakes held now", c.id, len(queue))
+        yield _family(gauge, "coordinator_held", "Handshakes held now", c.id, f.held)
         yield _family(gauge, "coordinator_queue_max", "Local cap on held handshakes", c.id,
-                      queue.max_size)
+                      f.queue_max)
         yield _family(gauge, "coordinator_oldest_hold_seconds",
-                      "Wait of the oldest held handshake", c.id, queue.oldest_wait())
+                      "Wait of the oldest held handshake", c.id, f.oldest_wait)
         yield _family(gauge, "coordinator_open_connections",
                       "WebSocket connections handed to the app and still open", c.id,
-                      len(state.connections))
+                      f.connections)
         yield _family(counter, "coordinator_admitted", "Handshakes admitted", c.id,
-                      {"immediate": 0, "after_hold": 0, **state.admitted}, "how")
+                      f.admitted, "how")
         yield _family(counter, "coordinator_rejected", "Handshakes rejected", c.id,
-                      state.rejected, "reason")
+                      f.rejected, "reason")
         yield _family(gauge, "coordinator_fleet_leases_held",
-                      "Fleet leases (N:leases) this instance holds now", c.id, len(leases.held))
+                      "Fleet leases (N:leases) this instance holds now", c.id, f.leases_held)
         yield _family(counter, "coordinator_fleet_lease_requests",
                       "Lease requests by outcome: leased, refused (fleet cap reached), local "
                       "(Redis unavailable: the local cap alone decided)", c.id,
-                      leases.outcomes, "outcome")
+                      f.lease_outcomes, "outcome")
         yield _family(gauge, "coordinator_fleet_cap_mode",
                       "1 for how the fleet cap is enforced now: fleet, local or off", c.id,
-                      _one_hot(CapMode, leases.mode), "mode")
-        if leases.cap is not None:
+                      _one_hot(CapMode, f.cap_mode), "mode")
+        if f.fleet_cap is not None:
             yield _family(gauge, "coordinator_fleet_cap",
                           "Fleet-wide cap on held handshakes (COORD_FLEET_MAX_QUEUE)", c.id,
-                          leases.cap)
+                          f.fleet_cap)
+        yield _family(counter, "coordinator_paced",
+                      "Handshakes held for a token of slow start or the fleet admission "
+                      "rate, then admitted", c.id, f.paced)
 
 
 class Metrics:
@@ -131,9 +133,9 @@ class Metrics:
         if gate is not None:
             gate.observers.append(self.observe)
 
-    def observe(self, what: str, reason: str | None, waited: float) -> None:
-        if what in ("released", "gave_up") or (what == "rejected" and waited > 0):
-            self.hold_seconds.labels(what if what != "rejected" else f"rejected_{reason}"
+    def observe(self, what: Seen, reason: Reason | None, waited: float) -> None:
+        if what in (Seen.RELEASED, Seen.GAVE_UP) or (what is Seen.REJECTED and waited > 0):
+            self.hold_seconds.labels(what if what is not Seen.REJECTED else f"rejected_{reason}"
                                      ).observe(waited)
 
     def render(self) -> bytes:

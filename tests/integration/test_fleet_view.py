@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
+from coordinator.contract.documents import FleetDocument
 from coordinator.contract.keys import Keys
 from coordinator.contract.record import as_text
 from coordinator.fleet.view import PRUNE_INDEX, fleet_snapshot
@@ -104,7 +105,7 @@ async def test_the_fleet_cap_is_the_instances_not_the_readers(
     assert doc["totals"]["fleet_cap"] == 20  # the most restrictive cap in force
 
 
-async def _listed(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, Any] | None:
+async def _listed(client: redis.Redis, keys: Keys, instance_id: str) -> FleetDocument | None:
     doc = await fleet_snapshot(client, keys)
     return doc if [r["id"] for r in doc["instances"]] == [instance_id] else None
 

@@ -10,6 +10,7 @@ import redis.asyncio as redis
 
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator._redis.client import make_redis
+from coordinator.contract.outcomes import Admitted
 from coordinator.ops.metrics import Metrics
 from tests.support import (
     DENIAL,
@@ -53,7 +54,8 @@ async def test_metrics_count_holds_rejections_leases_phases_drops_and_redis_erro
         await publish(publisher, f"{{{namespace}}}:instance:metered:events", b"not json")
         await publisher.aclose()
         await async_wait_until(lambda: coord.drops.total == 1, 5, what="the drop")
-    await async_wait_until(lambda: gate.state.admitted["after_hold"] == 1, 5, what="released")
+    await async_wait_until(lambda: gate.state.admitted[Admitted.AFTER_HOLD] == 1, 5,
+                           what="released")
 
     assert metric(during, "coordinator_held") == 1
     assert metric(during, "coordinator_fleet_leases_held") == 1

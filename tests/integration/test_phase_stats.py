@@ -13,6 +13,7 @@ import pytest
 from coordinator import ConnectionGate, Coordinator, Settings
 from coordinator._redis.client import make_redis
 from coordinator.contract.keys import Keys
+from coordinator.contract.outcomes import Admitted
 from coordinator.contract.rejection import Reason
 from tests.support import (
     DENIAL,
@@ -85,7 +86,7 @@ async def test_an_early_connection_is_rejected_until_the_fleet_has_learned_its_s
     startup = asyncio.create_task(run_startup(second))
     await async_wait_until(lambda: early.sent, 5, what="the answer")
     assert early.sent[0]["type"] == "websocket.accept"  # released when ready, not rejected
-    assert gate.state.admitted["after_hold"] == 1
+    assert gate.state.admitted[Admitted.AFTER_HOLD] == 1
     early.disconnect()
     await asyncio.gather(held, startup)
     await second.stop()

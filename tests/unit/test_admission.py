@@ -1,4 +1,4 @@
-"""DESIGN.md's admission table, row by row, against the pure decision function."""
+"""The admission table (docs/guide.md), row by row, against the pure decision function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from coordinator.contract.phases import PhasePlan, State
-from coordinator.gate.admission import ACCEPT, HOLD, REJECT, decide
+from coordinator.contract.rejection import Reason
+from coordinator.gate.admission import ACCEPT, HOLD, REJECT, decide, reason_for, rejection
 from coordinator.settings import DEFAULT_PHASES
 
 PLAN = PhasePlan(DEFAULT_PHASES, "services", near_ready_phases=1)
@@ -132,3 +133,26 @@ def test_every_hint_is_capped_by_max_retry_after_whatever_the_estimate() -> None
     assert retry_hint(1e300) == 30 and retry_hint(float("inf"), default=10 ** 9) == 30
     assert retry_hint(1e300, cap=7) == 7 and retry_hint(None, default=4, cap=3) == 3
     assert retry_hint(-5.0) == 1
+
+
+@pytest.mark.parametrize(("state", "phase", "has_slot", "expected"), [
+    (State.STARTING, "services", False, 4.2), (State.STARTING, "init", True, None),
+    (State.STARTING, "init", True, 40.0), (State.STARTING, "cache", False, 1.0),
+    (State.DRAINING, "services", True, None), (State.STOPPED, None, True, None),
+    (State.FAILED, "database", True, 2.0)])
+def test_a_rows_rejection_is_the_one_the_gate_gives_its_reason_later(
+        state: State, phase: str | None, has_slot: bool, expected: float | None) -> None:
+    """One hint per reason: the table's rows and the refusals the gate decides after the
+    row (the queue or the fleet cap filled meanwhile) come from admission.rejection."""
+    row = run(state, phase, has_slot=has_slot, expected=expected)
+    assert row.action == REJECT and row.reason is not None
+    assert row == rejection(row.reason, state=state, expected_ready_in=expected,
+                            wait_budget=BUDGET)
+
+
+def test_a_refusal_while_ready_is_paced_and_a_held_end_without_release_is_by_state() -> None:
+    paced = rejection(Reason.QUEUE_FULL, state=State.READY, expected_ready_in=None,
+                      wait_budget=BUDGET, paced_retry_after=2.5)
+    assert paced.retry_after == 3
+    assert [reason_for(s) for s in State] == [Reason.TIMEOUT, Reason.DRAINING, Reason.DRAINING,
+                                              Reason.FAILED, Reason.DRAINING]

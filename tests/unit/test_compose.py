@@ -247,8 +247,11 @@ def test_the_lock_pins_what_the_image_and_the_tests_need():
         for req in pins.values():  # exact pins only
             assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", req
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for lock, extras in ((image, ["backend"]), (dev, list(project["optional-dependencies"]))):
-        for req in project_requirements(*extras):
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    tools = [Requirement(line) for group in groups.values() for line in group]
+    for lock, needed in ((image, project_requirements("backend")),
+                         (dev, project_requirements(*project["optional-dependencies"]) + tools)):
+        for req in needed:
             pinned = lock.get(canonicalize_name(req.name))
             assert pinned, f"{req} is not in the lock: run bin/lock"
             version = next(iter(pinned.specifier)).version
@@ -310,7 +313,7 @@ def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(c
 
 
 def test_backends_reach_the_host_as_host_docker_internal_on_linux_too(compose):
-    """README: a Redis outside compose at host.docker.internal; Docker Engine on Linux
+    """docs/deploy.md: a Redis outside compose at host.docker.internal; Docker Engine on Linux
     defines the name only through extra_hosts' host-gateway."""
     for name in BACKENDS:
         assert "host.docker.internal:host-gateway" in compose["services"][name]["extra_hosts"]

@@ -135,14 +135,14 @@ def controls_free(text: str) -> bool:
 @FUZZ
 @given(raw_records | raw_bytes_records)
 def test_a_record_of_anything_decodes_to_values_every_reader_can_use(raw: dict[Any, Any]) -> None:
-    record = decode_record(raw)
+    record: dict[str, Any] = dict(decode_record(raw))
     for name in INT_FIELDS & set(record):
         assert record[name] is None or (type(record[name]) is int and 0 <= record[name] <= 2 ** 53)
     for name in FLOAT_FIELDS & set(record):
         assert record[name] is None or (isinstance(record[name], float)
                                         and math.isfinite(record[name]))
-    live = is_live(record, NOW)
-    status = status_from_record(record)
+    live = is_live(decode_record(raw), NOW)
+    status = status_from_record(decode_record(raw))
     assert status is None or isinstance(status.state, State)
     if status is not None:
         advance(Status(), status, trusted=False)
@@ -152,7 +152,7 @@ def test_a_record_of_anything_decodes_to_values_every_reader_can_use(raw: dict[A
     code, line = check_record("web-1", "coord", raw_record(raw), None, NOW)
     assert code in (0, 1) and isinstance(line, str)
     if live and record.get("heartbeat_at") is not None:
-        view = _view("web-1", dict(record), NOW, {})
+        view = _view("web-1", decode_record(raw), NOW, {})
         table = render_fleet_table({"namespace": "coord", "generated_at": NOW,
                                     "instances": [view], "totals": fleet_totals([view], 0)})
         assert controls_free(table)

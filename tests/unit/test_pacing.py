@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from typing import Any
 
+from coordinator.contract.outcomes import Admitted
 from coordinator.contract.rejection import Reason
 from coordinator.gate.admission import spread
 from coordinator.gate.pacing import Bucket
@@ -78,7 +79,7 @@ async def test_slow_start_releases_the_held_ones_in_order_at_a_ramp_not_all_at_o
     assert len(app.accepted) <= 2  # without slow start: all 12 here
     await asyncio.wait_for(_until(lambda: len(app.accepted) == 12), DEADLINE)
     assert app.accepted == [f"/ws/{n}" for n in range(12)]  # first in, first out
-    assert gate.state.admitted["after_hold"] == 12 and gate.pacer.paced == 12
+    assert gate.state.admitted[Admitted.AFTER_HOLD] == 12 and gate.pacer.paced == 12
     for client in clients:
         client.disconnect()
 

@@ -3,9 +3,23 @@ fields as text; the fleet view's flat decoder and ``decode_record`` agree."""
 
 from __future__ import annotations
 
+from typing import get_type_hints
+
+import fakeredis
 import pytest
 
-from coordinator.contract.record import decode_fields, decode_record, raw_record
+from coordinator.contract.record import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    RECORD_FIELDS,
+    InstanceRecord,
+    RecordView,
+    decode_fields,
+    decode_record,
+    raw_record,
+)
+from coordinator.instance.coordinator import Coordinator
+from coordinator.settings import Settings
 
 RAW = {"state": "ready", "phase": "", "phase_index": "6", "queue_depth": "x",
        "heartbeat_at": "1795726098.481775", "ttl": "inf", "ready_at": "nan",
@@ -43,3 +57,30 @@ def test_numbers_no_reader_could_use_are_none() -> None:
     raw = {"phase_index": "9" * 4000, "queue_depth": "-5", "admitted": str(2 ** 60),
            "heartbeat_at": "1e300", "ttl": "-1", "started_at": "1e400", "pid": "0x10"}
     assert decode_record(raw) == dict.fromkeys(raw)
+
+
+# -- the schema: one definition, every reader and writer on it -------------------------
+
+def test_the_readers_view_has_exactly_the_records_fields_and_its_signature() -> None:
+    assert tuple(RecordView.__annotations__) == (*RECORD_FIELDS, "sig")
+
+
+def test_the_fields_are_parsed_by_the_type_the_schema_gives_them() -> None:
+    hints = get_type_hints(InstanceRecord)
+
+    def typed(kind: type) -> set[str]:
+        return {n for n in RECORD_FIELDS if kind in getattr(hints[n], "__args__", (hints[n],))}
+
+    assert typed(int) == INT_FIELDS and typed(float) == FLOAT_FIELDS
+    assert {"pid", "fleet_cap"} <= INT_FIELDS and "ttl" in FLOAT_FIELDS
+    assert "state" not in INT_FIELDS | FLOAT_FIELDS
+
+
+@pytest.mark.parametrize("key", [None, "k1"])
+def test_the_owner_writes_every_field_of_the_schema_and_nothing_else(key: str | None) -> None:
+    coord = Coordinator(Settings(instance_id="web-1", signing_key=key),
+                        client=fakeredis.aioredis.FakeRedis())
+    assert coord.owner is not None
+    written = coord.owner.record()
+    assert tuple(written) == RECORD_FIELDS + (("sig",) if key else ())
+    assert decode_record(written)["queue_max"] == 50  # and it reads back through the schema

@@ -3,6 +3,7 @@ and the backend's own variables, down to `python -m backend` refusing a bad valu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -12,7 +13,14 @@ import pytest
 
 from backend.config import DEFAULT_DURATIONS, BackendConfig, parse_durations
 from coordinator.exceptions import ConfigError
-from coordinator.settings import DEFAULT_PHASES, Settings, default_id_prefix, generated_on
+from coordinator.settings import (
+    DEFAULT_PHASES,
+    VARIABLES,
+    Settings,
+    configuration_table,
+    default_id_prefix,
+    generated_on,
+)
 from tests.support import ROOT
 
 PASSWORD = "hunter2-s3cr3t"
@@ -350,3 +358,34 @@ def test_the_launcher_bounds_what_uvicorn_can_bound(monkeypatch: pytest.MonkeyPa
                      ("BACKEND_KEEPALIVE", "x")]:
         with pytest.raises(ConfigError, match=var):
             BackendConfig.from_env({var: bad})
+
+
+# -- one table: the loader, the checks and the documentation --------------------------
+
+def test_the_documented_configuration_table_is_the_settings_table() -> None:
+    """docs/configuration.md holds configuration_table() as it is: a variable added,
+    renamed or re-described in coordinator/settings.py's VARIABLES shows up here."""
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    assert configuration_table() in documented, (
+        "docs/configuration.md's table differs from coordinator.settings.VARIABLES; "
+        "replace it with:\n" + configuration_table())
+
+
+def test_every_field_but_cloud_run_has_its_variable_and_every_variable_is_read() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"cloud_run"}
+    assert [v.field for v in VARIABLES] == sorted(fields, key=[v.field for v in VARIABLES].index)
+    assert {v.field for v in VARIABLES} == fields
+    for var in VARIABLES:  # each variable reaches its field
+        sample = {"COORD_PHASES": "a,services,cache", "COORD_GATE": "off",
+                  "COORD_REDIS_URL": "redis://example:6380/2", "COORD_REDIS_MODE": "cluster",
+                  "COORD_ENVIRONMENT": "staging", "COORD_REJECT": "close",
+                  "COORD_LOG_FORMAT": "json", "COORD_ROLE": "follower",
+                  "COORD_SIGNING_KEY": "k", "COORD_NAMESPACE": "ns", "COORD_INSTANCE_ID": "i-1",
+                  "COORD_READY_PHASE": "cache", "COORD_INSTANCE_TTL": "11",
+                  "COORD_FLEET_ADMIT_BURST": "3", "COORD_MAX_CONNECTION_AGE": "20",
+                  "COORD_DRAIN_SPREAD": "1", "COORD_HEARTBEAT_INTERVAL": "3"}.get(var.name, "2")
+        env = {var.name: sample}
+        if var.name == "COORD_FLEET_ADMIT_BURST":
+            env["COORD_FLEET_ADMIT_RATE"] = "5"
+        read = getattr(Settings.from_env(env), var.field)
+        assert read == var.parse(sample) and read != getattr(Settings(), var.field), var.name

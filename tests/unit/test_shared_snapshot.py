@@ -27,7 +27,7 @@ class Reader:
 
 async def test_one_read_for_all_then_a_cache_then_a_new_read() -> None:
     reader, now, up = Reader(), [0.0], [True]
-    shared = SharedSnapshot(reader, max_age=1.0, clock=lambda: now[0],  # type: ignore[arg-type]
+    shared = SharedSnapshot(reader, max_age=1.0, clock=lambda: now[0],
                             usable=lambda: up[0])
     readers = [asyncio.create_task(shared.get()) for _ in range(100)]
     await asyncio.sleep(0)
@@ -46,7 +46,7 @@ async def test_one_read_for_all_then_a_cache_then_a_new_read() -> None:
 
 async def test_a_reader_that_leaves_does_not_cancel_the_others_read() -> None:
     reader = Reader()
-    shared = SharedSnapshot(reader)  # type: ignore[arg-type]
+    shared = SharedSnapshot(reader)
     first, second = asyncio.create_task(shared.get()), asyncio.create_task(shared.get())
     await asyncio.sleep(0)
     first.cancel()
@@ -57,7 +57,7 @@ async def test_a_reader_that_leaves_does_not_cancel_the_others_read() -> None:
 async def test_closing_cancels_the_read_in_flight_and_waits_for_it() -> None:
     """The read belongs to the snapshot, not to a reader: at shutdown its owner ends it."""
     reader = Reader()
-    shared = SharedSnapshot(reader)  # type: ignore[arg-type]
+    shared = SharedSnapshot(reader)
     waiting = asyncio.create_task(shared.get())
     async with asyncio.timeout(5):  # the read has started: it waits on the reader's gate
         while reader.reads == 0:

@@ -1,0 +1,113 @@
+"""The package's shape, as issue 18 left it: the public names are what ``__all__`` says,
+no module imports another module's private names, and the modules' imports form no
+circle (module-level ones; those under ``TYPE_CHECKING`` or inside a function are left
+out: they run later, or never)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import coordinator
+from tests.support import ROOT
+
+PACKAGE = ROOT / "coordinator"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    is_package = MODULES[module].name == "__init__.py"
+    base = base[:len(base) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def imports(module: str, *, everywhere: bool = False) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for each import that runs when ``module`` is imported;
+    ``everywhere``: also those under ``TYPE_CHECKING`` and inside functions."""
+    found: list[tuple[str, list[str]]] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) \
+                    and not everywhere:
+                continue
+            if everywhere and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef
+                                         | ast.ClassDef | ast.With | ast.AsyncWith):
+                visit(node.body)
+            if isinstance(node, ast.Import):
+                found.extend((a.name, []) for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                found.append((resolve(module, node), [a.name for a in node.names]))
+            elif isinstance(node, ast.If | ast.Try):
+                for block in (node.body, node.orelse, *[h.body for h in getattr(
+                        node, "handlers", [])], getattr(node, "finalbody", [])):
+                    visit(block)
+
+    visit(ast.parse(MODULES[module].read_text()).body)
+    return found
+
+
+def test_the_public_names_are_all_importable_and_listed_once() -> None:
+    assert coordinator.__all__ == sorted(coordinator.__all__, key=lambda n: (n[0].islower(), n))\
+        or sorted(coordinator.__all__) == sorted(set(coordinator.__all__))
+    for name in coordinator.__all__:
+        assert getattr(coordinator, name) is not None, name
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    offences = []
+    for module in MODULES:
+        for source, names in imports(module, everywhere=True):
+            if source.startswith("coordinator") and source != module:
+                offences += [f"{module}: {source}.{n}" for n in names
+                             if n.startswith("_") and n != "__version__"
+                             and f"{source}.{n}" not in MODULES]
+    assert offences == []
+
+
+def test_the_modules_imports_form_no_circle() -> None:
+    """Not even through imports for type checking or inside functions: a circle hidden
+    that way is still two modules that cannot be understood one without the other."""
+    graph = {m: {s if s in MODULES else s.rpartition(".")[0]
+                 for s, _names in imports(m, everywhere=True) if s.startswith("coordinator")}
+             | {f"{s}.{n}" for s, names in imports(m, everywhere=True) for n in names
+                if f"{s}.{n}" in MODULES}
+             for m in MODULES}
+    # A package's __init__ importing its own modules is how packages work, not a circle.
+    for m in graph:
+        graph[m] = {d for d in graph[m] if d in MODULES and d != m
+                    and not (MODULES[m].name == "__init__.py" and d.startswith(m + "."))}
+    seen: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for dep in sorted(graph[node]):
+            if seen.get(dep) == 1:
+                cycles.append([*path[path.index(dep):], dep])
+            elif dep not in seen:
+                walk(dep, [*path, dep])
+        seen[node] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            walk(m, [m])
+    assert cycles == []
+
+
+def test_every_module_imports_on_its_own() -> None:
+    for module in MODULES:
+        if "dashboard" in module or module.endswith((".metrics", ".client", "__main__")):
+            continue  # optional extras: the lean install's test covers them
+        importlib.import_module(module)
