@@ -1,4 +1,4 @@
-"""The two ACL users of README's Security section, exactly as written there, against a
+"""The two ACL users of docs/security.md, exactly as written there, against a
 real redis-server: an instance with only its ACL runs a full startup, hold, lease,
 release and drain; the operators' read-only user runs the CLI and the dashboard. And a
 permission that is missing is said as such."""
@@ -38,15 +38,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 ADMIN_PASSWORD = "admin-pw-acl"
 
 
-def readme_acl(user: str, namespace: str, password: str, cluster: bool = False) -> list[str]:
-    """The README's ``ACL SETUSER <user> on ...`` line, for ``namespace`` and
-    ``password`` (with ``cluster``, and its ``ACL SETUSER <user> +...`` line for a
-    cluster: Redis deployments)."""
-    text = (ROOT / "README.md").read_text()
+ACL_DOCS = ("docs/security.md", "docs/deploy.md")  # ACLs; Redis deployments (a cluster's)
+
+
+def documented_acl(user: str, namespace: str, password: str,
+                   cluster: bool = False) -> list[str]:
+    """The docs' ``ACL SETUSER <user> on ...`` line (docs/security.md, "ACLs"), for
+    ``namespace`` and ``password`` (with ``cluster``, and its ``ACL SETUSER <user> +...``
+    line for a cluster: docs/deploy.md, "Redis deployments")."""
+    text = "\n".join((ROOT / doc).read_text() for doc in ACL_DOCS)
     lines = [line for line in text.splitlines() if line.startswith(f"ACL SETUSER {user} ")]
     base = [line for line in lines if line.split()[3] == "on"]
     more = [line for line in lines if line.split()[3].startswith("+")]
-    assert len(base) == len(more) == 1, f"README has no single pair of ACL lines for {user}"
+    assert len(base) == len(more) == 1, f"the docs have no single pair of ACL lines for {user}"
     words = base[0].split()[3:] + (more[0].split()[3:] if cluster else [])
     return [re.sub(r"^>[A-Z_]+$", f">{password}", w).replace("{coord}:", f"{{{namespace}}}:")
             for w in words]
@@ -86,7 +90,7 @@ async def denials(admin: redis.Redis) -> list[str]:
 async def test_an_instance_with_only_its_acl_starts_holds_leases_releases_and_drains(
         acl_server: RedisServer, admin: redis.Redis, namespace: str, start_backend: Any) -> None:
     user = f"{namespace}-inst"[:60]
-    await make_user(admin, user, readme_acl("coord-instance", namespace, "inst-pw"))
+    await make_user(admin, user, documented_acl("coord-instance", namespace, "inst-pw"))
     keys = Keys(namespace)
     backend = start_backend({
         "COORD_REDIS_URL": url(acl_server, user, "inst-pw"), "COORD_NAMESPACE": namespace,
@@ -126,9 +130,9 @@ async def _no_leases(admin: redis.Redis, keys: Keys) -> bool:
 async def test_the_operators_read_only_user_runs_the_cli_and_the_dashboard(
         acl_server: RedisServer, admin: redis.Redis, namespace: str, start_backend: Any,
         follow_cli: Any) -> None:
-    await make_user(admin, "inst", readme_acl("coord-instance", namespace, "inst-pw"))
+    await make_user(admin, "inst", documented_acl("coord-instance", namespace, "inst-pw"))
     user = f"{namespace}-ops"[:60]
-    await make_user(admin, user, readme_acl("coord-operator", namespace, "ops-pw"))
+    await make_user(admin, user, documented_acl("coord-operator", namespace, "ops-pw"))
     keys = Keys(namespace)
     backend = start_backend({"COORD_REDIS_URL": url(acl_server, "inst", "inst-pw"),
                              "COORD_NAMESPACE": namespace, "COORD_INSTANCE_ID": "seen",
@@ -169,7 +173,7 @@ async def _subscribed(admin: redis.Redis, keys: Keys) -> bool:
 
 async def test_a_missing_permission_is_said_as_such(
         acl_server: RedisServer, admin: redis.Redis, namespace: str, start_backend: Any) -> None:
-    rules = [r for r in readme_acl("coord-instance", namespace, "inst-pw")
+    rules = [r for r in documented_acl("coord-instance", namespace, "inst-pw")
              if r != "+zremrangebyscore"]
     await make_user(admin, "short", rules)
     backend = start_backend({"COORD_REDIS_URL": url(acl_server, "short", "inst-pw"),
@@ -184,9 +188,10 @@ async def test_a_missing_permission_is_said_as_such(
         body["fleet_cap"]["refused"], body
     assert (await outcome).kind == CHAT  # held under the local cap, then released
     line = next(line for line in backend.log().splitlines() if "NOPERM" in line)
-    assert "ERROR" in line and "ZREMRANGEBYSCORE" in line and "README: Security" in line
+    # The line points to the ACLs' documentation.
+    assert "ERROR" in line and "ZREMRANGEBYSCORE" in line and "docs/security.md" in line
 
-    await make_user(admin, "blind", [r for r in readme_acl("coord-operator", namespace, "x")
+    await make_user(admin, "blind", [r for r in documented_acl("coord-operator", namespace, "x")
                                       if r != "+zrevrange"])
     proc = run_cli("fleet", env=cli_env(url(acl_server, "blind", "x"), namespace))
     assert proc.returncode == 2
@@ -195,8 +200,8 @@ async def test_a_missing_permission_is_said_as_such(
 
 async def test_on_a_cluster_each_user_needs_only_its_cluster_line_besides(
         namespace: str, start_backend: Any, follow_cli: Any) -> None:
-    """Both users as README writes them for a cluster (its Security line and its Redis
-    deployments line), set on every node: the instance starts, holds under the fleet cap
+    """Both users as the docs write them for a cluster (the line of docs/security.md and
+    the one of docs/deploy.md), set on every node: the instance starts, holds under the fleet cap
     and releases; the operator runs the CLI through a node that may not hold the slot."""
     cluster = Cluster()
     try:
@@ -204,7 +209,7 @@ async def test_on_a_cluster_each_user_needs_only_its_cluster_line_besides(
             with cluster.client(n) as node:
                 for user, pw in (("coord-instance", "inst-pw"), ("coord-operator", "ops-pw")):
                     node.execute_command("ACL", "SETUSER", user, "reset",
-                                         *readme_acl(user, namespace, pw, cluster=True))
+                                         *documented_acl(user, namespace, pw, cluster=True))
                 node.execute_command("ACL", "LOG", "RESET")
         port = cluster.nodes[(cluster.owner(namespace) + 1) % len(cluster.nodes)].port
         keys, admin = Keys(namespace), make_redis(cluster.url, namespace=namespace)

@@ -109,7 +109,7 @@ async def test_the_fleet_cap_is_never_exceeded_by_a_storm_across_three_instances
     fleet_capped = sum(v for k, v in counts.items() if "fleet_cap" in k)
     leased = sum(metric(m, LEASE_REQUESTS, outcome="leased") for m in per_backend)
     # Every hold had a lease, except where an acquire took over its 1 s and fell back to
-    # the local cap (README, "Fleet cap"; a storm on a loaded 2-core machine can cause
+    # the local cap (docs/guide.md, "Fleet cap"; a storm on a loaded 2-core machine can cause
     # one), counted as `local` and as a lease error. The cap bounds the leases held at
     # once (the sampler above), not their total: on a loaded machine a handshake decided
     # just before one instance's ready can get a lease that ready just freed. And a

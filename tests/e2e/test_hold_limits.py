@@ -7,8 +7,8 @@ when it runs out: a hold longer than that never reaches ready. ``websockets-sans
 backend therefore caps COORD_MAX_QUEUE_TIME at 9 s when BACKEND_WS=websockets.
 
 The four backends below start together and hold one client each in parallel, so the
-module costs one ~13 s hold rather than four. The numbers are in the README, section
-"Handshake hold limits".
+module costs one ~13 s hold rather than four. The numbers are in docs/guide.md,
+section "Handshake hold limits".
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def held(redis_server, tmp_path_factory) -> Iterator[dict[str, Held]]:
 
 def test_backend_caps_holds_below_the_legacy_open_timeout(held):
     # Uncapped, the legacy implementation drops the TCP connection at 10 s with no HTTP
-    # response (README, "Handshake hold limits"); the backend caps COORD_MAX_QUEUE_TIME at
-    # 9 s under it, so the held client gets a clean rejection before that happens.
+    # response (docs/guide.md, "Handshake hold limits"); the backend caps
+    # COORD_MAX_QUEUE_TIME at 9 s under it, so the held client gets a clean rejection
+    # before that happens.
     seen = held["websockets"]
     assert_clean_rejection(seen.outcome, "http", "timeout")
     # The rejection is the cap's (9 s: never sooner, less 0.5 s for the client's and

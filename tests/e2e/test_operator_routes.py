@@ -66,7 +66,7 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 
 async def test_a_half_sent_request_is_cut_by_haproxy_not_by_uvicorn(
         redis_server: RedisServer, namespace: str, start_backend: Any, tmp_path: Path) -> None:
-    """What remains without a front end (README: Security): uvicorn waits for the rest
+    """What remains without a front end (docs/security.md): uvicorn waits for the rest
     of a request's headers for ever; HAProxy's ``timeout http-request`` answers 408."""
     backend = start_backend({"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": namespace,
                              "BACKEND_PHASE_DURATIONS": "services=0.1"})

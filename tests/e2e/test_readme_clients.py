@@ -1,6 +1,6 @@
-"""The README's two client-helper examples, run exactly as printed (extracted from
-README.md, saved as files, run with this virtualenv's python) against a real backend
-that is still starting: each connects through the gate's hold and prints what the README
+"""The guide's two client-helper examples, run exactly as printed (extracted from
+docs/guide.md, saved as files, run with this virtualenv's python) against a real backend
+that is still starting: each connects through the gate's hold and prints what the guide
 says it prints."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from tests.support import (
     RedisServer,
     async_wait_until,
     backend_env,
+    doc_blocks,
     reach_services,
-    readme_blocks,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 def examples() -> dict[str, str]:
     """The section's Python blocks, by the client function each imports."""
     found = {}
-    for block in readme_blocks("Client helper", "python"):
+    for block in doc_blocks("docs/guide.md", "Client helper", "python"):
         (imported,) = [n for n in ast.walk(ast.parse(block))
                        if isinstance(n, ast.ImportFrom) and n.module == "coordinator.client"]
         found[",".join(sorted(a.name for a in imported.names))] = block

@@ -3,7 +3,7 @@
 The reference app (``backend.asgi:app``) is served by each server as its users start it,
 against a real Redis, with real ``websockets`` clients, and stopped with SIGTERM sent to
 the server's first process, as Docker, Kubernetes and Cloud Run send it. Four kinds of
-client, as in the README's table:
+client, as in the table of docs/guide.md, "Drain":
 
 - **held**: arrived during ``services`` and held; the instance becomes ready: welcomed;
 - **held at SIGTERM**: held when the SIGTERM comes: HTTP 503 + Retry-After (reason
@@ -240,7 +240,7 @@ async def test_sigterm_under_each_server_gives_clean_answers_and_exits_in_time(
 
 
 # Not granian, gunicorn or hypercorn's multi-process mode: their parent process takes the
-# signal, forwards the first to the workers and not the second (README: Drain).
+# signal, forwards the first to the workers and not the second (docs/guide.md: Drain).
 @pytest.mark.parametrize(("name", "second"), [("python-m-backend", signal.SIGTERM),
                                               ("uvicorn-sansio", signal.SIGINT),
                                               ("hypercorn-in-process", signal.SIGTERM)])

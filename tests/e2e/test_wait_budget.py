@@ -1,6 +1,6 @@
 """A handshake that arrives in an earlier phase (before the near-ready window) is held
 only for the wait budget, and rejected with ``timeout`` at the budget when the instance
-is slower than the fleet expected (README, "What a client sees": "held up to the wait
+is slower than the fleet expected (docs/guide.md, "What a client sees": "held up to the wait
 budget"; `development`: 3 s). End to end: a real backend process, a real client.
 """
 

@@ -65,7 +65,7 @@ def event(instance: str, name: str, phase: str | None, index: int | None,
                    phases_total=7, state="starting", **extra)
 
 
-# Older than the 30 s a signed message may be off the reader's clock (README, "Signing").
+# Older than the 30 s a signed message may be off the reader's clock (docs/security.md, "Signing").
 STALE = 31.0
 
 

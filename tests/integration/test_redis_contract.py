@@ -233,7 +233,7 @@ async def _state_is(redis_text: redis.Redis, key: str, state: str) -> bool:
 
 
 def expected_sig(fields: Mapping[Any, Any], namespace: str, kind: str = "event") -> str:
-    """HMAC-SHA256 over the kind, the namespace and the canonical JSON (README: Signing)."""
+    """HMAC-SHA256 over the kind, the namespace and the canonical JSON (docs/redis-contract.md)."""
     text = f"{kind}\n{namespace}\n" + json.dumps(
         {k: v for k, v in fields.items() if k != "sig"}, sort_keys=True, separators=(",", ":"))
     return hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()

@@ -1,11 +1,11 @@
 """A Redis that hangs instead of failing: a real redis-server stopped with SIGSTOP, or
 paused with ``CLIENT PAUSE``. A killed server refuses at once; a hung one accepts and
-never answers, so only the coordinator's own timeouts can end a wait (README, "Redis
-outages": commands time out after 2 s, connect after 1 s; "Fleet cap": an acquire that
-takes over 1 s falls back to the local cap).
+never answers, so only the coordinator's own timeouts can end a wait (docs/guide.md,
+"Redis outages": commands time out after 2 s, connect after 1 s; "Fleet cap": an
+acquire that takes over 1 s falls back to the local cap).
 
 Durations are the behaviour here, so they are asserted against those promised bounds
-(as the README states them): never earlier than the bound less ``EARLY`` (the wait is the
+(as the guide states them): never earlier than the bound less ``EARLY`` (the wait is the
 timeout's, not an error that came sooner), and never later than the bound plus ``SLACK``.
 Each wait also runs under a deadline of its own, so that a timeout that is gone fails
 the test in seconds instead of hanging it.
@@ -49,10 +49,10 @@ def assert_took(elapsed: float, bound: float) -> None:
 
 
 def documented_timeouts() -> tuple[float, float]:
-    """(command, connect) timeouts, as the README's "Redis outages" section states them."""
-    text = " ".join((ROOT / "README.md").read_text().split())
+    """(command, connect) timeouts, as the guide's "Redis outages" section states them."""
+    text = " ".join((ROOT / "docs" / "guide.md").read_text().split())
     found = re.search(r"Commands time out after ([\d.]+) s \(connect ([\d.]+) s\)", text)
-    assert found, "the README states the Redis timeouts"
+    assert found, "docs/guide.md states the Redis timeouts"
     return float(found[1]), float(found[2])
 
 
@@ -65,10 +65,10 @@ def test_the_timeouts_are_the_documented_ones() -> None:
 
 
 def documented_acquire_timeout() -> float:
-    """"an acquire that fails or takes over N s" (README, "Fleet cap")."""
-    text = " ".join((ROOT / "README.md").read_text().split())
+    """"an acquire that fails or takes over N s" (docs/guide.md, "Fleet cap")."""
+    text = " ".join((ROOT / "docs" / "guide.md").read_text().split())
     found = re.search(r"an acquire that fails or takes over ([\d.]+) s", text)
-    assert found, "the README states the acquire timeout"
+    assert found, "docs/guide.md states the acquire timeout"
     return float(found[1])
 
 

@@ -80,7 +80,7 @@ async def test_a_followers_first_life_is_not_released_by_a_replayed_ready(
 ], ids=["step-1", "step-1-2", "step-2", "step-3"])
 async def test_keys_rotate_without_downtime(redis_server: RedisServer, namespace: str,
                                             owner_key: str, follower_key: str) -> None:
-    """Rotation in three rolling steps (README: Signing): ``old,new``, then ``new,old``,
+    """Rotation in three rolling steps (docs/security.md: Signing): ``old,new``, then ``new,old``,
     then ``new``; at every mix of neighbouring steps the owner's signatures verify."""
     owner = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, owner_key))
     follower = Coordinator(instance_settings(redis_server.url, namespace, INSTANCE, follower_key),

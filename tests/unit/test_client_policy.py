@@ -1,4 +1,4 @@
-"""The client helper's retry policy on its own: the defaults the README documents, full
+"""The client helper's retry policy on its own: the defaults the guide documents, full
 jitter, the server's hint as a floor, and the bounds it refuses."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from coordinator.settings import Settings
 from tests.support import ROOT
 
 
-def readme_section(title: str) -> str:
-    """A section of the README, its whitespace runs made single spaces."""
-    text = (ROOT / "README.md").read_text()
+def guide_section(title: str) -> str:
+    """A section of docs/guide.md, its whitespace runs made single spaces."""
+    text = (ROOT / "docs" / "guide.md").read_text()
     start = text.index(f"\n## {title}\n")
     return " ".join(text[start:text.index("\n## ", start + 1)].split())
 
@@ -28,12 +28,12 @@ def documented(pattern: str, section: str) -> float:
     return float(found)
 
 
-def test_the_defaults_are_the_ones_the_readme_documents() -> None:
-    section = readme_section("Client helper")
+def test_the_defaults_are_the_ones_the_guide_documents() -> None:
+    section = guide_section("Client helper")
     policy = RetryPolicy()
     example = re.search(r"RetryPolicy\(max_attempts=(\d+), max_time=(\d+)\) # the defaults",
                         section)
-    assert example, "the README's example names the defaults"
+    assert example, "the guide's example names the defaults"
     assert (policy.max_attempts, policy.max_time) == (int(example[1]), float(example[2]))
     assert policy.base_delay == documented(r"`base_delay` ([\d.]+) s", section)
     assert policy.max_delay == documented(r"`max_delay` ([\d.]+) s", section)

@@ -20,7 +20,7 @@ from backend.config import BackendConfig
 from coordinator.instance.coordinator import STOP_DEADLINE
 from coordinator.instance.drain import CLOSE_WAIT
 from coordinator.settings import Settings
-from tests.support import ROOT, backend_paths, known_variables, readme_blocks, route_paths
+from tests.support import ROOT, backend_paths, doc_blocks, known_variables, route_paths
 
 CLOUD_RUN_SIGKILL_AFTER = 10.0
 
@@ -130,11 +130,11 @@ def test_connections_are_closed_before_cloud_runs_request_timeout_cuts_them(serv
     assert Settings.from_env(plain_env(container)).max_connection_age == age
 
 
-def test_the_readme_deploys_the_image_it_builds_under_a_tag_of_its_own(container):
-    """The README's commands: the image it builds is the one the file names once its
+def test_the_deploy_doc_deploys_the_image_it_builds_under_a_tag_of_its_own(container):
+    """docs/deploy.md's commands: the image it builds is the one the file names once its
     placeholders are replaced, and that tag is a new one per build, not `latest` (the same
     tag again leaves the spec unchanged: no new revision)."""
-    (block,) = readme_blocks("Deploying to Cloud Run")
+    (block,) = doc_blocks("docs/deploy.md", "Cloud Run")
     image = container["image"]
     assert image.endswith(":TAG")
     sed = re.search(r'sed -e "([^"]+)" deploy/cloudrun\.yaml', block)
@@ -149,8 +149,8 @@ def test_the_readme_deploys_the_image_it_builds_under_a_tag_of_its_own(container
     assert "latest" not in tag and "$(" in tag  # computed for each build
 
 
-def test_the_readme_enables_every_api_its_commands_call():
-    (block,) = readme_blocks("Deploying to Cloud Run")
+def test_the_deploy_doc_enables_every_api_its_commands_call():
+    (block,) = doc_blocks("docs/deploy.md", "Cloud Run")
     enable = block[block.index("gcloud services enable"):]
     enabled = set(re.findall(r"([a-z]+\.googleapis\.com)", enable[:enable.index("\n\n")]))
     apis = {"run": "run.googleapis.com", "redis": "redis.googleapis.com",

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from backend.config import BackendConfig
-from tests.support import ROOT, backend_paths, known_variables, readme_blocks
+from tests.support import ROOT, backend_paths, doc_blocks, known_variables
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
 # After the grace the instance closes what is still open and leaves the fleet: allow this.
@@ -107,9 +107,9 @@ def test_the_service_selects_the_pods_and_a_rolling_update_keeps_capacity(docume
         <= labels.items()
 
 
-def test_the_readme_builds_and_pushes_the_image_it_deploys(container):
-    block = readme_blocks("Kubernetes")[0]  # the deploy (the second: the dashboard)
-    assert container["image"] == "IMAGE"  # the placeholder the README's sed replaces
+def test_the_deploy_doc_builds_and_pushes_the_image_it_deploys(container):
+    block = doc_blocks("docs/deploy.md", "Kubernetes")[0]  # the deploy (then: the dashboard)
+    assert container["image"] == "IMAGE"  # the placeholder docs/deploy.md's sed replaces
     (image,) = re.findall(r"^IMAGE=(.+)$", block, re.M)
     assert "$(" in image  # a tag of its own per build
     assert "docker build -t $IMAGE ." in block and "docker push $IMAGE" in block
