@@ -1,7 +1,7 @@
 """Pacing admissions on a ready instance: slow start, and a fleet-wide admission rate.
 
 A deploy sends every client of every instance to the survivors, then to each new
-instance the moment it is ready. Two limits spread that wave (DESIGN.md: Deploy storms):
+instance the moment it is ready. Two limits spread that wave (docs/guide.md: What a client sees):
 
 - **Slow start** (``COORD_SLOWSTART``, seconds): a newly ready instance admits at a rate
   that starts at ``COORD_MAX_QUEUE / COORD_SLOWSTART`` connections per second (at least
@@ -42,9 +42,10 @@ SCRIPT_NEEDS = "EVALSHA, TIME, HGET, HSET, PEXPIRE, ZCOUNT on N:admit and N:inst
 # ARGV[1] = rate (tokens per second), ARGV[2] = burst (the bucket's size)
 # ARGV[3] = tokens wanted, ARGV[4] = liveness window (seconds)
 # Refills by the time elapsed on the server's clock (anything absurd in the hash, a level
-# above the burst, a time in the future, not a number, starts from a full bucket), takes
-# what it can, stores the rest. Returns {tokens granted, seconds until the next token
-# (as text), live instances}.
+# above the burst, a time more than a second ahead, not a number, starts from a full
+# bucket; a time a moment ahead, as a stored time rounded up would be, counts as now),
+# takes what it can, stores the rest to the microsecond. Returns {tokens granted, seconds
+# until the next token (as text), live instances}.
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -53,13 +54,14 @@ local wanted = tonumber(ARGV[3])
 local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
 if not tokens or not at or tokens ~= tokens or at ~= at or tokens > burst or tokens < 0
-   or at > now then
+   or at > now + 1 then
   tokens, at = burst, now
 end
-tokens = math.min(burst, tokens + (now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local granted = math.min(math.floor(tokens), wanted)
 tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'at', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 local wait = 0
 if granted < wanted then wait = (1 - tokens) / rate end
