@@ -10,6 +10,7 @@ on instead of misbehaving later.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
@@ -19,7 +20,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
@@ -375,12 +376,23 @@ def _check_redis_url(url: str) -> None:
     try:  # what redis-py itself will make of it, query options included (no I/O)
         ConnectionPool.from_url(url).make_connection()
     except (ValueError, TypeError, RedisError) as exc:
-        problem = str(exc) if parts.password is None or parts.password not in str(exc) \
-            else "invalid URL"
-        raise ConfigError("COORD_REDIS_URL", redact_url(url), problem) from None
+        raise ConfigError("COORD_REDIS_URL", redact_url(url), scrub(str(exc), url)) from None
     db = parts.path.lstrip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError("COORD_REDIS_URL", redact_url(url), "expected a database number")
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error's message) with every password ``url`` carries replaced: the
+    user's, and ``password=``/``sentinel_password=`` query options. With
+    :func:`redact_url`, the only two places that hide a password."""
+    secrets_ = list(_QUERY_SECRET.findall(url))
+    with contextlib.suppress(ValueError):
+        secrets_.append(urlsplit(url).password or "")
+    secrets_ += [unquote(s) for s in secrets_]  # redis-py uses them decoded
+    for secret in sorted(filter(None, secrets_), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def redact_url(url: str) -> str:
@@ -400,3 +412,4 @@ def redact_url(url: str) -> str:
 
 
 _QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"[?&](?:sentinel_)?password=([^&#]*)", re.IGNORECASE)

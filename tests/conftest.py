@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator._redis.client import make_redis
-from harness.topologies import NAMES, Topology
+from harness.topologies import NAMES, Cluster, SentinelSet, Topology
 from harness.topologies import start as start_topology
 from tests.support import ACL_PASSWORD, AclRedis, BackendProcess, CliProcess, RedisServer, free_port
 
@@ -90,6 +90,22 @@ def acl_redis(tls_files: dict[str, Path]) -> Iterator[AclRedis]:
     )).start()
     yield AclRedis(server, tls_port, tls_files["ca.crt"])
     server.kill()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A three-master cluster for this test alone (a slot may move, a node may die)."""
+    topology = Cluster()
+    yield topology
+    topology.kill()
+
+
+@pytest.fixture
+def sentinel() -> Iterator[SentinelSet]:
+    """A master, a replica and Sentinels for this test alone (it may fail over)."""
+    topology = SentinelSet()
+    yield topology
+    topology.kill()
 
 
 @pytest.fixture

@@ -159,12 +159,15 @@ __all__ = [
 
 async def subscribers(client: redis.Redis, channel: str) -> int:
     """How many clients are subscribed to ``channel`` now (sharded ones on a cluster)."""
-    return await topology.subscribers(client, channel)
+    sub = "SHARDNUMSUB" if (await topology.resolve(client)).sharded else "NUMSUB"
+    reply = await client.execute_command("PUBSUB", sub, channel)
+    return int(reply[1]) if isinstance(reply, list) else int(reply[channel])
 
 
 async def publish(client: redis.Redis, channel: str, message: bytes | str) -> int:
     """PUBLISH, or SPUBLISH where the topology shards channels; the receivers' count."""
-    return await topology.publish(client, channel, message)
+    command = "SPUBLISH" if (await topology.resolve(client)).sharded else "PUBLISH"
+    return int(await client.execute_command(command, channel, message))
 
 
 async def equals(pending: Awaitable[Any], expected: Any) -> bool:

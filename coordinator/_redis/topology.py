@@ -320,20 +320,6 @@ def sharded(client: redis.Redis) -> bool:
         and pool.resolved.sharded
 
 
-async def publish(client: redis.Redis, channel: str, message: bytes | str) -> int:
-    """Publish ``message`` on one of the namespace's channels as its subscribers follow
-    it (SPUBLISH where they SSUBSCRIBE); the number of subscribers that received it."""
-    command = "SPUBLISH" if (await resolve(client)).sharded else "PUBLISH"
-    return int(await client.execute_command(command, channel, message))
-
-
-async def subscribers(client: redis.Redis, channel: str) -> int:
-    """How many clients follow ``channel`` now (PUBSUB SHARDNUMSUB where sharded)."""
-    sub = "SHARDNUMSUB" if (await resolve(client)).sharded else "NUMSUB"
-    reply = await client.execute_command("PUBSUB", sub, channel)
-    return int(reply[1]) if isinstance(reply, list) else int(reply[channel])
-
-
 async def _hello(conn: Connection) -> dict[str, Any]:
     """The server's HELLO map (``mode``, ``version``); empty where HELLO is refused or
     unknown (then MOVED replies settle the mode)."""

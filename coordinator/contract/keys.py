@@ -68,5 +68,3 @@ class Keys:
         """Channel: one instance's transitions."""
         return f"{self.prefix}instance:{instance_id}:events"
 
-    def instance_id_from_key(self, key: str) -> str:
-        return key[len(f"{self.prefix}instance:"):]

@@ -82,13 +82,19 @@ async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict
     return raw_record(await client.hgetall(keys.instance(instance_id)))
 
 
-async def fold_phase_stats(client: redis.Redis, keys: Keys,
-                           durations: Mapping[str, float]) -> None:
-    args: list[Any] = [PHASE_STATS_ALPHA]
-    for phase, seconds in durations.items():
-        args += [phase, f"{seconds:.4f}"]
-    script = client.register_script(FOLD_PHASE_STATS)
-    await script(keys=[keys.phase_stats], args=args)
+class PhaseStats:
+    """Folds a startup's phase durations into ``N:phase_stats`` (the script registered
+    once, for the life of the owner)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._fold = client.register_script(FOLD_PHASE_STATS)
+
+    async def fold(self, durations: Mapping[str, float]) -> None:
+        args: list[Any] = [PHASE_STATS_ALPHA]
+        for phase, seconds in durations.items():
+            args += [phase, f"{seconds:.4f}"]
+        await self._fold(keys=[self.keys.phase_stats], args=args)
 
 
 async def read_phase_stats(client: redis.Redis, keys: Keys,

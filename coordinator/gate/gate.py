@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from coordinator._tasks import TaskSet
 from coordinator.contract.outcomes import Admitted, Seen
 from coordinator.contract.phases import State
 from coordinator.contract.record import CapMode
-from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason, reason_payload
+from coordinator.contract.rejection import Reason, reason_payload
 from coordinator.fleet.leases import REFUSED, FleetLeases, LeaseOutcome
 from coordinator.gate.admission import (
     HOLD,
@@ -34,14 +33,13 @@ from coordinator.gate.admission import (
     rejection,
     spread,
 )
-from coordinator.gate.connections import ClosedByGate, Closer, GuardedConnection
+from coordinator.gate.connections import OpenConnections
 from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
+from coordinator.gate.lifespan import run_lifespan
 from coordinator.gate.pacing import Pacer
 from coordinator.gate.rejection import reject
 from coordinator.instance.coordinator import Coordinator
-from coordinator.instance.drain import DRAINS
 from coordinator.instance.interfaces import GateCounts
-from coordinator.logs import quiet_handshake_noise
 
 Observer = Callable[[Seen, Reason | None, float], None]
 
@@ -64,9 +62,9 @@ class GateState:
 
     queue: HoldQueue
     leases: FleetLeases
+    connections: OpenConnections
     admitted: Counter[Admitted] = field(default_factory=Counter)
     rejected: Counter[Reason] = field(default_factory=Counter)
-    connections: dict[int, Closer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,18 +117,19 @@ class ConnectionGate:
         self.app = app
         self.coord = coordinator
         settings = coordinator.settings
+        self.tasks = TaskSet("gate", log)
         self.state = GateState(
             HoldQueue(settings.max_queue),
             FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
                         settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok,
-                        max_hold=settings.max_queue_time))
+                        max_hold=settings.max_queue_time),
+            OpenConnections(tasks=self.tasks, close_reason=self._close_reason,
+                            max_age=settings.max_connection_age, on_expire=self._expired))
         self.observers: list[Observer] = list(observers or ())
-        self.tasks = TaskSet("gate", log)
         self.pacer = Pacer(settings, self.state.queue, coordinator.redis,
                            (coordinator.keys.admit, coordinator.keys.instances),
                            link_up=lambda: coordinator.redis_ok, tasks=self.tasks)
         self._pacing = self.pacer.enabled  # read once: the fast path checks a plain bool
-        self._max_age = settings.max_connection_age
         coordinator.attach(self)
 
     # -- what the coordinator asks of its gate --------------------------------------
@@ -178,47 +177,16 @@ class ConnectionGate:
         await self.state.leases.close()
 
     async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
-        """Close every open gated connection with 1012 (service restart), the reason the
-        rejection JSON (``{"reason": "draining", "retry_after": N}``).
-
-        With ``spread`` the closes are paced evenly over that many seconds, oldest first,
-        so that the clients' reconnects reach the rest of the fleet as a ramp. Bounded: a
-        client that stopped reading can block its close frame for as long as the server's
-        keepalive allows, so whatever has not closed ``timeout`` seconds after the last
-        close began is abandoned (the server's own shutdown drops it).
-
-        A connection stays in ``state.connections`` (open, in the record's count) until
-        its own close goes out; one that a concurrent call closed first (a second signal
-        during the spread closes the rest at once), or whose client left, is skipped.
-        """
-        connections = self.state.connections
-        order = list(connections)  # oldest first
-        if not order:
-            return 0
-        interval = spread / len(order)
-        tasks = []
-        for n, conn in enumerate(order):
-            if n and interval > 0:
-                await asyncio.sleep(interval)
-            closer = connections.pop(conn, None)
-            if closer is not None:
-                tasks.append(self.tasks.spawn(
-                    closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.DRAINING)),
-                    "drain-close"))
-        if not tasks:
-            return 0
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        return sum(1 for t in done if not t.cancelled() and t.exception() is None)
+        """Close every open gated connection with 1012, ``spread`` over that many seconds
+        (:meth:`OpenConnections.close_all`)."""
+        return await self.state.connections.close_all(timeout=timeout, spread=spread)
 
     # -- ASGI -------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket" or not self.coord.settings.gate:
             if scope["type"] == "lifespan":
-                await self._lifespan(scope, receive, send)
+                await run_lifespan(self.app, self.coord, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -227,26 +195,6 @@ class ConnectionGate:
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app's lifespan, passed through; once it has started, SIGTERM drains this
-        instance before the server shuts down (drain.py), and the server's log line for
-        each denial is dropped (logs.quiet_handshake_noise); when it ends, the server's
-        own signal handling is back."""
-
-        async def sent(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                quiet_handshake_noise()
-                DRAINS.attach(self.coord)
-            await send(message)
-
-        async def received() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                DRAINS.detach(self.coord)
-            return message
-
-        await self.app(scope, received, sent)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         coord = self.coord
@@ -333,32 +281,11 @@ class ConnectionGate:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it."""
-        connections = self.state.connections
         conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
-        guarded = GuardedConnection(scope, receive, send)
-        connections[conn] = guarded.close
-        expiry = None
-        if self._max_age is not None:
-            # At a moment of its own within the last tenth of the age, so that connections
-            # opened together (a deploy's wave) do not all close together.
-            age = self._max_age * random.uniform(0.9, 1.0)
-            expiry = asyncio.get_running_loop().call_later(age, self._expire, conn)
-        try:
-            await self.app(scope, guarded.receive, guarded.send)
-        except ClosedByGate:
-            pass  # the app did not catch it: the connection is over, as the gate meant
-        finally:
-            connections.pop(conn, None)
-            if expiry is not None:
-                expiry.cancel()
+        await self.state.connections.run(self.app, scope, receive, send, conn)
 
-    def _expire(self, conn: int) -> None:
-        """COORD_MAX_CONNECTION_AGE: close with 1012 and a hint, before the platform's cut."""
-        closer = self.state.connections.pop(conn, None)
-        if closer is not None:
-            self.state.rejected[Reason.MAX_AGE] += 1
-            self.tasks.spawn(closer(CLOSE_SERVICE_RESTART, self._close_reason(Reason.MAX_AGE)),
-                             "max-age-close")
+    def _expired(self) -> None:
+        self.state.rejected[Reason.MAX_AGE] += 1
 
     def _close_reason(self, reason: Reason) -> str:
         """The reason of a 1012 close: the rejection JSON, its hint spread."""

@@ -93,9 +93,6 @@ class Bucket:
         wait = 0.0 if granted == wanted else (1 - self.tokens % 1) / rate
         return granted, wait
 
-    def refund(self, tokens: int) -> None:
-        self.tokens = min(self.burst, self.tokens + tokens)
-
 
 class Pacer:
     """Admits on a ready instance as slow start and the fleet rate allow; the excess waits

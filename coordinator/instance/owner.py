@@ -23,7 +23,7 @@ from coordinator.contract.phases import Event, State
 from coordinator.contract.record import InstanceRecord, Link
 from coordinator.contract.signing import sign_record
 from coordinator.exceptions import PhaseError
-from coordinator.fleet.registry import fold_phase_stats, remove_record, write_record
+from coordinator.fleet.registry import PhaseStats, remove_record, write_record
 from coordinator.instance.status import Status
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class Owner:
         self.coord = coord
         self.phase_durations: dict[str, float] = {}
         self._folded: set[str] = set()
+        self.stats = PhaseStats(coord.redis, coord.keys)
         self.outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_SIZE)
 
     def start(self) -> None:
@@ -202,7 +203,7 @@ class Owner:
 
     async def _fold_stats(self, durations: dict[str, float]) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await fold_phase_stats(self.coord.redis, self.coord.keys, durations)
+            await self.stats.fold(durations)
 
     # -- the link and the end -------------------------------------------------------
 

@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
-from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import NoPermissionError
@@ -45,7 +44,7 @@ from coordinator.ops.render import (
     render_event,
     render_fleet_table,
 )
-from coordinator.settings import Settings, generated_on
+from coordinator.settings import Settings, generated_on, scrub
 
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
@@ -424,13 +423,7 @@ def _exit_ok(signum: int, frame: object) -> None:
 
 def redis_problem(exc: BaseException, url: str) -> str:
     """The error on one line, never carrying the password (whatever redis-py put in it)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        for password in [parts.password, *parse_qs(parts.query).get("password", [])]:
-            if password:
-                text = text.replace(password, "***")
-    return text[:200]
+    return scrub(" ".join(str(exc).split()) or type(exc).__name__, url)[:200]
 
 
 def _json(doc: Any) -> str:

@@ -5,7 +5,7 @@ replica (failover). Real backends, real WebSocket clients, nothing set but the U
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,20 +31,6 @@ from tests.support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 CAP = 4  # COORD_FLEET_MAX_QUEUE: held connections, fleet-wide
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    topology = Cluster()
-    yield topology
-    topology.kill()
-
-
-@pytest.fixture
-def sentinel() -> Iterator[SentinelSet]:
-    topology = SentinelSet()
-    yield topology
-    topology.kill()
 
 
 def fleet_env(url: str, namespace: str, name: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ subscribe again where the slot is now."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,13 +28,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    topology = Cluster()
-    yield topology
-    topology.kill()
 
 
 async def test_the_link_the_feed_and_the_cli_follow_a_slot_that_moves(

@@ -159,7 +159,7 @@ async def test_oversized_messages_are_discarded_unread_in_bounded_memory(
         publisher = (  # in another process: its own copies are not this one's memory
             "import asyncio, sys\n"
             "from coordinator._redis.client import make_redis\n"
-            "from coordinator._redis.topology import publish\n"
+            "from tests.support import publish\n"
             "async def main(url, namespace, channel, size, count):\n"
             "    r = make_redis(url, namespace=namespace); p = b'x' * int(size)\n"
             "    for _ in range(int(count)): assert await publish(r, channel, p) == 1\n"

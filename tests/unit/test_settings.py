@@ -20,6 +20,7 @@ from coordinator.settings import (
     configuration_table,
     default_id_prefix,
     generated_on,
+    scrub,
 )
 from tests.support import ROOT
 
@@ -389,3 +390,13 @@ def test_every_field_but_cloud_run_has_its_variable_and_every_variable_is_read()
             env["COORD_FLEET_ADMIT_RATE"] = "5"
         read = getattr(Settings.from_env(env), var.field)
         assert read == var.parse(sample) and read != getattr(Settings(), var.field), var.name
+
+
+@pytest.mark.parametrize("url", [
+    "redis://app:s3cr%40t@127.0.0.1:6379/0",
+    "redis://127.0.0.1:6379/0?password=s3cr%40t",
+    "redis+sentinel://app:s3cr%40t@127.0.0.1:26379/mymaster?sentinel_password=s3cr%40t",
+])
+def test_scrub_hides_every_password_a_url_carries_as_typed_and_decoded(url: str) -> None:
+    message = "AUTH failed for s3cr%40t (decoded: s3cr@t)"
+    assert scrub(message, url) == "AUTH failed for *** (decoded: ***)"
