@@ -32,7 +32,7 @@ from coordinator.contract.keys import Keys
 from coordinator.contract.phases import Event, PhasePlan, State
 from coordinator.contract.record import CapMode
 from coordinator.contract.signing import UNSIGNED
-from coordinator.exceptions import InvalidMessage, PhaseError, UsageError
+from coordinator.exceptions import InvalidMessage, UsageError
 from coordinator.fleet.registry import read_phase_stats
 from coordinator.instance.follower import Follower
 from coordinator.instance.interfaces import Gate, GateCounts, RolePart
@@ -239,10 +239,11 @@ class Coordinator:
 
     @contextlib.asynccontextmanager
     async def phase(self, name: str) -> AsyncIterator[None]:
-        """Run one startup phase (owner only): see :meth:`Owner.phase`."""
-        if self.owner is None:
-            raise PhaseError("only the owner runs phases")
-        async with self.owner.phase(name):
+        """Run one startup phase. An owner's is the instance's (:meth:`Owner.phase`:
+        timed, published); a follower's builds what this process needs and is its own
+        (:meth:`Follower.phase`: a follower that runs its ready phase admits no one
+        before that phase has completed here too)."""
+        async with self._role.phase(name):
             yield
 
     def fail(self, why: str) -> None:

@@ -5,12 +5,21 @@ sidecar, another uvicorn worker). It learns the status from three sources, faste
 first: events on ``N:instance:<id>:events``, a read of the instance hash after every
 (re)subscribe, and re-reads of the hash at 50 ms, 100 ms, ... 1 s while anyone waits
 (pub/sub is at-most-once: a lost message delays a release by one interval at most).
+
+What the app's handlers need in this process (its pools, its own objects) a follower
+builds in phases of its own (``async with coord.phase(name)``), which publish nothing.
+Once it has started one, it is ready only when the instance is and its own ready phase
+has completed: a handshake is never handed to a process that has not built its part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from coordinator._redis.client import REDIS_ERRORS
@@ -18,7 +27,7 @@ from coordinator.contract.events import Drop, Message
 from coordinator.contract.phases import Event, State
 from coordinator.contract.record import decode_record, is_live
 from coordinator.contract.signing import record_signature_ok
-from coordinator.exceptions import InvalidMessage
+from coordinator.exceptions import InvalidMessage, PhaseError
 from coordinator.fleet import registry
 from coordinator.instance.status import (
     Status,
@@ -30,6 +39,8 @@ from coordinator.instance.status import (
 
 if TYPE_CHECKING:
     from coordinator.instance.interfaces import RoleHost
+
+log = logging.getLogger("coordinator")
 
 
 class Follower:
@@ -50,7 +61,36 @@ class Follower:
         self.coord = coord
         self._poll: asyncio.Task[None] | None = None
         self.joined = time.time()
+        self.local = False  # this process runs phases of its own
+        self.local_ready = False  # and its ready phase has completed
+        self._held_back: Status | None = None  # the instance's ready, until local_ready
 
+    @contextlib.asynccontextmanager
+    async def phase(self, name: str) -> AsyncIterator[None]:
+        """Run one of this process's own phases: logged, not published. One that raises
+        fails this process (held handshakes rejected); completing the ready phase lets
+        the instance's ready admit here."""
+        coord = self.coord
+        if coord.plan.index(name) is None:
+            raise PhaseError(f"unknown phase {name!r}; phases are {coord.plan.phases}")
+        if coord.state in (State.FAILED, State.DRAINING, State.STOPPED):
+            raise PhaseError(f"cannot start phase {name!r} while {coord.state}")
+        self.local = True
+        started = time.monotonic()
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            coord.fail(f"local phase {name} raised {type(exc).__name__}: {exc}")
+            raise
+        log.info("instance %s: local phase %s done in %.3fs", coord.id, name,
+                 time.monotonic() - started)
+        if name == coord.plan.ready_phase:
+            self.local_ready = True
+            held, self._held_back = self._held_back, None
+            if held is not None and coord.state is State.STARTING:
+                coord.set_status(held)
     def start(self) -> None:
         """Nothing runs until someone waits (see :meth:`wanted`)."""
         self.joined = time.time()
@@ -114,5 +154,9 @@ class Follower:
         current = self.coord.status
         trusted = self.coord.keyring is None or (stamp is not None and stamp >= self.joined)
         new = advance(current, incoming, trusted=trusted)
+        if new.state is State.READY and self.local and not self.local_ready:
+            # The instance is ready, this process not yet: starting here until it is.
+            self._held_back = new
+            new = replace(new, state=State.STARTING)
         if new != current:
             self.coord.set_status(new)

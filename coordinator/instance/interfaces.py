@@ -11,6 +11,7 @@ no part calls another's private names.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -126,6 +127,7 @@ class RoleHost(Protocol):
 class RolePart(Protocol):
     """What the coordinator asks of its role (owner or follower), chosen once."""
 
+    def phase(self, name: str) -> contextlib.AbstractAsyncContextManager[None]: ...
     def start(self) -> None: ...
     async def on_link_up(self) -> None: ...
     def after_link_up(self, published: Status) -> None: ...

@@ -4,11 +4,15 @@ merge of statuses from pub/sub, the hash and re-reads."""
 from __future__ import annotations
 
 import itertools
+import time
 
+import fakeredis
 import pytest
 
 from coordinator.contract.events import Message
 from coordinator.contract.phases import PhasePlan, State
+from coordinator.instance.coordinator import Coordinator
+from coordinator.instance.follower import Follower
 from coordinator.instance.status import (
     Status,
     advance,
@@ -16,7 +20,7 @@ from coordinator.instance.status import (
     status_from_message,
     status_from_record,
 )
-from coordinator.settings import DEFAULT_PHASES
+from coordinator.settings import DEFAULT_PHASES, Settings
 
 PLAN = PhasePlan(DEFAULT_PHASES, "services")
 BORN = 1000.0
@@ -137,3 +141,42 @@ def test_untrusted_evidence_moves_the_view_within_starting_but_never_out_of_it()
                    trusted=False) == starting("cache")
     reborn = starting("init", started_at=BORN + 60)
     assert advance(replayed_ready, reborn, trusted=False) == reborn  # a newer life holds
+
+
+# -- a follower's phases of its own ------------------------------------------------------
+
+def ready_message(ts: float) -> Message:
+    return Message("web-1", "phase_completed", "services", PLAN.index("services"), ts,
+                   {"state": "ready", "started_at": BORN})
+
+
+async def test_a_follower_with_phases_of_its_own_admits_only_once_its_ready_phase_is_done(
+        ) -> None:
+    coord = Coordinator(Settings(instance_id="web-1", environment="test"), role="follower",
+                        client=fakeredis.aioredis.FakeRedis())
+    follower = coord._role
+    assert isinstance(follower, Follower)
+    async with coord.phase("init"):
+        pass
+    follower.on_message(ready_message(time.time()))
+    assert coord.state is State.STARTING  # the instance is ready, this process is not
+    async with coord.phase("services"):
+        assert coord.state is State.STARTING
+    assert (coord.state.value, coord.current_phase) == ("ready", "services")
+
+
+async def test_a_follower_without_phases_of_its_own_follows_the_instance_alone() -> None:
+    coord = Coordinator(Settings(instance_id="web-1", environment="test"), role="follower",
+                        client=fakeredis.aioredis.FakeRedis())
+    coord._role.on_message(ready_message(time.time()))
+    assert coord.state is State.READY
+
+
+async def test_a_followers_own_phase_that_raises_fails_this_process() -> None:
+    coord = Coordinator(Settings(instance_id="web-1", environment="test"), role="follower",
+                        client=fakeredis.aioredis.FakeRedis())
+    with pytest.raises(RuntimeError, match="no pool"):
+        async with coord.phase("services"):
+            raise RuntimeError("no pool")
+    coord._role.on_message(ready_message(time.time()))
+    assert coord.state is State.FAILED
