@@ -3,16 +3,19 @@ a transition), its removal, and the fleet's phase statistics."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from coordinator._redis import topology
 from coordinator.contract.keys import Keys
 from coordinator.contract.record import as_text, raw_record
 
+log = logging.getLogger("coordinator")
 PHASE_STATS_ALPHA = 0.3
 
 
@@ -36,21 +39,43 @@ return 0
 
 async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
                        ttl: float, heartbeat_at: float, *, event: bytes | None = None) -> None:
-    """Write the whole record, refresh its TTL and index entry in one atomic round trip,
-    and publish ``event`` (an encoded message) on both channels in the same transaction.
+    """Replace the record whole, refresh its TTL and index entry in one atomic round
+    trip, and publish ``event`` (an encoded message) on both channels in the same
+    transaction.
 
-    Writing every field every time makes the record self-healing: after a Redis restart
-    or an expiry, the next heartbeat restores it whole.
+    The record is deleted and written anew every time, so it heals itself: after a
+    Redis restart or an expiry the next heartbeat restores it whole, and nothing another
+    writer put there survives it (a field added, or the key made a string: whatever its
+    type). An index of the wrong type, which no instance could write to, is removed and
+    the write done once more (its members come back with their next heartbeats).
     """
+    try:
+        await _write(client, keys, record, ttl, heartbeat_at, event)
+    except ResponseError as exc:
+        if not _wrong_type(exc) or await client.type(keys.instances) in (b"zset", "zset"):
+            raise
+        log.warning("%s was not a sorted set (%s): removed, so that the fleet's heartbeats "
+                    "rebuild it", keys.instances, exc)
+        await client.delete(keys.instances)
+        await _write(client, keys, record, ttl, heartbeat_at, event)
+
+
+async def _write(client: redis.Redis, keys: Keys, record: Mapping[str, str], ttl: float,
+                 heartbeat_at: float, event: bytes | None) -> None:
     instance_id = record["id"]
     key = keys.instance(instance_id)
     publish = await _publish_command(client, event)
     async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
         pipe.hset(key, mapping=cast("Mapping[Any, Any]", record))  # invariant key type
         pipe.pexpire(key, int(ttl * 1000))
         pipe.zadd(keys.instances, {instance_id: heartbeat_at})
         _publish(pipe, publish, keys, instance_id, event)
         await pipe.execute()
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    return "WRONGTYPE" in str(exc)  # in a pipeline: "Command # 4 (...) caused error: ..."
 
 
 async def remove_record(client: redis.Redis, keys: Keys, instance_id: str, *,
@@ -79,7 +104,14 @@ def _publish(pipe: Any, command: str, keys: Keys, instance_id: str,
 
 
 async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:
-    return raw_record(await client.hgetall(keys.instance(instance_id)))
+    """The record as text; empty when there is none, or when the key holds something
+    else than a hash (no instance wrote that: it reads as no record, not as an outage)."""
+    try:
+        return raw_record(await client.hgetall(keys.instance(instance_id)))
+    except ResponseError as exc:
+        if _wrong_type(exc):
+            return {}
+        raise
 
 
 class PhaseStats:

@@ -1,0 +1,88 @@
+"""A record write replaces the record whole and heals what a stray writer left: a field
+added (which, with a signing key, made the record fail its signature for good), a key of
+another type (every write failed and counted as a lost link), an index that is not a
+sorted set. A reader takes a key of another type as no record, not as an outage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from coordinator import Coordinator, Settings
+from coordinator.contract.keys import Keys
+from coordinator.contract.signing import record_signature_ok
+from coordinator.fleet.registry import read_record
+from tests.support import RedisServer, async_wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.matrix]
+
+INSTANCE = "heal-1"
+BEAT = 0.2
+
+
+def settings(url: str, namespace: str, **kw: Any) -> Settings:
+    return Settings(redis_url=url, namespace=namespace, instance_id=INSTANCE,
+                    environment="test", heartbeat_interval=BEAT, instance_ttl=2.0, **kw)
+
+
+async def key_type(client: redis.Redis, key: str) -> str:
+    kind = await client.type(key)
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
+async def test_a_field_another_writer_added_is_gone_at_the_next_heartbeat(
+        redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
+    keys = Keys(namespace)
+    async with Coordinator(settings(redis_server.url, namespace, signing_key="k1")) as coord:
+        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+        await client.hset(keys.instance(INSTANCE), "stray", "x")
+
+        async def healed() -> bool:
+            raw = await read_record(client, keys, INSTANCE)
+            return "stray" not in raw and record_signature_ok(raw, coord.keyring)
+
+        await async_wait_until(healed, 10 * BEAT + 5, what="the record written whole")
+        assert coord.redis_ok and coord.redis_errors == 0
+
+
+async def test_a_record_key_of_another_type_is_replaced_not_a_lost_link(
+        redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
+    keys = Keys(namespace)
+    async with Coordinator(settings(redis_server.url, namespace)) as coord:
+        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+        await client.set(keys.instance(INSTANCE), "not a hash")
+        await async_wait_until(lambda: _is(client, keys.instance(INSTANCE), "hash"),
+                               10 * BEAT + 5, what="the record a hash again")
+        assert coord.redis_ok and coord.redis_errors == 0
+
+
+async def test_an_index_of_another_type_is_rebuilt_by_the_heartbeats(
+        redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
+    keys = Keys(namespace)
+    async with Coordinator(settings(redis_server.url, namespace)) as coord:
+        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+        await client.delete(keys.instances)
+        await client.set(keys.instances, "not a sorted set")
+
+        async def listed() -> bool:
+            return (await _is(client, keys.instances, "zset")
+                    and await client.zscore(keys.instances, INSTANCE) is not None)
+
+        await async_wait_until(listed, 10 * BEAT + 5, what="the index rebuilt")
+        assert coord.redis_ok and coord.redis_errors == 0
+
+
+async def test_a_follower_reads_a_record_of_another_type_as_no_record(
+        redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
+    keys = Keys(namespace)
+    await client.set(keys.instance(INSTANCE), "not a hash")
+    async with Coordinator(settings(redis_server.url, namespace), role="follower") as coord:
+        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+        assert coord.redis_errors == 0 and coord.state.value == "starting"
+    assert await read_record(client, keys, INSTANCE) == {}
+
+
+async def _is(client: redis.Redis, key: str, kind: str) -> bool:
+    return await key_type(client, key) == kind
