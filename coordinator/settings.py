@@ -29,6 +29,7 @@ from coordinator._redis.topology import SENTINEL_SCHEMES, parse_sentinel_url
 from coordinator.contract.keys import ID_PATTERN, NAME_PATTERN
 from coordinator.contract.signing import Keyring
 from coordinator.exceptions import ConfigError, UsageError
+from coordinator.fleet.leases import LONGEST_HOLD
 
 DEFAULT_PHASES = ("init", "dependencies", "database", "cache", "services", "websocket", "finalize")
 
@@ -273,8 +274,9 @@ VARIABLES: tuple[Variable, ...] = (
              lambda s: s.near_ready_phases >= 0, "an integer >= 0"),
     Variable("COORD_MAX_QUEUE", "max_queue", int, "`50`", "local cap on held handshakes",
              lambda s: s.max_queue >= 0, "an integer >= 0"),
-    Variable("COORD_MAX_QUEUE_TIME", "max_queue_time", _number, "`30`", "longest hold, seconds",
-             lambda s: s.max_queue_time > 0, "a number > 0"),
+    Variable("COORD_MAX_QUEUE_TIME", "max_queue_time", _number, "`30`",
+             "longest hold, seconds (at most 3600)",
+             lambda s: 0 < s.max_queue_time <= LONGEST_HOLD, "a number of seconds from 0 to 3600"),
     Variable("COORD_FLEET_MAX_QUEUE", "fleet_max_queue", int, "unset",
              "fleet-wide cap on held handshakes (leases in Redis)",
              lambda s: s.fleet_max_queue is None or s.fleet_max_queue >= 0,

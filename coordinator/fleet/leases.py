@@ -41,20 +41,29 @@ LEASED, REFUSED, LOCAL = LeaseOutcome.LEASED, LeaseOutcome.REFUSED, LeaseOutcome
 ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the local cap
 LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
 MAX_HOLD = 30.0  # COORD_MAX_QUEUE_TIME's default
+LONGEST_HOLD = 3600.0  # COORD_MAX_QUEUE_TIME's ceiling: no instance's lease outlives it
+SKEW = 5.0  # seconds of clock skew between an instance's heartbeat time and Redis' clock
 RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
-SCRIPT_NEEDS = "the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, ZSCORE, ZADD, ZREM"
+SCRIPT_NEEDS = ("the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, ZSCORE, ZRANGE, "
+                "ZADD, ZREM")
 
 # KEYS[1] = N:leases (sorted set, member -> expiry in unix seconds, server clock)
+# KEYS[2] = N:instances (sorted set, instance id -> last heartbeat)
 # ARGV[1] = member "<id>:<process>.<conn>"
 # ARGV[2] = the fleet cap (integer)
 # ARGV[3] = lease lifetime in milliseconds (hold deadline + margin)
-# ARGV[4] = the longest lifetime any lease can have, in milliseconds (COORD_MAX_QUEUE_TIME
-#           + margin): a lease expiring later than that (1e12, inf) no instance wrote
+# ARGV[4] = the longest lifetime any instance's lease can have, in milliseconds
+#           (LONGEST_HOLD + margin, the same for the whole fleet): a lease expiring later
+#           than that (1e12, inf) no instance wrote
+# ARGV[5] = liveness window in seconds (0: off): at the cap, a lease counts only while
+#           its instance heartbeated within it (the caller's own always count); the
+#           others are removed
 # Purges expired leases and impossible ones (a second of slack above the longest
-# lifetime: a lease written a moment ago by another call must survive), then adds (or
-# renews) the member if the cap allows. Returns {1 if granted else 0, leases in the set
-# afterwards}. Bounds are formatted to the microsecond: Lua's own number-to-text keeps
-# 14 digits, a tenth of a millisecond at today's times, coarser than the scores.
+# lifetime: a lease written a moment ago by another call must survive); at the cap,
+# purges the leases of instances not live in the index; then adds (or renews) the
+# member if the cap allows. Returns {1 if granted else 0, leases in the set afterwards}.
+# Bounds are formatted to the microsecond: Lua's own number-to-text keeps 14 digits, a
+# tenth of a millisecond at today's times, coarser than the scores.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -63,7 +72,23 @@ local latest = now + tonumber(ARGV[4]) / 1000 + 1
 redis.call('ZREMRANGEBYSCORE', KEYS[1], string.format('(%.6f', latest), '+inf')
 local count = redis.call('ZCARD', KEYS[1])
 local renewing = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not renewing and count >= tonumber(ARGV[2]) then
+local cap, window = tonumber(ARGV[2]), tonumber(ARGV[5])
+if not renewing and count >= cap and window > 0 then
+  local live_since, alive = now - window, {}
+  alive[string.match(ARGV[1], '^([^:]+):') or ''] = true  -- the caller is live
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local id = string.match(m, '^([^:]+):') or ''
+    if alive[id] == nil then
+      local beat = tonumber(redis.call('ZSCORE', KEYS[2], id))
+      alive[id] = beat ~= nil and beat >= live_since
+    end
+    if not alive[id] then
+      redis.call('ZREM', KEYS[1], m)
+      count = count - 1
+    end
+  end
+end
+if not renewing and count >= cap then
   return {0, count}
 end
 redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3]) / 1000), ARGV[1])
@@ -91,8 +116,14 @@ class FleetLeases:
     def __init__(self, client: redis.Redis, key: str, instance_id: str, cap: int | None, *,
                  link_up: Callable[[], bool] = lambda: True,
                  timeout: float = ACQUIRE_TIMEOUT, margin: float = LEASE_MARGIN,
-                 max_hold: float = MAX_HOLD) -> None:
+                 max_hold: float = MAX_HOLD, index: str | None = None,
+                 liveness: float = 0.0) -> None:
         self.key = key
+        # N:instances, by default beside N:leases (both {N}:...); ``liveness`` (seconds,
+        # 0: off) is how recent an instance's heartbeat must be for its leases to count
+        # at the cap: the gate passes COORD_INSTANCE_TTL plus SKEW.
+        self.index = index if index is not None else key.rpartition(":")[0] + ":instances"
+        self.liveness = liveness
         self.instance_id = instance_id
         self._process = f"{os.getpid():x}{secrets.token_hex(2)}"
         self.cap = cap
@@ -157,14 +188,15 @@ class FleetLeases:
         if cap is None:
             raise UsageError("acquire() needs a fleet cap")
         member = self.member(conn)
-        longest_ms = int((self.max_hold + self.margin) * 1000)
-        ttl_ms = max(1, min(longest_ms, int((hold_for + self.margin) * 1000)))
+        own_ms = int((self.max_hold + self.margin) * 1000)
+        ttl_ms = max(1, min(own_ms, int((hold_for + self.margin) * 1000)))
+        longest_ms = int((LONGEST_HOLD + self.margin) * 1000)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             async with asyncio.timeout(self.timeout):
-                granted, _count = await self._acquire(keys=[self.key],
-                                                      args=[member, cap, ttl_ms,
-                                                            longest_ms])
+                granted, _count = await self._acquire(
+                    keys=[self.key, self.index],
+                    args=[member, cap, ttl_ms, longest_ms, self.liveness])
         except REDIS_ERRORS as exc:
             self._discard_remote(member)
             self.errors += 1

@@ -23,7 +23,7 @@ from coordinator.contract.outcomes import Admitted, Seen
 from coordinator.contract.phases import State
 from coordinator.contract.record import CapMode
 from coordinator.contract.rejection import Reason, reason_payload
-from coordinator.fleet.leases import REFUSED, FleetLeases, LeaseOutcome
+from coordinator.fleet.leases import REFUSED, SKEW, FleetLeases, LeaseOutcome
 from coordinator.gate.admission import (
     HOLD,
     REJECT,
@@ -122,7 +122,8 @@ class ConnectionGate:
             HoldQueue(settings.max_queue),
             FleetLeases(coordinator.redis, coordinator.keys.leases, coordinator.id,
                         settings.fleet_max_queue, link_up=lambda: coordinator.redis_ok,
-                        max_hold=settings.max_queue_time),
+                        max_hold=settings.max_queue_time, index=coordinator.keys.instances,
+                        liveness=settings.instance_ttl + SKEW),
             OpenConnections(tasks=self.tasks, close_reason=self._close_reason,
                             max_age=settings.max_connection_age, on_expire=self._expired))
         self.observers: list[Observer] = list(observers or ())

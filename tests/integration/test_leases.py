@@ -16,7 +16,14 @@ from coordinator._redis.client import make_redis
 from coordinator.contract.keys import Keys
 from coordinator.contract.record import as_text
 from coordinator.contract.rejection import Reason
-from coordinator.fleet.leases import ACQUIRE_TIMEOUT, LEASED, LOCAL, REFUSED, FleetLeases
+from coordinator.fleet.leases import (
+    ACQUIRE_TIMEOUT,
+    LEASED,
+    LOCAL,
+    LONGEST_HOLD,
+    REFUSED,
+    FleetLeases,
+)
 from tests.support import (
     FakeWebSocket,
     RedisServer,
@@ -238,7 +245,8 @@ async def test_scripts_take_every_key_in_KEYS_and_no_cap_means_off(
         client: redis.Redis, namespace: str) -> None:
     from coordinator.fleet.leases import ACQUIRE, RELEASE
     for script in (ACQUIRE, RELEASE):  # cluster-safe: no key name is built inside Lua
-        assert "KEYS[1]" in script and "KEYS[2]" not in script and ":" not in script
+        assert "KEYS[1]" in script and "KEYS[3]" not in script and ".." not in script
+    assert "KEYS[2]" in ACQUIRE and "KEYS[2]" not in RELEASE
     off = leases_for(client, namespace, "a", cap=None)
     assert off.mode == "off"
     assert not off.enabled
@@ -380,11 +388,12 @@ async def test_processes_sharing_an_instance_id_keep_their_leases_apart(
 async def test_leases_no_instance_could_have_written_are_dropped_by_the_acquire(
         client: redis.Redis, namespace: str) -> None:
     """A writer without the key fills the fleet cap with leases that never expire: scores
-    of 1e12, inf, or just past the longest possible hold. The next acquire drops them; a
-    real lease of another instance (expiring within its hold plus the margin) stays."""
+    of 1e12, inf, or just past the longest hold any instance may have (LONGEST_HOLD). The
+    next acquire drops them; a real lease of another instance (expiring within its hold
+    plus the margin) stays."""
     key = Keys(namespace).leases
     now = float((await client.time())[0])
-    longest = 10.0 + 2.0  # max_hold + margin below
+    longest = LONGEST_HOLD + 2.0  # the fleet's longest hold + the margin below
     await client.zadd(key, {"forged:1": 1e12, "forged:2": float("inf"),
                             "forged:3": now + longest + 5, "forged:4": float("-inf"),
                             "other:p.1": now + longest - 1})
@@ -393,7 +402,38 @@ async def test_leases_no_instance_could_have_written_are_dropped_by_the_acquire(
     assert {as_text(m) for m in await client.zrange(key, 0, -1)} == {
         "other:p.1", next(iter(leases.held))}
     assert await leases.acquire(2, 10.0) == REFUSED  # the cap still counts real leases
-    # A hold can never ask for more than the longest lease either.
+    # A hold can never ask for more than its own longest lease either.
     assert await leases.acquire(1, 1e9) == LEASED
-    assert (await client.zscore(key, next(iter(leases.held))) or 0) <= now + longest + 1
+    assert (await client.zscore(key, next(iter(leases.held))) or 0) <= now + 10.0 + 2.0 + 1
     await leases.close()
+
+
+async def test_at_the_cap_only_leases_of_live_instances_count(
+        client: redis.Redis, namespace: str) -> None:
+    """Leases forged under ids no live instance has (re-added every 30 s with an expiry a
+    little ahead, they made the cap refuse everyone, key or not) are removed when they
+    would refuse; a live instance's leases still count."""
+    keys = Keys(namespace)
+    now = await server_time(client)
+    await client.zadd(keys.instances, {"live": now})  # heartbeated just now
+    await client.zadd(keys.leases, {f"ghost-{n}:p.{n}": now + 25 for n in range(5)})
+    await client.zadd(keys.leases, {"live:p.1": now + 25})
+    leases = leases_for(client, namespace, "a", cap=2, liveness=10.0)
+    assert await leases.acquire(1, 5) == LEASED  # the ghosts gave way; "live" counts
+    assert await members(client, namespace) == {"live:1", "a:1"}
+    assert await leases.acquire(2, 5) == REFUSED  # the cap holds for the living
+    await leases.close()
+
+
+async def test_an_instance_with_a_short_hold_keeps_the_leases_of_one_with_a_long_hold(
+        client: redis.Redis, namespace: str) -> None:
+    """The bound past which a lease is impossible is the fleet's (LONGEST_HOLD), not the
+    caller's own COORD_MAX_QUEUE_TIME: an instance holding 8 s once purged the valid
+    leases of one holding 30 s, and the cap let 8 hold under a cap of 4."""
+    long_hold = leases_for(client, namespace, "long", cap=4, max_hold=30.0)
+    short_hold = leases_for(client, namespace, "short", cap=4, max_hold=8.0)
+    assert [await long_hold.acquire(n, 30.0) for n in (1, 2)] == [LEASED, LEASED]
+    assert [await short_hold.acquire(n, 8.0) for n in (1, 2, 3)] == [LEASED, LEASED, REFUSED]
+    assert await members(client, namespace) == {"long:1", "long:2", "short:1", "short:2"}
+    await long_hold.close()
+    await short_hold.close()
