@@ -32,5 +32,13 @@ class InvalidMessage(CoordinatorError):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        # The detail may quote the hostile data (a field's name, an instance id): escaped,
+        # so that no line break, escape sequence or lone surrogate reaches a log as is.
+        self.detail = ascii_safe(detail)
+        super().__init__(f"{reason}: {self.detail}" if detail else reason)
+
+
+def ascii_safe(text: str) -> str:
+    """``text`` with every character that is not printable escaped as Python would
+    (``\\n``, ``\\x1b``, ``\\ud800``); printable text, any script, stays as it is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

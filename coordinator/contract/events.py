@@ -215,7 +215,8 @@ class DropCounter:
         now = self.clock()
         if now - self._last_log >= self.interval:
             log.warning("dropped %d invalid message(s) on %s; latest: %s (totals %s)",
-                        self._unlogged, channel, error, dict(self.counts))
+                        self._unlogged, channel, error,
+                        {str(reason): n for reason, n in self.counts.items()})
             self._last_log = now
             self._unlogged = 0
 

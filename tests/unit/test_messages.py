@@ -292,3 +292,20 @@ def test_a_number_too_large_for_a_float_is_invalid_schema() -> None:
 def test_bad_utf8_and_lone_surrogates_are_dropped() -> None:
     assert reason_of(raw(body()).replace(b"web-1", b"web-\xff")) == "invalid_json"
     assert reason_of(raw(body()).decode().replace("web-1", "web-\ud800")) == "invalid_schema"
+
+
+def test_a_hostile_field_name_reaches_the_log_escaped_never_as_a_line_of_its_own(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The raw name of an invalid field once reached the text log: a line break and a
+    forged "ERROR" line, escape sequences that recoloured or cleared the terminal."""
+    forged = "x\nERROR forged\x1b[2J"  # a name is quoted up to 32 characters
+    raw = json.dumps({"v": 1, "instance": "web-1", "event": "ready", "phase": None,
+                      "phase_index": None, "ts": 100.0, forged: {"nested": 1}})
+    caplog.set_level(logging.WARNING, logger="coordinator.messages")
+    with pytest.raises(InvalidMessage) as caught:
+        decode_event(raw)
+    DropCounter(clock=FakeClock()).drop(caught.value, "coord:events")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "\x1b" not in line
+    assert "x\\nERROR forged\\x1b[2J" in line  # still readable, escaped
+    assert "'invalid_schema': 1" in line  # the totals by name
