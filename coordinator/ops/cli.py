@@ -187,7 +187,7 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
     """
     if instance_id is None:
         host = socket.gethostname()
-        instance_id = await local_instance(client, keys, host)
+        instance_id = await local_instance(client, keys, host, keyring)
         if instance_id is None:
             print(f"{printable(host)}: not ready: no live instance of this host with a "
                   f"generated id in namespace {keys.namespace!r} (name one: --instance ID or "
@@ -199,8 +199,12 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
     return code
 
 
-async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | None:
+async def local_instance(client: redis.Redis, keys: Keys, host: str,
+                         keyring: Keyring | None = None) -> str | None:
     """The id of the one live instance of ``host`` whose id was generated, else None.
+
+    With a signing key, only records that verify (and are the instance's own) count: a
+    forged record beside the real one cannot make the probe fail.
 
     Reads the index and only the records whose ids have the generated form for this
     host, so a probe stays cheap in a large fleet; the record must name this host too
@@ -212,7 +216,11 @@ async def local_instance(client: redis.Redis, keys: Keys, host: str) -> str | No
     ids = [m for m in members if generated_on(m, host)]
     now, found = time.time(), []
     for instance_id in ids:
-        record = decode_record(await read_record(client, keys, instance_id))
+        raw = await read_record(client, keys, instance_id)
+        if keyring is not None and (not record_signature_ok(raw, keyring)
+                                    or raw.get("id") != instance_id):
+            continue
+        record = decode_record(raw)
         if record.get("host") == host and is_live(record, now):
             found.append(instance_id)
     if len(found) > 1:

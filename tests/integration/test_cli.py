@@ -279,6 +279,22 @@ async def test_check_without_an_id_checks_this_hosts_one_instance_with_a_generat
     assert line.startswith(f"coordinator: error: 2 live instances of host {host} (")
 
 
+async def test_check_without_an_id_and_with_a_key_is_not_fooled_by_a_forged_twin(
+        client: redis.Redis, namespace: str, env: dict[str, str]) -> None:
+    """One unsigned record under a generated-looking id of this host once made the probe
+    of a ready, signed instance exit 2 ("2 live instances"): with a key, only records
+    that verify count."""
+    keys, now, host, key = Keys(namespace), time.time(), socket.gethostname(), "s3cret-key"
+    mine = f"{default_id_prefix(host)}4242-a1b2c3"
+    record = instance_record(mine, now, state="ready", phase="websocket", index=6, host=host)
+    await put_record(client, keys, {**record, "sig": sign_record(record,
+                                                                 keyring(key, namespace))})
+    await put_instance(client, keys, f"{default_id_prefix(host)}4243-d4e5f6", now,
+                       state="ready", host=host)  # unsigned: a writer without the key
+    proc = run_cli("check", env={**env, "COORD_SIGNING_KEY": key})
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"{mine}: ready (phase websocket 6/7)")
+
+
 # -- events -----------------------------------------------------------------------------
 
 async def test_events_prints_one_line_per_event_and_stops_after_count(
