@@ -118,7 +118,7 @@ class BoundedPubSub(PubSub):
 
 
 def bounded_pubsub(client: redis.Redis) -> BoundedPubSub:
-    """A PubSub like ``client.pubsub(ignore_subscribe_messages=True)``, on a connection
+    """A PubSub like ``client.pubsub()``, on a connection
     made with the client's own options (URL, credentials, TLS, timeouts) whose parser
     discards any bulk string over :data:`MAX_MESSAGE_BYTES`. Close it with ``aclose()``.
     """
@@ -128,6 +128,6 @@ def bounded_pubsub(client: redis.Redis) -> BoundedPubSub:
     options["parser_class"] = DiscardingRESP2Parser if protocol == "2" else DiscardingRESP3Parser
     own = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=1,
                                **options)
-    bounded = BoundedPubSub(own, ignore_subscribe_messages=True)
+    bounded = BoundedPubSub(own)  # readers ask for (un)subscribe confirmations or not
     bounded.source = client
     return bounded

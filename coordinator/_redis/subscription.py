@@ -28,6 +28,7 @@ from coordinator._redis.pubsub import bounded_pubsub
 
 log = logging.getLogger("coordinator.link")
 POLL = 1.0  # seconds get_message waits before the loop checks that it should go on
+CONFIRM_TIMEOUT = 5.0  # seconds the server may take to confirm a (re)subscribe
 LOG_INTERVAL = 10.0
 
 OnMessage = Callable[[str, Any], None]
@@ -40,8 +41,10 @@ def _nothing(_exc: BaseException) -> None:
 class Subscription:
     """Follows ``channels`` until cancelled, reconnecting with :data:`RECONNECT` backoff.
 
-    ``on_up`` runs after every successful (re)subscribe, before any message is
-    delivered: the place to re-read state that messages may have been lost for.
+    ``on_up`` runs after every successful (re)subscribe, once the server has confirmed
+    it, before any message is delivered: the place to re-read state that messages may
+    have been lost for (a read done before the confirmation could miss a message
+    published between the read and the subscribe, for as long as the next one).
     ``on_error`` is told of every failure that ends a round (a Redis error, or an error
     of ``on_up``). ``healthy`` is checked between messages: when it turns false (another
     task saw the link fail) the round ends and the loop subscribes again.
@@ -70,6 +73,7 @@ class Subscription:
             pubsub = bounded_pubsub(self.client)  # oversized messages are discarded unread
             try:
                 await pubsub.follow(*self.channels)
+                await self._confirmed(pubsub)
                 if self.on_up is not None:
                     await self.on_up()
                 attempt = 0
@@ -87,6 +91,20 @@ class Subscription:
                     await asyncio.shield(pubsub.aclose())
             attempt += 1
             await asyncio.sleep(self.backoff.delay(attempt))
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait until the server has confirmed every channel (TimeoutError after
+        CONFIRM_TIMEOUT: the round ends and the loop subscribes again)."""
+        pending = len(self.channels)
+        async with asyncio.timeout(CONFIRM_TIMEOUT):
+            while pending:
+                msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=POLL)
+                if msg is None:
+                    continue
+                if msg.get("type") in ("subscribe", "ssubscribe"):
+                    pending -= 1
+                else:  # on the same connection a message cannot come first; if it does
+                    self._deliver(msg)
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         channel = msg.get("channel")

@@ -91,6 +91,7 @@ class Follower:
             held, self._held_back = self._held_back, None
             if held is not None and coord.state is State.STARTING:
                 coord.set_status(held)
+                self.wanted()  # the watch for a lost draining or failed
     def start(self) -> None:
         """Nothing runs until someone waits (see :meth:`wanted`)."""
         self.joined = time.time()
@@ -112,17 +113,25 @@ class Follower:
         """The record is the owner's to remove."""
 
     def wanted(self) -> None:
-        """Someone started waiting: make sure the safety-net poll runs."""
+        """Someone started waiting (or the instance became ready here): make sure the
+        safety-net poll runs."""
         if self._poll is None or self._poll.done():
             self._poll = self.coord.tasks.spawn(self._poll_loop(), "poll")
 
     async def _poll_loop(self) -> None:
-        """Re-read the hash at 50 ms, 100 ms, ... 1 s while anyone waits."""
+        """Re-read the hash at 50 ms, 100 ms, ... 1 s while anyone waits for ready; then,
+        while ready, once a heartbeat interval, so that a lost ``draining`` or ``failed``
+        is seen within one (a ready follower once never read the hash again)."""
         coord = self.coord
-        for interval in progressive_intervals():
-            await asyncio.sleep(interval)
-            if coord.state is not State.STARTING or not coord.anyone_waiting:
+        waiting = progressive_intervals()
+        while True:
+            if coord.state is State.STARTING and coord.anyone_waiting:
+                interval = next(waiting)
+            elif coord.state is State.READY:
+                interval, waiting = coord.settings.heartbeat_interval, progressive_intervals()
+            else:
                 return
+            await asyncio.sleep(interval)
             try:
                 raw = await registry.read_record(coord.redis, coord.keys, coord.id)
             except REDIS_ERRORS as exc:
@@ -160,3 +169,5 @@ class Follower:
             new = replace(new, state=State.STARTING)
         if new != current:
             self.coord.set_status(new)
+            if new.state is State.READY:
+                self.wanted()  # the watch for a lost draining or failed

@@ -57,7 +57,8 @@ class Events:
 
     async def _read(self) -> None:
         async for message in self.pubsub.listen():
-            self.seen.append(json.loads(message["data"]))
+            if message["type"] in ("message", "smessage"):  # not the confirmations
+                self.seen.append(json.loads(message["data"]))
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None

@@ -243,3 +243,26 @@ async def test_a_stale_ready_hash_left_by_a_dead_owner_releases_no_one(
     finally:
         await follower.stop()
         await writer.aclose()
+
+
+async def test_a_ready_follower_sees_a_lost_draining_within_a_heartbeat_interval(
+        redis_server: RedisServer, namespace: str) -> None:
+    """The owner starts draining, and its message never arrives: a ready follower once
+    never read the hash again and admitted on. It re-reads it once an interval now."""
+    ready = {**starting_record(), "state": "ready", "heartbeat_at": str(time.time())}
+    writer = make_redis(redis_server.url, namespace=namespace)
+    await writer.hset(f"{{{namespace}}}:instance:{INSTANCE}", mapping=ready)
+    follower = Coordinator(Settings(redis_url=redis_server.url, namespace=namespace,
+                                    instance_id=INSTANCE, environment="test",
+                                    heartbeat_interval=0.2, instance_ttl=2.0),
+                           role="follower")
+    await follower.start()
+    try:
+        assert await follower.wait_ready(5)
+        await writer.hset(f"{{{namespace}}}:instance:{INSTANCE}",  # no message published
+                          mapping={"state": "draining", "heartbeat_at": str(time.time())})
+        await async_wait_until(lambda: follower.state.value == "draining", 5,
+                               what="the follower draining")
+    finally:
+        await follower.stop()
+        await writer.aclose()

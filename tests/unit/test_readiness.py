@@ -163,6 +163,7 @@ async def test_a_follower_with_phases_of_its_own_admits_only_once_its_ready_phas
     async with coord.phase("services"):
         assert coord.state is State.STARTING
     assert (coord.state.value, coord.current_phase) == ("ready", "services")
+    await coord.stop()
 
 
 async def test_a_follower_without_phases_of_its_own_follows_the_instance_alone() -> None:
@@ -170,6 +171,7 @@ async def test_a_follower_without_phases_of_its_own_follows_the_instance_alone()
                         client=fakeredis.aioredis.FakeRedis())
     coord._role.on_message(ready_message(time.time()))
     assert coord.state is State.READY
+    await coord.stop()
 
 
 async def test_a_followers_own_phase_that_raises_fails_this_process() -> None:
@@ -180,3 +182,4 @@ async def test_a_followers_own_phase_that_raises_fails_this_process() -> None:
             raise RuntimeError("no pool")
     coord._role.on_message(ready_message(time.time()))
     assert coord.state is State.FAILED
+    await coord.stop()
