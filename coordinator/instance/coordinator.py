@@ -100,6 +100,7 @@ class Coordinator:
         self.drops = DropCounter()
         self.redis_ok = False
         self.redis_errors = 0
+        self.failure: str | None = None  # why a phase failed, once one did
         self.listeners: list[Listener] = []
         self.gates: list[Gate] = []
         self.tasks = TaskSet("coordinator", log)
@@ -246,12 +247,16 @@ class Coordinator:
         async with self._role.phase(name):
             yield
 
-    def fail(self, why: str) -> None:
-        """A phase failed: held connections are rejected at once; ``failed`` published."""
+    def fail(self, why: str, error: BaseException | None = None) -> None:
+        """A phase failed: held connections are rejected at once; ``failed`` published;
+        ``error`` logged with its traceback. ``failure`` keeps ``why`` for good: the
+        liveness probe answers 503 from now on, draining or not."""
         if self.state in (State.DRAINING, State.STOPPED):
-            log.warning("instance %s: %s (while %s; ignored)", self.id, why, self.state)
+            log.warning("instance %s: %s (while %s; ignored)", self.id, why, self.state,
+                        exc_info=error)
             return
-        log.error("instance %s failed: %s", self.id, why)
+        self.failure = why
+        log.error("instance %s failed: %s", self.id, why, exc_info=error)
         self.set_status(Status(State.FAILED, self.status.phase, self.status.phase_index,
                                 time.time(), self.status.started_at))
         self._role.emit(Event.FAILED, error=why[:200])

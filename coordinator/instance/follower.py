@@ -82,7 +82,7 @@ class Follower:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            coord.fail(f"local phase {name} raised {type(exc).__name__}: {exc}")
+            coord.fail(f"local phase {name} raised {type(exc).__name__}: {exc}", exc)
             raise
         log.info("instance %s: local phase %s done in %.3fs", coord.id, name,
                  time.monotonic() - started)

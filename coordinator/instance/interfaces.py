@@ -114,8 +114,8 @@ class RoleHost(Protocol):
         """Count something of our own that was dropped (an event the outbox had no room
         for), where invalid messages are counted."""
 
-    def fail(self, why: str) -> None:
-        """A phase failed."""
+    def fail(self, why: str, error: BaseException | None = None) -> None:
+        """A phase failed (``error``: what it raised, logged with its traceback)."""
 
     def expected_ready_in(self, now: float | None = None) -> float | None:
         """Seconds until the ready phase should complete."""

@@ -82,7 +82,7 @@ class Owner:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            coord.fail(f"phase {name} raised {type(exc).__name__}: {exc}")
+            coord.fail(f"phase {name} raised {type(exc).__name__}: {exc}", exc)
             raise
         duration = time.monotonic() - started
         self.phase_durations[name] = duration

@@ -4,8 +4,9 @@
 
 serves what load balancers and platforms probe:
 
-- ``/health/live``: 200 while the process runs; 503 once a phase failed, so the platform
-  replaces an instance that can never serve (Cloud Run and Kubernetes liveness probes);
+- ``/health/live``: 200 while the process runs; 503 once a phase failed (and from then
+  on, draining or not), so the platform replaces an instance that can never serve (Cloud
+  Run and Kubernetes liveness probes);
 - ``/health/startup``: 200 once the ready phase has completed (the Cloud Run startup
   probe, a Kubernetes startupProbe), else 503;
 - ``/health/ready``: 200 while ready and not draining, else 503 (HAProxy's check, a
@@ -23,7 +24,6 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from coordinator.contract.documents import CapStatus, HealthDocument
-from coordinator.contract.phases import State
 from coordinator.contract.record import Link
 from coordinator.gate.gate import ConnectionGate, gate_of
 from coordinator.instance.coordinator import Coordinator
@@ -84,7 +84,7 @@ class HealthApp:
             return
         coord = self.coord
         if route == "live":
-            failed = coord.state is State.FAILED
+            failed = coord.failure is not None  # for good: a drain does not undo it
             await _respond(send, 503 if failed else 200,
                            {"status": "failed" if failed else "live", "instance": coord.id},
                            scope)

@@ -57,6 +57,20 @@ async def test_a_failed_phase_fails_liveness_so_the_platform_replaces_the_instan
                 raise RuntimeError("no database")
         assert await statuses(client) == {"live": 503, "startup": 503, "ready": 503}
         assert (await client.get("/health/live")).json()["status"] == "failed"
+        # SIGTERM: the instance drains, and still can never serve (it went back to 200).
+        coord.begin_drain()
+        assert await statuses(client) == {"live": 503, "startup": 503, "ready": 503}
+
+
+async def test_a_failed_phase_is_logged_with_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    _client, coord = make()
+    with pytest.raises(RuntimeError):
+        async with coord.phase("init"):
+            raise RuntimeError("no database")
+    (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert "RuntimeError: no database" in caplog.text and "Traceback" in caplog.text
 
 
 async def test_unknown_paths_and_methods_are_refused_and_head_has_no_body() -> None:
