@@ -126,7 +126,7 @@ class ConnectionGate:
                         liveness=settings.instance_ttl + SKEW),
             OpenConnections(tasks=self.tasks, close_reason=self._close_reason,
                             max_age=settings.max_connection_age, on_expire=self._expired))
-        self.observers: list[Observer] = list(observers or ())
+        self.observers: list[Observer] = [*coordinator.gate_observers, *(observers or ())]
         self.pacer = Pacer(settings, self.state.queue, coordinator.redis,
                            (coordinator.keys.admit, coordinator.keys.instances),
                            link_up=lambda: coordinator.redis_ok, tasks=self.tasks)
@@ -151,6 +151,10 @@ class ConnectionGate:
 
     def on_link_up(self) -> None:
         self.state.leases.on_link_up()  # releases queued while the link was down
+
+    def observe(self, observer: Observer) -> None:
+        if observer not in self.observers:
+            self.observers.append(observer)
 
     def figures(self) -> GateFigures:
         state, queue, leases = self.state, self.state.queue, self.state.leases

@@ -103,6 +103,7 @@ class Coordinator:
         self.failure: str | None = None  # why a phase failed, once one did
         self.listeners: list[Listener] = []
         self.gates: list[Gate] = []
+        self.gate_observers: list[Callable[..., None]] = []
         self.tasks = TaskSet("coordinator", log)
 
         self._ready_waiters: set[asyncio.Future[State]] = set()
@@ -157,6 +158,15 @@ class Coordinator:
     def attach(self, gate: Gate) -> None:
         """Let ``gate`` act on every state change before anyone else hears of it."""
         self.gates.append(gate)
+
+    def observe_gates(self, observer: Callable[..., None]) -> None:
+        """Tell ``observer`` of every handshake's end at every gate of this coordinator,
+        those attached now and those attached later (a gate added with
+        ``add_middleware`` is built at the app's first call): what the metrics' hold-time
+        histogram needs, with no gate at hand."""
+        self.gate_observers.append(observer)
+        for gate in self.gates:
+            gate.observe(observer)
 
     def gate_counts(self, link_up: bool = False) -> GateCounts:
         """The attached gates' figures, summed; without a gate, the configured caps."""

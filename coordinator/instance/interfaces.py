@@ -12,6 +12,7 @@ no part calls another's private names.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,6 +64,9 @@ class Gate(Protocol):
 
     def on_link_up(self) -> None:
         """The Redis link came (back) up."""
+
+    def observe(self, observer: Callable[..., None]) -> None:
+        """Tell ``observer`` of every handshake's end (``coordinator.observe_gates``)."""
 
     def counts(self, link_up: bool) -> GateCounts:
         """The gate's figures for the instance record."""

@@ -118,9 +118,10 @@ class Metrics:
     (tests run several in one process): ``render()`` is the body of ``/metrics``.
 
     The gate's figures come from ``gate``, else from the gate attached to ``coord``. The
-    hold-time histogram is fed by :meth:`observe`: registered on ``gate`` when given,
-    else pass it to the gate (``add_middleware(ConnectionGate, coordinator=coord,
-    observers=[metrics.observe])``).
+    hold-time histogram is fed by :meth:`observe`, registered on ``gate`` when given,
+    else on every gate of ``coord``, however and whenever it is attached
+    (``app.add_middleware(ConnectionGate, coordinator=coord)`` builds it at the first
+    request): ``Metrics(coord)`` is all it takes.
     """
 
     def __init__(self, coord: Coordinator, gate: ConnectionGate | None = None) -> None:
@@ -131,7 +132,9 @@ class Metrics:
             ["outcome"], registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60))
         if gate is not None:
-            gate.observers.append(self.observe)
+            gate.observe(self.observe)
+        else:
+            coord.observe_gates(self.observe)
 
     def observe(self, what: Seen, reason: Reason | None, waited: float) -> None:
         if what in (Seen.RELEASED, Seen.GAVE_UP) or (what is Seen.REJECTED and waited > 0):

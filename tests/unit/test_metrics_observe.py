@@ -1,0 +1,37 @@
+"""``Metrics(coord)`` with no gate at hand (``add_middleware`` builds the gate at the app's
+first call) still feeds the hold-time histogram: it stayed empty after a real hold."""
+
+from __future__ import annotations
+
+import asyncio
+
+from coordinator.gate.gate import ConnectionGate
+from coordinator.instance.coordinator import Coordinator
+from coordinator.ops.metrics import Metrics
+from coordinator.settings import DEFAULT_PHASES, Settings
+from tests.support import (
+    App,
+    FakeWebSocket,
+    NoRedis,
+    async_wait_until,
+    handshake,
+    metric,
+    parse_metrics,
+    run_phases,
+)
+
+
+async def test_metrics_made_before_the_gate_count_its_holds() -> None:
+    coord = Coordinator(Settings(instance_id="m-1", environment="test"),
+                        client=NoRedis())  # type: ignore[arg-type]
+    metrics = Metrics(coord)  # before any gate exists, as an app's setup does
+    gate = ConnectionGate(App(), coord)
+    ready = DEFAULT_PHASES.index("services")
+    await run_phases(coord, *DEFAULT_PHASES[:ready])
+    client = FakeWebSocket()
+    task = handshake(gate, client)
+    await async_wait_until(lambda: len(gate.state.queue) == 1, 5, what="held in cache")
+    await run_phases(coord, "services")
+    await asyncio.wait_for(task, 5)
+    samples = parse_metrics(metrics.render())
+    assert metric(samples, "coordinator_hold_seconds_count", outcome="released") == 1
