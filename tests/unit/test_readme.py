@@ -15,7 +15,7 @@ import pytest
 
 from coordinator.ops.cli import build_parser
 from coordinator.settings import Settings
-from tests.support import ROOT, _Recorder, known_variables
+from tests.support import ROOT, _Recorder, doc_blocks, known_variables
 
 MANUAL = ("guide.md", "configuration.md", "redis-contract.md", "operations.md", "deploy.md",
           "security.md", "benchmarks.md")
@@ -211,3 +211,15 @@ def test_no_doc_cites_a_document_users_do_not_have(doc: str) -> None:
 def test_the_manual_is_in_docs_not_at_the_root() -> None:
     assert not (ROOT / "BENCHMARKS.md").exists()
     assert Path(ROOT / "docs" / "dashboard.png").exists()
+
+
+def test_the_client_helper_section_installs_the_extra_its_imports_need() -> None:
+    """Its example failed on the documented install (ModuleNotFoundError: tenacity): the
+    section never said it needs the ``client`` extra."""
+    import tomllib
+
+    (install,) = doc_blocks("docs/guide.md", "Client helper")
+    assert "[client]" in install
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["client"]
+    assert {line.split(">")[0] for line in extra} == {"websockets", "tenacity"}
