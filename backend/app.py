@@ -52,8 +52,7 @@ class Backend:
         self.services: ChatServices | None = None
         self.metrics = Metrics(self.coord)
         self.api = FastAPI(title="ws-coordinator backend", lifespan=self._lifespan)
-        self.api.add_middleware(ConnectionGate, coordinator=self.coord,
-                                observers=[self.metrics.observe])
+        self.api.add_middleware(ConnectionGate, coordinator=self.coord)  # Metrics observes it
         self.api.state.backend = self
         self._startup: asyncio.Task[None] | None = None
         self._shared: SharedSnapshot | None = None
@@ -115,7 +114,8 @@ class Backend:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""
         api, coord = self.api, self.coord
         # One read a second at most however many ask; none served stale while Redis is down.
-        shared = self._shared = SharedSnapshot(FleetReader(coord.redis, coord.keys),
+        shared = self._shared = SharedSnapshot(FleetReader(coord.redis, coord.keys,
+                                                           keyring=coord.keyring),
                                                usable=lambda: coord.redis_ok)
 
         @api.get("/fleet")

@@ -126,7 +126,9 @@ class ConnectionGate:
                         liveness=settings.instance_ttl + SKEW),
             OpenConnections(tasks=self.tasks, close_reason=self._close_reason,
                             max_age=settings.max_connection_age, on_expire=self._expired))
-        self.observers: list[Observer] = [*coordinator.gate_observers, *(observers or ())]
+        self.observers: list[Observer] = []
+        for observer in [*coordinator.gate_observers, *(observers or ())]:
+            self.observe(observer)  # once each: Metrics(coord) and observers=[...] alike
         self.pacer = Pacer(settings, self.state.queue, coordinator.redis,
                            (coordinator.keys.admit, coordinator.keys.instances),
                            link_up=lambda: coordinator.redis_ok, tasks=self.tasks)

@@ -25,7 +25,8 @@ async def test_metrics_made_before_the_gate_count_its_holds() -> None:
     coord = Coordinator(Settings(instance_id="m-1", environment="test"),
                         client=NoRedis())  # type: ignore[arg-type]
     metrics = Metrics(coord)  # before any gate exists, as an app's setup does
-    gate = ConnectionGate(App(), coord)
+    # Given to the gate as well, as apps did before: still one observation per hold.
+    gate = ConnectionGate(App(), coord, observers=[metrics.observe])
     ready = DEFAULT_PHASES.index("services")
     await run_phases(coord, *DEFAULT_PHASES[:ready])
     client = FakeWebSocket()
