@@ -143,7 +143,7 @@ def _spread(per_round: int, seconds: list[float]) -> str:
 async def bench(report: Report, redis_server: RedisServer) -> None:
     rounds, per_round = (2, 20) if report.smoke else (96, 50)
     env = {"COORD_REDIS_URL": redis_server.url, "COORD_NAMESPACE": "bench-fast",
-           "COORD_HEARTBEAT_INTERVAL": "3600", "COORD_INSTANCE_TTL": "7200",
+           "COORD_HEARTBEAT_INTERVAL": "1800", "COORD_INSTANCE_TTL": "3600",
            "BENCH_ROLE": "owner", "BENCH_START": "ready"}
     with BenchServer(env, "fast-path") as server:
         server.wait_status("instance ready", lambda s: s["state"] == "ready" and s["redis"], 30)

@@ -46,7 +46,14 @@ from coordinator._redis.pubsub import bounded_pubsub
 from coordinator.contract.keys import Keys
 from coordinator.contract.record import as_text, decode_fields
 from coordinator.fleet.registry import write_record
-from coordinator.fleet.view import READ_PAGE, FleetReader, _flat_text, _view, fleet_totals
+from coordinator.fleet.view import (
+    MAX_RECORD_BYTES,
+    READ_PAGE,
+    FleetReader,
+    _flat_text,
+    _view,
+    fleet_totals,
+)
 
 from ._support import (
     BenchServer,
@@ -100,7 +107,7 @@ async def script_pages(reader: FleetReader, ids: list[str]) -> list[Any]:
     for start in range(0, len(ids), reader.page_size):
         chunk = ids[start:start + reader.page_size]
         pages.append(await reader.client.register_script(READ_PAGE)(
-            keys=[reader.keys.instance(i) for i in chunk]))
+            keys=[reader.keys.instance(i) for i in chunk], args=[MAX_RECORD_BYTES]))
     return pages
 
 

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from coordinator._redis.topology import SENTINEL_SCHEMES, parse_sentinel_url
 from coordinator.contract.keys import ID_PATTERN, NAME_PATTERN
+from coordinator.contract.record import MAX_TTL
 from coordinator.contract.signing import Keyring
 from coordinator.exceptions import ConfigError, UsageError
 from coordinator.fleet.leases import LONGEST_HOLD
@@ -284,9 +285,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COORD_HEARTBEAT_INTERVAL", "heartbeat_interval", _number, "`2`",
              "seconds between heartbeats", lambda s: s.heartbeat_interval > 0, "a number > 0"),
     Variable("COORD_INSTANCE_TTL", "instance_ttl", _number, "`10`",
-             "seconds an instance record lives without a heartbeat",
-             lambda s: s.instance_ttl > s.heartbeat_interval,
-             "a number of seconds greater than COORD_HEARTBEAT_INTERVAL"),
+             "seconds an instance record lives without a heartbeat (at most 3600)",
+             lambda s: s.heartbeat_interval < s.instance_ttl <= MAX_TTL,
+             "a number of seconds greater than COORD_HEARTBEAT_INTERVAL, at most 3600"),
     Variable("COORD_TIMEOUT_MULTIPLIER", "timeout_multiplier", _number, "`1.0`",
              "scales the wait budget", lambda s: s.timeout_multiplier > 0, "a number > 0"),
     Variable("COORD_DRAIN_GRACE", "drain_grace", _number, "`5`",

@@ -183,11 +183,16 @@ def raw_record(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
+MAX_TTL = 3600.0  # COORD_INSTANCE_TTL's ceiling: a longer ttl is no instance's
+
+
 def is_live(record: RecordView, now: float) -> bool:
+    """Whether the record's last heartbeat is within its ``ttl`` of ``now``; a ttl above
+    MAX_TTL counts as MAX_TTL (a forged ttl of 1e10 once kept a record live for centuries)."""
     heartbeat, ttl = record.get("heartbeat_at"), record.get("ttl")
     if not isinstance(heartbeat, float) or not isinstance(ttl, float):
         return False
-    return now - heartbeat <= ttl
+    return now - heartbeat <= min(ttl, MAX_TTL)
 
 
 def as_text(value: Any) -> str:

@@ -21,7 +21,8 @@ from coordinator._redis.client import REDIS_ERRORS, refused
 from coordinator.contract.documents import FleetDocument, FleetTotals, InstanceView
 from coordinator.contract.keys import MAX_ID_CHARS, Keys, printable_name
 from coordinator.contract.phases import State
-from coordinator.contract.record import RecordView, as_text, decode_fields, decode_record, is_live
+from coordinator.contract.record import RecordView, as_text, decode_fields, is_live
+from coordinator.contract.signing import Keyring, record_signature_ok
 
 PAGE_SIZE = 200
 DocT = TypeVar("DocT")
@@ -54,16 +55,24 @@ return cjson.encode({index = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1
 
 
 # KEYS   = N:instance:<id> for each instance of one page of the fleet view
-# ARGV   = none
+# ARGV[1] = the largest record read, in bytes of memory (MEMORY USAGE, SAMPLES 0)
 # Returns one JSON array with, for each key, its HGETALL as a flat [field, value, ...]
-# list (an empty hash encodes as {}). Read-only.
+# list; {} (an empty Lua table encodes as {}) for a missing key, a key of another type,
+# or a record larger than ARGV[1], which is never read. Read-only.
 READ_PAGE = """
-local out = {}
+local out, limit = {}, tonumber(ARGV[1])
 for i = 1, #KEYS do
-  out[i] = redis.call('HGETALL', KEYS[i])
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'hash' or (redis.call('MEMORY', 'USAGE', KEYS[i], 'SAMPLES', '0') or 0) > limit
+  then
+    out[i] = {}
+  else
+    out[i] = redis.call('HGETALL', KEYS[i])
+  end
 end
 return cjson.encode(out)
 """
+MAX_RECORD_BYTES = 16384  # a record as an instance writes it takes about 1 KiB
 
 
 # KEYS[1] = N:instances
@@ -84,11 +93,11 @@ return removed
 
 async def fleet_snapshot(client: redis.Redis, keys: Keys, *, fleet_cap: int | None = None,
                          now: float | None = None, page_size: int = PAGE_SIZE,
-                         prune: bool = True, max_instances: int = MAX_INSTANCES
-                         ) -> FleetDocument:
+                         prune: bool = True, max_instances: int = MAX_INSTANCES,
+                         keyring: Keyring | None = None) -> FleetDocument:
     """The fleet as one JSON-ready document: a :class:`FleetReader`'s snapshot, once."""
     reader = FleetReader(client, keys, page_size=page_size, prune=prune,
-                         max_instances=max_instances)
+                         max_instances=max_instances, keyring=keyring)
     return await reader.snapshot(fleet_cap=fleet_cap, now=now)
 
 
@@ -111,15 +120,27 @@ class FleetReader:
     says ``"truncated": true`` when there were more. A member that cannot be an instance
     id (over 128 characters, control characters) is judged gone without a read.
 
+    Bounded in bytes too: a record larger than :data:`MAX_RECORD_BYTES` (by ``MEMORY
+    USAGE``, which reads no value) is never read, and counts as gone; a real instance's
+    next heartbeat replaces it whole. With ``keyring`` (the instances' signing keys) a
+    record whose signature does not verify, or that is another instance's, is left out
+    too: a writer without the key cannot add an instance to the view. ``dropped`` counts
+    the records left out for their size or signature.
+
     Permissions: a user whose ACL refuses scripts (an operator's read-only user) reads
     with plain commands instead and never prunes (pruning is a script); one that may run
-    scripts but not write stops pruning after the first refusal. Neither is an error.
+    scripts but not write stops pruning after the first refusal; one that may not ask a
+    record's size (``MEMORY USAGE``) reads records whole. None of these is an error.
     """
 
     def __init__(self, client: redis.Redis, keys: Keys, *, page_size: int = PAGE_SIZE,
-                 prune: bool = True, max_instances: int = MAX_INSTANCES) -> None:
+                 prune: bool = True, max_instances: int = MAX_INSTANCES,
+                 keyring: Keyring | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.keyring = keyring
+        self.sizes = True  # False once Redis refused or did not know MEMORY USAGE
+        self.dropped: Counter[str] = Counter()  # records left out: "oversized", "signature"
         self.page_size = page_size
         self.prune = prune
         self.max_instances = max_instances
@@ -200,19 +221,52 @@ class FleetReader:
         keys, client = self.keys, self.client
         if self.scripts:
             try:
-                raw = await self._page_script(
-                    keys=[keys.instance(i) for i in ids])
-                return decode_page(raw, len(ids))
+                raw = await self._page_script(keys=[keys.instance(i) for i in ids],
+                                              args=[MAX_RECORD_BYTES])
+                rows = page_rows(raw, len(ids))
+                return [self._decoded(i, r) for i, r in zip(ids, rows, strict=True)]
             except NoPermissionError:
                 self.scripts = False
             except (ResponseError, ValueError, TypeError):
                 pass
+        small = await self._small(ids)
         async with client.pipeline(transaction=False) as pipe:
-            for instance_id in ids:
+            for instance_id in small:
                 pipe.hgetall(keys.instance(instance_id))
             # A key of the wrong type reads as a missing record (pruned), not as an outage.
-            return [decode_record(raw) if isinstance(raw, dict) else RecordView()
-                    for raw in await pipe.execute(raise_on_error=False)]
+            read = dict(zip(small, await pipe.execute(raise_on_error=False), strict=True))
+        return [self._decoded(i, [as_text(x) for kv in raw.items() for x in kv])
+                if isinstance(raw := read.get(i), dict) else RecordView() for i in ids]
+
+    async def _small(self, ids: list[str]) -> list[str]:
+        """The ids whose record is at most MAX_RECORD_BYTES (all of them where Redis
+        will not say a key's size)."""
+        if not self.sizes:
+            return ids
+        async with self.client.pipeline(transaction=False) as pipe:
+            for instance_id in ids:
+                pipe.execute_command("MEMORY", "USAGE", self.keys.instance(instance_id),
+                                     "SAMPLES", "0")
+            sizes = await pipe.execute(raise_on_error=False)
+        if any(isinstance(size, ResponseError) for size in sizes):
+            self.sizes = False  # refused (NOPERM) or unknown: read records whole
+            return ids
+        small = [i for i, size in zip(ids, sizes, strict=True)
+                 if not isinstance(size, int) or size <= MAX_RECORD_BYTES]
+        self.dropped["oversized"] += len(ids) - len(small)
+        return small
+
+    def _decoded(self, instance_id: str, flat: list[str]) -> RecordView:
+        """A record given as flat text, decoded; empty when it is oversized (the script
+        read nothing) or, with a keyring, not verifiably this instance's."""
+        if not flat:
+            return RecordView()
+        if self.keyring is not None:
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            if raw.get("id") != instance_id or not record_signature_ok(raw, self.keyring):
+                self.dropped["signature"] += 1
+                return RecordView()
+        return decode_fields(flat)
 
     async def _prune(self, gone: list[tuple[str, float]]) -> None:
         """Remove ``gone`` members from the index in batches, each only if it has not
@@ -281,14 +335,20 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # seen: no "exception was never retrieved" when all left
 
 
-def decode_page(raw: bytes | str, expected: int) -> list[RecordView]:
-    """READ_PAGE's JSON text: one decoded record per key (``{}`` for a missing or
-    malformed one). ValueError when the text is not such a page at all (the caller
-    reads the page another way)."""
+def page_rows(raw: bytes | str, expected: int) -> list[list[str]]:
+    """READ_PAGE's JSON text: one flat [field, value, ...] list per key (empty for a
+    missing, oversized or malformed one). ValueError when the text is not such a page at
+    all (the caller reads the page another way)."""
     rows = json.loads(raw)
     if not isinstance(rows, list) or len(rows) != expected:
         raise ValueError("a page of the fleet view has the wrong length")
-    return [decode_fields(r) if _flat_text(r) else RecordView() for r in rows]
+    return [r if _flat_text(r) else [] for r in rows]
+
+
+def decode_page(raw: bytes | str, expected: int) -> list[RecordView]:
+    """READ_PAGE's JSON text: one decoded record per key (``{}`` for a missing or
+    malformed one)."""
+    return [decode_fields(r) if r else RecordView() for r in page_rows(raw, expected)]
 
 
 def _flat_text(row: Any) -> bool:

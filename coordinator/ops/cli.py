@@ -61,8 +61,9 @@ class CliError(CoordinatorError):
 
 # -- commands ---------------------------------------------------------------------------
 
-async def fleet(client: redis.Redis, keys: Keys, as_json: bool, out: TextIO) -> int:
-    doc = await fleet_snapshot(client, keys)
+async def fleet(client: redis.Redis, keys: Keys, as_json: bool, out: TextIO,
+                keyring: Keyring | None = None) -> int:
+    doc = await fleet_snapshot(client, keys, keyring=keyring)
     if not doc["instances"]:
         raise CliError(f"namespace {keys.namespace!r} has no live instances "
                        "(check --namespace or COORD_NAMESPACE)")
@@ -78,7 +79,7 @@ async def watch(client: redis.Redis, keys: Keys, as_json: bool, interval: float,
     next refresh; only an unreachable Redis at the start is an error.
     """
     await client.ping()
-    reader = FleetReader(client, keys)  # remembers what this user may not do
+    reader = FleetReader(client, keys, keyring=settings.keyring)  # remembers refusals
     clear = out.isatty() and not as_json
     pubsub: Any = None
     try:
@@ -343,7 +344,7 @@ async def run(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         if args.command == "fleet" and args.watch:
             return await watch(client, keys, args.json, args.interval, out, settings)
         if args.command == "fleet":
-            return await fleet(client, keys, args.json, out)
+            return await fleet(client, keys, args.json, out, settings.keyring)
         if args.command == "events":
             return await events(client, keys, args.json, args.count, settings.keyring, out)
         return await check(client, keys, instance_id, settings.keyring, out)

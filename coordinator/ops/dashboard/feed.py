@@ -78,7 +78,8 @@ class FleetFeed:
         self.client = client
         self.keys = keys
         self.keyring = Keyring.of(signing_key, keys.namespace)
-        self.reader = FleetReader(client, keys)  # remembers what this user may not do
+        # Remembers what this user may not do; with a key, lists only verified records.
+        self.reader = FleetReader(client, keys, keyring=self.keyring)
         self.interval = interval
         self.queue_size = queue_size
         self.max_pages = max_pages  # each open page may hold PAGE_QUEUE_BYTES
