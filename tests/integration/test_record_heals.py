@@ -5,6 +5,8 @@ sorted set. A reader takes a key of another type as no record, not as an outage.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,15 @@ def settings(url: str, namespace: str, **kw: Any) -> Settings:
                     environment="test", heartbeat_interval=BEAT, instance_ttl=2.0, **kw)
 
 
+@contextlib.asynccontextmanager
+async def linked(url: str, namespace: str, **kw: Any) -> AsyncIterator[Coordinator]:
+    """A started owner whose Redis link is up; on leaving, it never lost it."""
+    async with Coordinator(settings(url, namespace, **kw)) as coord:
+        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+        yield coord
+        assert coord.redis_ok and coord.redis_errors == 0
+
+
 async def key_type(client: redis.Redis, key: str) -> str:
     kind = await client.type(key)
     return kind.decode() if isinstance(kind, bytes) else str(kind)
@@ -35,8 +46,7 @@ async def key_type(client: redis.Redis, key: str) -> str:
 async def test_a_field_another_writer_added_is_gone_at_the_next_heartbeat(
         redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
     keys = Keys(namespace)
-    async with Coordinator(settings(redis_server.url, namespace, signing_key="k1")) as coord:
-        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+    async with linked(redis_server.url, namespace, signing_key="k1") as coord:
         await client.hset(keys.instance(INSTANCE), "stray", "x")
 
         async def healed() -> bool:
@@ -44,25 +54,21 @@ async def test_a_field_another_writer_added_is_gone_at_the_next_heartbeat(
             return "stray" not in raw and record_signature_ok(raw, coord.keyring)
 
         await async_wait_until(healed, 10 * BEAT + 5, what="the record written whole")
-        assert coord.redis_ok and coord.redis_errors == 0
 
 
 async def test_a_record_key_of_another_type_is_replaced_not_a_lost_link(
         redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
     keys = Keys(namespace)
-    async with Coordinator(settings(redis_server.url, namespace)) as coord:
-        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+    async with linked(redis_server.url, namespace):
         await client.set(keys.instance(INSTANCE), "not a hash")
         await async_wait_until(lambda: _is(client, keys.instance(INSTANCE), "hash"),
                                10 * BEAT + 5, what="the record a hash again")
-        assert coord.redis_ok and coord.redis_errors == 0
 
 
 async def test_an_index_of_another_type_is_rebuilt_by_the_heartbeats(
         redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
     keys = Keys(namespace)
-    async with Coordinator(settings(redis_server.url, namespace)) as coord:
-        await async_wait_until(lambda: coord.redis_ok, 10, what="the link")
+    async with linked(redis_server.url, namespace):
         await client.delete(keys.instances)
         await client.set(keys.instances, "not a sorted set")
 
@@ -71,7 +77,6 @@ async def test_an_index_of_another_type_is_rebuilt_by_the_heartbeats(
                     and await client.zscore(keys.instances, INSTANCE) is not None)
 
         await async_wait_until(listed, 10 * BEAT + 5, what="the index rebuilt")
-        assert coord.redis_ok and coord.redis_errors == 0
 
 
 async def test_a_follower_reads_a_record_of_another_type_as_no_record(
