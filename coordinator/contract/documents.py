@@ -70,3 +70,9 @@ class HealthDocument(TypedDict, total=False):
     fleet_cap: CapStatus
     admitted: dict[str, int]  # by how: immediate, after_hold
     rejected: dict[str, int]  # by Reason
+    drain: DrainStatus  # whether SIGTERM drains this instance in this process
+
+
+class DrainStatus(TypedDict):
+    armed: bool  # False: a SIGTERM reaches the server's own shutdown, held handshakes get 500
+    via: str | None  # how the server's SIGTERM handler was taken over

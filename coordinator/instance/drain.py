@@ -82,6 +82,11 @@ class Drains:
         taken = self._taken.get(signal.SIGTERM)
         return taken.how if taken is not None else None
 
+    def armed(self, coord: Coordinator) -> str | None:
+        """How SIGTERM will drain ``coord`` (the takeover's name), or None: it will not
+        (its gate's lifespan has not started, or no server handler was found)."""
+        return self.hooked if coord in self.coordinators else None
+
     def attach(self, coord: Coordinator) -> None:
         """Drain ``coord`` on SIGTERM (called when its gate's lifespan starts)."""
         if coord not in self.coordinators:

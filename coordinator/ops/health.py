@@ -23,10 +23,11 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from coordinator.contract.documents import CapStatus, HealthDocument
+from coordinator.contract.documents import CapStatus, DrainStatus, HealthDocument
 from coordinator.contract.record import Link
 from coordinator.gate.gate import ConnectionGate, gate_of
 from coordinator.instance.coordinator import Coordinator
+from coordinator.instance.drain import DRAINS
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -45,6 +46,7 @@ def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> H
         phases_total=coord.plan.total,
         redis=Link.OK if coord.redis_ok else Link.DOWN,
         dropped_messages=dict(coord.drops.counts),
+        drain=DrainStatus(armed=DRAINS.armed(coord) is not None, via=DRAINS.armed(coord)),
     )
     if gate is not None:
         figures = gate.figures()

@@ -20,6 +20,7 @@ from coordinator.contract.record import CapMode
 from coordinator.contract.rejection import Reason
 from coordinator.gate.gate import ConnectionGate, GateFigures, gate_of
 from coordinator.instance.coordinator import Coordinator
+from coordinator.instance.drain import DRAINS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -72,6 +73,10 @@ class _CoordinatorCollector(Collector):
                           "Seconds until ready, estimated from N:phase_stats", c.id, expected)
         yield _family(gauge, "coordinator_redis_up", "1 while the Redis link is up", c.id,
                       1.0 if c.redis_ok else 0.0)
+        yield _family(gauge, "coordinator_drain_armed",
+                      "1 while SIGTERM drains this instance in this process (0: the server's "
+                      "own shutdown would answer held handshakes)", c.id,
+                      1.0 if DRAINS.armed(c) is not None else 0.0)
         f = figures
         yield _family(counter, "coordinator_redis_errors", "Redis operations that failed",
                       c.id, {"link": c.redis_errors, "leases": f.lease_errors if f else 0,

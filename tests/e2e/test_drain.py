@@ -121,6 +121,8 @@ async def test_sigterm_during_traffic_closes_open_rejects_new_and_leaves_redis(
         env["COORD_DRAIN_GRACE"] = "4"  # the default (5 s) is exercised by the http case
     backend = start_backend(env)
     backend.wait_ready()
+    _status, body = backend.get("/health/ready")
+    assert body["drain"] == {"armed": True, "via": "signal.signal"}, body  # uvicorn's
     opened = [await open_chat(backend.ws_url) for _ in range(3)]
     try:
         await drain_during_traffic(backend, redis_text, namespace, instance, reject, opened)

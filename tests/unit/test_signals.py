@@ -224,3 +224,25 @@ async def test_a_sigterm_right_after_the_first_is_the_same_stop(sigterm) -> None
         assert state_of(coord) is State.STOPPED
     finally:
         drains.detach(coord)
+
+
+async def test_health_and_metrics_say_whether_sigterm_drains_this_instance() -> None:
+    """A takeover that misses only logged a warning at start: nothing a probe or a
+    dashboard could see. The health document and a gauge say it now."""
+    from coordinator.instance.drain import DRAINS
+    from coordinator.ops.health import health_document
+    from coordinator.ops.metrics import Metrics
+    from tests.support import metric, parse_metrics
+
+    _gate, coord, _app = gate_for()
+    metrics = Metrics(coord)
+    assert health_document(coord)["drain"] == {"armed": False, "via": None}  # not attached
+    with server_handler(signal.SIGTERM):
+        DRAINS.attach(coord)
+        try:
+            assert health_document(coord)["drain"] == {"armed": True, "via": "signal.signal"}
+            assert metric(parse_metrics(metrics.render()), "coordinator_drain_armed") == 1
+        finally:
+            DRAINS.detach(coord)
+    assert health_document(coord)["drain"]["armed"] is False
+    assert metric(parse_metrics(metrics.render()), "coordinator_drain_armed") == 0
