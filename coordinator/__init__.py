@@ -5,8 +5,9 @@ the :class:`ConnectionGate` in front of the app, its :class:`Settings`, the heal
 (:class:`HealthApp`), the metrics (:class:`Metrics`) and the protocol's values. They are
 imported on first use, so ``import coordinator`` (and the ``coordinator`` command) stays
 cheap. The public modules are ``coordinator.health``, ``coordinator.metrics``,
-``coordinator.dashboard``, ``coordinator.client`` and ``coordinator.logs``; every other
-module is the package's own and may change.
+``coordinator.dashboard``, ``coordinator.client``, ``coordinator.guard`` (HTTP routes,
+FastAPI) and ``coordinator.logs``; every other module is the package's own and may
+change.
 """
 
 from __future__ import annotations
