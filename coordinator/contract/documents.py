@@ -9,7 +9,7 @@ reader derives from it.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from coordinator.contract.record import RecordView
 
@@ -48,6 +48,16 @@ class FleetDocument(TypedDict):
     truncated: bool  # more members (or leases) than one snapshot reads
 
 
+class QueueStatus(TypedDict):
+    """The hold queue, as the health document shows it."""
+
+    depth: int  # handshakes held now
+    max: int  # COORD_MAX_QUEUE
+    oldest_wait: float  # seconds the oldest held one has waited
+    held_total: int  # ever held (a slot and, with a fleet cap, a lease)
+    released_total: int  # ever released to the app
+
+
 class CapStatus(TypedDict, total=False):
     cap: int | None
     mode: str  # a CapMode value
@@ -66,7 +76,7 @@ class HealthDocument(TypedDict, total=False):
     phases_total: int
     redis: str  # a Link value: ok, down
     dropped_messages: dict[str, int]
-    queue: dict[str, Any]  # the hold queue's status (HoldQueue.status)
+    queue: QueueStatus
     fleet_cap: CapStatus
     admitted: dict[str, int]  # by how: immediate, after_hold
     rejected: dict[str, int]  # by Reason

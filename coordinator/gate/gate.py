@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
 from coordinator._tasks import TaskSet
+from coordinator.contract.documents import QueueStatus
 from coordinator.contract.outcomes import Admitted, Seen
 from coordinator.contract.phases import State
 from coordinator.contract.record import CapMode
@@ -72,7 +73,7 @@ class GateFigures:
     """One gate's figures at one moment: what the instance record (:meth:`counts`), the
     health document and the metrics all show, read in one place."""
 
-    queue: dict[str, object]  # HoldQueue.status(): depth, max, oldest_wait, totals
+    queue: QueueStatus  # HoldQueue.status()
     held: int
     queue_max: int
     oldest_wait: float

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from coordinator.contract.documents import QueueStatus
 from coordinator.contract.rejection import Reason
 
 
@@ -122,14 +123,10 @@ class HoldQueue:
             return max(0.0, self.clock() - entry.enqueued_at)
         return 0.0
 
-    def status(self) -> dict[str, object]:
-        return {
-            "depth": len(self._holds),
-            "max": self.max_size,
-            "oldest_wait": round(self.oldest_wait(), 3),
-            "held_total": self.held_total,
-            "released_total": self.released_total,
-        }
+    def status(self) -> QueueStatus:
+        return QueueStatus(depth=len(self._holds), max=self.max_size,
+                           oldest_wait=round(self.oldest_wait(), 3),
+                           held_total=self.held_total, released_total=self.released_total)
 
     # -- expiry ---------------------------------------------------------------------
 
