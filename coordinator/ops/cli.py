@@ -49,7 +49,7 @@ from coordinator.settings import Settings, generated_on, scrub
 EXIT_OK, EXIT_NOT_READY, EXIT_ERROR = 0, 1, 2
 WATCH_INTERVAL = 2.0
 # Not 8080 (HAProxy's and the image's port in docker-compose and deploy/haproxy.cfg), nor
-# 8000-8003 (the backend's default and the README's instances): nothing the README starts.
+# 8000-8003 (the backend's default and the docs' instances): nothing the docs start.
 DASHBOARD_PORT = 8090
 WATCH_SETTLE = 0.05  # after an event, wait this long for the rest of its burst
 WATCH_MAX_SETTLE = 0.5
