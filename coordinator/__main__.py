@@ -2,6 +2,6 @@
 
 import sys
 
-from coordinator.ops.cli import main
+from coordinator.ops.arguments import main
 
 sys.exit(main())

@@ -78,8 +78,8 @@ def test_the_installed_console_script_is_what_the_tests_run(env: dict[str, str])
     assert script.parent == Path(sys.executable).parent and script.name == "coordinator"
     text = script.read_text()
     assert text.startswith(f"#!{sys.executable}\n"), text
-    # [project.scripts] coordinator = "coordinator.ops.cli:main"
-    assert "from coordinator.ops.cli import main" in text
+    # [project.scripts] coordinator = "coordinator.ops.arguments:main"
+    assert "from coordinator.ops.arguments import main" in text
     usage = run_cli("--help", env=env)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: coordinator "), usage
 

@@ -111,3 +111,19 @@ def test_every_module_imports_on_its_own() -> None:
         if "dashboard" in module or module.endswith((".metrics", ".client", "__main__")):
             continue  # optional extras: the lean install's test covers them
         importlib.import_module(module)
+
+
+def test_coordinator_help_imports_nothing_that_talks_to_redis() -> None:
+    """``coordinator --help`` (and a usage error) is answered from argparse alone: it took
+    290-360 ms when it imported redis-py and the commands first (now about 20 ms)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom coordinator.ops.arguments import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('redis', 'asyncio', 'coordinator.ops.cli') "
+             "if m in sys.modules), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=True)
+    assert "usage: coordinator" in done.stdout
+    assert done.stderr.strip() == "[]"

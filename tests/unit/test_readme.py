@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.ops.cli import build_parser
+from coordinator.ops.arguments import build_parser
 from coordinator.settings import Settings
 from tests.support import ROOT, _Recorder, doc_blocks, known_variables
 
