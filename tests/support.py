@@ -420,14 +420,14 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def parse_metrics(text: str | bytes) -> Samples:
-    """Every sample of a /metrics page by (name, labels without ``instance``)."""
+    """Every sample of a /metrics page by (name, labels without ``instance_id``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: Samples = {}
     body = text.decode() if isinstance(text, bytes) else text
     for family in text_string_to_metric_families(body):
         for s in family.samples:
-            labels = frozenset((k, v) for k, v in s.labels.items() if k != "instance")
+            labels = frozenset((k, v) for k, v in s.labels.items() if k != "instance_id")
             out[(s.name, labels)] = s.value
     return out
 

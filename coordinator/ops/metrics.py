@@ -23,6 +23,9 @@ from coordinator.instance.coordinator import Coordinator
 from coordinator.instance.drain import DRAINS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The coordinator's instance id on every series. Not "instance": Prometheus sets that
+# label to the scrape target, and renames a target's own to "exported_instance".
+LABEL = "instance_id"
 
 
 Family = GaugeMetricFamily | CounterMetricFamily
@@ -33,11 +36,11 @@ def _family(kind: type[Family], name: str, doc: str, instance: str,
     """One metric family: a single value, or one value per ``label`` value (keys may be
     StrEnum members: a label value is their text)."""
     if isinstance(values, int | float):
-        family = kind(name, doc, labels=["instance"])
+        family = kind(name, doc, labels=[LABEL])
         family.add_metric([instance], float(values))
         return family
     assert label is not None
-    family = kind(name, doc, labels=["instance", label])
+    family = kind(name, doc, labels=[LABEL, label])
     for key, value in sorted((str(k), v) for k, v in values.items()):
         family.add_metric([instance, key], float(value))
     return family
@@ -119,8 +122,10 @@ class _CoordinatorCollector(Collector):
 
 
 class Metrics:
-    """The coordinator's (and its gate's) Prometheus metrics, in a registry of their own
-    (tests run several in one process): ``render()`` is the body of ``/metrics``.
+    """The coordinator's (and its gate's) Prometheus metrics: ``render()`` is the body of
+    ``/metrics``. They go into ``registry`` when given (``prometheus_client.REGISTRY``,
+    to serve them beside the app's own), else into a registry of their own (tests run
+    several in one process). Every series is labelled ``instance_id``.
 
     The gate's figures come from ``gate``, else from the gate attached to ``coord``. The
     hold-time histogram is fed by :meth:`observe`, registered on ``gate`` when given,
@@ -129,12 +134,14 @@ class Metrics:
     request): ``Metrics(coord)`` is all it takes.
     """
 
-    def __init__(self, coord: Coordinator, gate: ConnectionGate | None = None) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, coord: Coordinator, gate: ConnectionGate | None = None, *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.coord = coord
         self.registry.register(_CoordinatorCollector(coord, gate))
         self.hold_seconds = Histogram(
             "coordinator_hold_seconds", "Time a handshake was held before its answer",
-            ["outcome"], registry=self.registry,
+            [LABEL, "outcome"], registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60))
         if gate is not None:
             gate.observe(self.observe)
@@ -143,8 +150,8 @@ class Metrics:
 
     def observe(self, what: Seen, reason: Reason | None, waited: float) -> None:
         if what in (Seen.RELEASED, Seen.GAVE_UP) or (what is Seen.REJECTED and waited > 0):
-            self.hold_seconds.labels(what if what is not Seen.REJECTED else f"rejected_{reason}"
-                                     ).observe(waited)
+            outcome = what if what is not Seen.REJECTED else f"rejected_{reason}"
+            self.hold_seconds.labels(self.coord.id, outcome).observe(waited)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -36,3 +36,28 @@ async def test_metrics_made_before_the_gate_count_its_holds() -> None:
     await asyncio.wait_for(task, 5)
     samples = parse_metrics(metrics.render())
     assert metric(samples, "coordinator_hold_seconds_count", outcome="released") == 1
+
+
+async def test_every_series_names_the_instance_as_instance_id_and_a_registry_can_be_given(
+        ) -> None:
+    """"instance" is the scrape target's label in Prometheus (a target's own is renamed
+    exported_instance), and the histogram had none; the registry was private."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    coord = Coordinator(Settings(instance_id="m-2", environment="test"),
+                        client=NoRedis())  # type: ignore[arg-type]
+    theirs = CollectorRegistry()
+    metrics = Metrics(coord, registry=theirs)
+    gate = ConnectionGate(App(), coord)
+    await run_phases(coord, *DEFAULT_PHASES[:DEFAULT_PHASES.index("services")])
+    task = handshake(gate, FakeWebSocket())
+    await async_wait_until(lambda: len(gate.state.queue) == 1, 5, what="held")
+    await run_phases(coord, "services")
+    await asyncio.wait_for(task, 5)
+    page = metrics.render().decode()
+    samples = [s for f in text_string_to_metric_families(page) for s in f.samples]
+    assert {s.name for s in samples} >= {"coordinator_hold_seconds_count", "coordinator_held"}
+    assert all(s.labels.get("instance_id") == "m-2" and "instance" not in s.labels
+               for s in samples)
+    assert theirs.get_sample_value("coordinator_held", {"instance_id": "m-2"}) == 0
