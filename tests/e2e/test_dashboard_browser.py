@@ -258,7 +258,10 @@ async def _total_held(browser: Chromium) -> bool:
 
 
 async def _text_is(browser: Chromium, element_id: str, wanted: str) -> bool:
-    return await browser.text(element_id) == wanted
+    try:
+        return await browser.text(element_id) == wanted
+    except RuntimeError:  # the page is still loading: no such element yet
+        return False
 
 
 async def _ids_are(browser: Chromium, wanted: list[str]) -> bool:
@@ -317,6 +320,25 @@ async def test_instance_ids_and_hosts_from_redis_render_as_text(
                                    what="the dashboard to unsubscribe")
     finally:
         await client.delete(keys.instance(HOSTILE_ID), keys.instances)
+
+
+async def test_before_its_first_snapshot_the_page_says_it_waits_not_that_there_is_no_one(
+        browser: Chromium, tmp_path: Path, redis_server: RedisServer,
+        namespace: str) -> None:
+    """The first paint said "No live instances" (and "Reconnecting") while three were
+    live: nothing was known yet. With Redis unreachable no snapshot ever comes; with an
+    empty namespace the first one says there is no one."""
+    with _standalone_dashboard("redis://127.0.0.1:1/0", namespace, tmp_path / "a.log") as url:
+        await browser.goto(url + "/dashboard/")
+        await async_wait_until(lambda: _text_is(browser, "link", "degraded"), 20,
+                               interval=0.2, what="the page to hear Redis is down")
+        assert await browser.text("empty") == "Waiting for the first fleet snapshot\u2026"
+    with _standalone_dashboard(redis_server.url, namespace, tmp_path / "b.log") as url:
+        await browser.goto(url + "/dashboard/")
+        await async_wait_until(
+            lambda: _text_is(browser, "empty", "No live instances in this namespace yet."),
+            20, interval=0.2, what="the first snapshot, of no one")
+    assert browser.errors == []
 
 
 async def _states_are(browser: Chromium, wanted: list[str]) -> bool:

@@ -325,6 +325,9 @@
       for (const id of ids) fragment.append(rows.get(id).tr);
       body.append(fragment);
     }
+    // Before the first snapshot nothing is known: say so, not "no live instances".
+    setText($('empty'), fleet.snapshotAt ? 'No live instances in this namespace yet.'
+      : 'Waiting for the first fleet snapshot…');
     $('empty').hidden = ids.length > 0;
   }
 
@@ -481,6 +484,8 @@
     if (fleet.redis === 'down') {
       link = 'degraded';
       banner = 'The dashboard cannot reach Redis: the view is not updating.';
+    } else if (linkState === 'connecting') {
+      banner = 'Connecting to the dashboard server…';
     } else if (linkState !== 'live') {
       banner = 'Reconnecting to the dashboard server…';
     } else if (stale) {
