@@ -57,7 +57,8 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
         log.warning("%s was not a sorted set (%s): removed, so that the fleet's heartbeats "
                     "rebuild it", keys.instances, exc)
         await client.delete(keys.instances)
-        await _write(client, keys, record, ttl, heartbeat_at, event)
+        # EXEC ran every other command, the event's publishes included: not again.
+        await _write(client, keys, record, ttl, heartbeat_at, None)
 
 
 async def _write(client: redis.Redis, keys: Keys, record: Mapping[str, str], ttl: float,

@@ -38,6 +38,7 @@ PATHS = ("/health/live", "/health/startup", "/health/ready")
 def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> HealthDocument:
     """What every health route answers: the instance as this process sees it now."""
     gate = gate if gate is not None else gate_of(coord)
+    drain_via = DRAINS.armed(coord)
     doc = HealthDocument(
         instance=coord.id,
         state=coord.state.value,
@@ -46,7 +47,7 @@ def health_document(coord: Coordinator, gate: ConnectionGate | None = None) -> H
         phases_total=coord.plan.total,
         redis=Link.OK if coord.redis_ok else Link.DOWN,
         dropped_messages=dict(coord.drops.counts),
-        drain=DrainStatus(armed=DRAINS.armed(coord) is not None, via=DRAINS.armed(coord)),
+        drain=DrainStatus(armed=drain_via is not None, via=drain_via),
     )
     if gate is not None:
         figures = gate.figures()

@@ -6,6 +6,7 @@ sorted set. A reader takes a key of another type as no record, not as an outage.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +14,17 @@ import pytest
 import redis.asyncio as redis
 
 from coordinator import Coordinator, Settings
+from coordinator._redis.pubsub import bounded_pubsub
 from coordinator.contract.keys import Keys
 from coordinator.contract.signing import record_signature_ok
-from coordinator.fleet.registry import read_record
-from tests.support import RedisServer, async_wait_until
+from coordinator.fleet.registry import read_record, write_record
+from tests.support import (
+    RedisServer,
+    async_wait_until,
+    instance_record,
+    publish,
+    subscribers,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.matrix]
 
@@ -91,3 +99,32 @@ async def test_a_follower_reads_a_record_of_another_type_as_no_record(
 
 async def _is(client: redis.Redis, key: str, kind: str) -> bool:
     return await key_type(client, key) == kind
+
+
+async def test_healing_the_index_publishes_the_event_of_the_write_once(
+        redis_server: RedisServer, namespace: str, client: redis.Redis) -> None:
+    """EXEC ran the publishes of the write whose ZADD met a string index: the write done
+    again after the heal carries no event, so subscribers hear the transition once."""
+    keys = Keys(namespace)
+    await client.set(keys.instances, "not a sorted set")
+    listener = bounded_pubsub(client)
+    try:
+        await listener.follow(keys.events)
+        await async_wait_until(lambda: subscribers(client, keys.events), 5,
+                               what="subscribed")
+        record = instance_record(INSTANCE, time.time())
+        await write_record(client, keys, record, 10.0, time.time(), event=b"transition")
+        await publish(client, keys.events, b"end")  # after the write, on the same server
+        heard: list[bytes] = []
+
+        async def ended() -> bool:
+            msg = await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg is not None:
+                heard.append(msg["data"])
+            return heard[-1:] == [b"end"]
+
+        await async_wait_until(ended, 5, what="the end marker")
+        assert heard == [b"transition", b"end"]
+        assert await _is(client, keys.instances, "zset")
+    finally:
+        await listener.aclose()
