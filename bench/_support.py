@@ -30,8 +30,9 @@ from typing import Any, Self
 
 import redis.asyncio as redis
 import redis.utils as redis_utils
-from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
 
+from coordinator._compat import redispy
 from harness.processes import ROOT, RedisServer, free_port, wait_until
 
 __all__ = [
@@ -99,7 +100,11 @@ def use_parser(client: redis.Redis, name: str) -> redis.Redis:
     ``PARSERS[name]``; call it before the client's first command. Returns ``client``."""
     if name == "hiredis" and not redis_utils.HIREDIS_AVAILABLE:
         raise RuntimeError("hiredis is not installed: pip install 'ws-coordinator[hiredis]'")
-    client.connection_pool.connection_kwargs["parser_class"] = PARSERS[name]
+    kwargs = client.connection_pool.connection_kwargs
+    parser = PARSERS[name]
+    if name == "python" and redispy.protocol_of(kwargs) == "2":  # redis-py before 8.0
+        parser = _AsyncRESP2Parser
+    kwargs["parser_class"] = parser
     return client
 
 

@@ -50,6 +50,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from coordinator._compat import redispy
+
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
 MAX_SEEDS = 32  # cluster nodes remembered to ask for the slot's owner
@@ -60,6 +62,11 @@ MOVED = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)  # AskError c
 class SlotMoved(ConnectionError):
     """The namespace's slot is served elsewhere now: the command was not run, and the
     client runs it once more on a connection to the new owner (connections.make_redis)."""
+
+
+class ClusterUnsupported(RedisError):
+    """A cluster whose channels are sharded, and a redis-py without async SSUBSCRIBE:
+    the instance gates on local state, as in an outage, and says why."""
 
 
 class Mode(enum.StrEnum):
@@ -81,7 +88,7 @@ class Resolved:
 STANDALONE = Resolved(("", 0), Mode.STANDALONE, False)
 
 
-class _Routed:
+class _Routed(redispy.ConnectHook):
     """A connection whose address its pool chooses at every connect (the slot's owner)."""
 
     connection_pool: TopologyPool
@@ -92,15 +99,12 @@ class _Routed:
         self.connection_pool = kwargs.pop("connection_pool")
         super().__init__(**kwargs)
 
-    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+    async def before_connect(self) -> None:
         """Every (re)connect, however redis-py gets there, goes to the current owner."""
-        if not self.is_connected:  # type: ignore[attr-defined]
-            self.host, self.port = (await self.connection_pool.resolve()).address
-        try:
-            await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
-        except (TimeoutError, RedisError, OSError):
-            self.connection_pool.forget()
-            raise
+        self.host, self.port = (await self.connection_pool.resolve()).address
+
+    def connect_failed(self) -> None:
+        self.connection_pool.forget()
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -200,7 +204,13 @@ class TopologyPool(BlockingConnectionPool):
                 hello = await _hello(conn)
             finally:
                 await conn.disconnect()
-        return Resolved(owner, Mode.CLUSTER, _major(str(hello.get("version", "0"))) >= 7)
+        sharded = _major(str(hello.get("version", "0"))) >= 7
+        if sharded and not redispy.SHARDED_PUBSUB:
+            raise ClusterUnsupported(
+                f"{owner[0]}:{owner[1]} is a Redis Cluster of 7.0 or later, whose channels "
+                f"are sharded: that needs redis-py 8.0 or later (installed: "
+                f"{redispy.INSTALLED_TEXT})")
+        return Resolved(owner, Mode.CLUSTER, sharded)
 
     def _owner(self, ranges: Any, seed: tuple[str, int]) -> tuple[str, int]:
         """The master of our slot in a CLUSTER SLOTS reply; the nodes it names are the
@@ -243,6 +253,7 @@ def connection_pool(url: str, *, mode: Mode | str = Mode.AUTO, namespace: str = 
     mode = mode_of(url, mode)
     if mode is Mode.SENTINEL:
         sentinels, service, master_options, sentinel_options = parse_sentinel_url(url)
+        master_options, sentinel_options = _checked(master_options), _checked(sentinel_options)
         manager = Sentinel(sentinels, sentinel_kwargs={
             **_timeouts(options), "retry": Retry(NoBackoff(), 0), **sentinel_options},
                            **{**options, **master_options})
@@ -252,7 +263,8 @@ def connection_pool(url: str, *, mode: Mode | str = Mode.AUTO, namespace: str = 
         return pool
     if url.partition("://")[0].lower() == "unix":
         return BlockingConnectionPool.from_url(url, **options)
-    return TopologyPool(mode=mode, slot_key=f"{{{namespace}}}", **{**options, **parse_url(url)})
+    return TopologyPool(mode=mode, slot_key=f"{{{namespace}}}",
+                        **_checked({**options, **parse_url(url)}))
 
 
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any],
@@ -331,6 +343,14 @@ async def _hello(conn: Connection) -> dict[str, Any]:
     if isinstance(reply, dict):
         return {_text(k): _text(v) for k, v in reply.items()}
     return {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+
+
+def _checked(options: dict[str, Any]) -> dict[str, Any]:
+    """TLS ``options`` that check the server's host name unless the URL says
+    ``ssl_check_hostname=false``: redis-py 6.0 made that its default, 5.x did not."""
+    tls = options.get("ssl") or issubclass(options.get("connection_class", Connection),
+                                           SSLConnection)
+    return {"ssl_check_hostname": True, **options} if tls else options
 
 
 def _timeouts(options: dict[str, Any]) -> dict[str, Any]:

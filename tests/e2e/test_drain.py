@@ -56,9 +56,12 @@ class Events:
         return await subscribers(self.client, self.channel) > 0
 
     async def _read(self) -> None:
-        async for message in self.pubsub.listen():
-            if message["type"] in ("message", "smessage"):  # not the confirmations
-                self.seen.append(json.loads(message["data"]))
+        # get_message, not listen(): redis-py before 6 reads listen()'s messages with the
+        # socket timeout (2 s here) and ends it on the first quiet stretch.
+        while True:
+            message = await self.pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] in ("message", "smessage"):
+                self.seen.append(json.loads(message["data"]))  # not the confirmations
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None

@@ -11,7 +11,9 @@ import asyncio
 
 import pytest
 
+from coordinator._compat import redispy
 from coordinator._redis.client import make_redis
+from coordinator._redis.topology import ClusterUnsupported
 from coordinator.contract.keys import Keys
 from coordinator.instance.coordinator import Coordinator
 from coordinator.ops.dashboard import FleetFeed
@@ -72,4 +74,18 @@ async def test_the_link_the_feed_and_the_cli_follow_a_slot_that_moves(
     finally:
         cli.kill()
         await reader.aclose()
+        await client.aclose()
+
+
+async def test_a_redis_py_without_sharded_pubsub_is_refused_a_cluster_in_one_line(
+        cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py before 8.0 has no async SSUBSCRIBE: an instance there would publish where
+    the fleet does not listen, so the cluster is refused, saying why (as an outage: the
+    instance gates locally)."""
+    monkeypatch.setattr(redispy, "SHARDED_PUBSUB", False)
+    client = make_redis(cluster.url, namespace=namespace)
+    try:
+        with pytest.raises(ClusterUnsupported, match=r"needs redis-py 8\.0 or later"):
+            await client.ping()
+    finally:
         await client.aclose()

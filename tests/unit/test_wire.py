@@ -1,5 +1,6 @@
-"""The subscription's reply parser (coordinator._redis.pubsub) on a stream fed by hand: an oversized
-bulk string is discarded as it arrives, also when the read is interrupted halfway."""
+"""The subscription's reply parser (coordinator._compat.redispy) on a stream fed by hand:
+an oversized bulk string is discarded as it arrives, also when the read is interrupted
+halfway."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from redis._parsers import Encoder
 
-from coordinator._redis.pubsub import CHUNK, DiscardingRESP2Parser, DiscardingRESP3Parser
+from coordinator._compat.redispy import CHUNK, subscription_parser
 from coordinator.contract.events import Oversized
 
 
@@ -19,7 +20,8 @@ def push(data: bytes, resp3: bool = True) -> bytes:
     return head + b"$7\r\nmessage\r\n$2\r\nch\r\n$%d\r\n%s\r\n" % (len(data), data)
 
 
-def connected(parser_class: type) -> tuple[object, asyncio.StreamReader]:
+def connected(parser_class: type | None) -> tuple[object, asyncio.StreamReader]:
+    assert parser_class is not None, "the installed redis-py is one the suite ran"
     reader = asyncio.StreamReader()
     parser = parser_class(65536)
     parser.on_connect(SimpleNamespace(_reader=reader, encoder=Encoder("utf-8", "strict", False)))
@@ -35,7 +37,7 @@ async def read(parser: object, resp3: bool, timeout: float) -> object:
 
 @pytest.mark.parametrize("resp3", [True, False], ids=["RESP3", "RESP2"])
 async def test_an_oversized_bulk_is_discarded_and_the_next_reply_is_intact(resp3: bool) -> None:
-    parser, reader = connected(DiscardingRESP3Parser if resp3 else DiscardingRESP2Parser)
+    parser, reader = connected(subscription_parser("3" if resp3 else "2"))
     big = bytes(range(256)) * 1000  # 256,000 bytes, with CRLFs inside
     first, second = push(big, resp3), push(b"hello", resp3)
     # Fed in pieces, each read interrupted (a pub/sub get_message timeout) halfway.
@@ -52,7 +54,7 @@ async def test_an_oversized_bulk_is_discarded_and_the_next_reply_is_intact(resp3
 
 
 async def test_a_bulk_within_the_limit_is_read_as_usual() -> None:
-    parser, reader = connected(DiscardingRESP3Parser)
+    parser, reader = connected(subscription_parser("3"))
     body = b"y" * 4096
     reader.feed_data(push(body))
     assert await read(parser, True, 1) == [b"message", b"ch", body]
