@@ -330,8 +330,9 @@ async def sessions(url: str, *, policy: RetryPolicy | None = None,
             yield session
         finally:
             await session.close()
-        code = session.websocket.close_code
+        closed = session.websocket.protocol  # its close_code: websockets 13 and later
+        code = closed.close_code  # (the connection's own appeared in 15)
         if code not in RETRY_CLOSE_CODES:
             return
-        _reason, hint = _gate_reason(session.websocket.close_reason)
+        _reason, hint = _gate_reason(closed.close_reason)
         await asyncio.sleep((hint or 0.0) + policy.jitter(1))

@@ -160,8 +160,8 @@ class Client:
             if exc.rcvd is None or exc.rcvd.code not in RECONNECT_CODES:
                 raise
         self.chatting, self.ws = False, None
-        self.closes.append(Close(self.index, time.monotonic(), ws.close_code or 1006,
-                                 ws.close_reason or "", visit.instance))
+        self.closes.append(Close(self.index, time.monotonic(), ws.protocol.close_code or 1006,
+                                 ws.protocol.close_reason or "", visit.instance))
         return False
 
 

@@ -216,6 +216,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             wrong.append(f"{item.nodeid}: uses {sorted(fixtures & NEEDS_REDIS)}, lacks `redis`")
         if fixtures & STARTS_BACKENDS and "e2e" not in marks:
             wrong.append(f"{item.nodeid}: starts backends, lacks `e2e`")
+        if "cluster" in fixtures or "[cluster" in item.nodeid:  # a Redis Cluster of its own
+            item.add_marker(pytest.mark.cluster)
         if in_e2e != ("e2e" in marks):
             wrong.append(f"{item.nodeid}: marked e2e {'e2e' in marks}, in tests/e2e {in_e2e}")
     if wrong:
