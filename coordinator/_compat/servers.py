@@ -108,6 +108,16 @@ def _asyncio_handler(loop: asyncio.AbstractEventLoop, sig: int) -> LoopHandler |
             getattr(handle, "_context", None))
 
 
+def loop_handler_is(loop: asyncio.AbstractEventLoop, sig: int,
+                    handler: Callable[..., Any]) -> bool | None:
+    """Whether ``handler`` is what ``loop`` runs on ``sig`` now; None where the loop's
+    table cannot be read (rloop)."""
+    if type(loop).__module__.startswith("rloop"):
+        return None
+    found = loop_signal_handler(loop, sig)
+    return found is not None and found[0] == handler
+
+
 def _granian_on_rloop(sig: int) -> LoopHandler | None:
     """rloop (granian's first choice when installed) keeps its table in Rust, out of
     reach; granian's own handler is a closure that the garbage collector can find."""

@@ -75,12 +75,23 @@ class Drains:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first_term = 0.0
         self._ending: asyncio.Task[None] | None = None
+        self._replaced = False  # our SIGTERM handler was replaced (warned once)
 
     @property
     def hooked(self) -> str | None:
-        """How SIGTERM was taken over (None: it was not)."""
+        """How SIGTERM was taken over (None: it was not, or our handler has been replaced
+        since, by the application's own: then SIGTERM no longer drains)."""
         taken = self._taken.get(signal.SIGTERM)
-        return taken.how if taken is not None else None
+        if taken is None:
+            return None
+        if taken.installed() is False:
+            if not self._replaced:
+                self._replaced = True
+                log.warning("the drain's SIGTERM handler (taken over through %s) was replaced "
+                            "by another since: SIGTERM will not drain this process "
+                            "(docs/guide.md: Drain)", taken.how)
+            return None
+        return taken.how
 
     def armed(self, coord: Coordinator) -> str | None:
         """How SIGTERM will drain ``coord`` (the takeover's name), or None: it will not
@@ -95,6 +106,7 @@ class Drains:
             return
         self._loop = asyncio.get_running_loop()
         self._task = None
+        self._replaced = False
         for sig, handler in ((signal.SIGTERM, self._on_term), (signal.SIGINT, self._on_int),
                              (signal.SIGQUIT, self._on_quit)):
             taken = signals.take(self._loop, sig, handler)

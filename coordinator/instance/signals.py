@@ -17,8 +17,10 @@ every 0.1 s; a worker has no handler at all. :func:`take_hypercorn_event` stands
 the event and hypercorn's poll instead.
 
 :func:`take` installs our handler either way and returns a :class:`Taken` whose
-``chain()`` runs the server's handler as if the signal had just arrived, and whose
-``restore()`` puts it back.
+``chain()`` runs the server's handler as if the signal had just arrived, whose
+``restore()`` puts it back unless someone else installed a handler since, and whose
+``installed()`` says whether ours is still the one a signal reaches (an application
+that installs its own later disarms the drain: the health document says so).
 """
 
 from __future__ import annotations
@@ -39,12 +41,17 @@ _NOT_A_SERVER = (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handle
 
 @dataclass
 class Taken:
-    """Our handler is installed for ``sig``; ``how`` says where the server's was found."""
+    """Our handler is installed for ``sig``; ``how`` says where the server's was found.
+
+    ``installed()``: False once something else replaced our handler (an application's own,
+    installed after us), None where that cannot be read (rloop keeps its table in Rust).
+    """
 
     sig: int
     how: str
     chain: Callable[[], None]
     restore: Callable[[], None]
+    installed: Callable[[], bool | None]
 
 
 def take(loop: asyncio.AbstractEventLoop, sig: int,
@@ -74,11 +81,14 @@ def take(loop: asyncio.AbstractEventLoop, sig: int,
     def chain_signal() -> None:
         server_handler(sig, None)
 
+    def installed() -> bool:
+        return signal.getsignal(sig) is ours
+
     def restore_signal() -> None:
-        if signal.getsignal(sig) is ours:
+        if installed():
             signal.signal(sig, server_handler)
 
-    return Taken(sig, "signal.signal", chain_signal, restore_signal)
+    return Taken(sig, "signal.signal", chain_signal, restore_signal, installed)
 
 
 def _take_from_loop(loop: asyncio.AbstractEventLoop, sig: int, handler: Callable[[], None],
@@ -92,11 +102,15 @@ def _take_from_loop(loop: asyncio.AbstractEventLoop, sig: int, handler: Callable
         else:
             callback(*args)
 
+    def installed() -> bool | None:
+        return servers.loop_handler_is(loop, sig, handler)
+
     def restore_loop() -> None:
-        loop.add_signal_handler(sig, callback, *args)
+        if installed() is not False:  # not over a handler someone installed after us
+            loop.add_signal_handler(sig, callback, *args)
 
     return Taken(sig, f"loop.add_signal_handler ({type(loop).__module__})", chain_loop,
-                 restore_loop)
+                 restore_loop, installed)
 
 
 def take_hypercorn_event(loop: asyncio.AbstractEventLoop,
@@ -130,8 +144,12 @@ def take_hypercorn_event(loop: asyncio.AbstractEventLoop,
     def restore() -> None:
         watcher.cancel()
         hidden.unhide()
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is on_signal:
+            signal.signal(signal.SIGTERM, previous)
 
     watcher = loop.create_task(watch(), name="coordinator-hypercorn-shutdown")
     previous = signal.signal(signal.SIGTERM, on_signal)
-    return Taken(signal.SIGTERM, "hypercorn's multiprocess shutdown event", chain, restore)
+    # The event, not the signal, is how hypercorn's parent stops a worker: armed as long
+    # as it is hidden.
+    return Taken(signal.SIGTERM, "hypercorn's multiprocess shutdown event", chain, restore,
+                 lambda: True)
