@@ -1,8 +1,9 @@
 """What the drain needs from the servers' (and their event loops') internals.
 
-The drain (coordinator/instance/drain.py, signals.py) takes over a server's shutdown
-signal, wherever the server keeps its handler. Servers offer no public way to do that,
-so this module reads and wraps what they keep to themselves, and nothing outside it does:
+The drain (coordinator/instance/drain.py, signals.py) takes over a server's shutdown:
+its signal handler, wherever the server keeps it, and uvicorn's shutdown itself. Servers
+offer no public way to do either, so this module reads and wraps what they keep to
+themselves, and nothing outside it does:
 
 - asyncio's ``loop._signal_handlers`` and its ``Handle``'s callback, arguments and
   context (hypercorn ``-w 0``);
@@ -10,7 +11,11 @@ so this module reads and wraps what they keep to themselves, and nothing outside
   ``--loop uvloop``);
 - granian's own handler on rloop, whose table lives in Rust: its closure, found among
   the garbage collector's objects by its ``__qualname__``;
-- hypercorn's multiprocess shutdown event, which a worker polls with ``is_set``.
+- hypercorn's multiprocess shutdown event, which a worker polls with ``is_set``;
+- uvicorn's ``Server.shutdown``, which answers every handshake not yet accepted with
+  HTTP 500 at once, before the lifespan's shutdown and with no signal, when the server
+  stops from within (``--limit-max-requests``; gunicorn's ``max_requests`` with uvicorn
+  workers).
 
 Each is used only with the versions the suite ran it with (:data:`TESTED`); with
 another version the function answers as if the server kept nothing to find (the
@@ -27,7 +32,7 @@ import importlib.metadata
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -35,14 +40,15 @@ from typing import Any
 log = logging.getLogger("coordinator.compat")
 
 # (lowest, highest) major.minor of each dependency whose internals are read here: the
-# versions tests/unit/test_signals.py, tests/e2e/test_servers.py and test_drain.py ran
-# them with. Widen a range only once the suite passed on it.
+# versions tests/unit/test_signals.py, tests/e2e/test_servers.py, test_drain.py and
+# test_max_requests.py ran them with. Widen a range only once the suite passed on it.
 TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "python": ((3, 11), (3, 11)),  # asyncio's loop._signal_handlers, Handle internals
     "uvloop": ((0, 23), (0, 23)),
     "rloop": ((0, 5), (0, 5)),
     "granian": ((2, 8), (2, 8)),
     "hypercorn": ((0, 18), (0, 18)),
+    "uvicorn": ((0, 54), (0, 54)),
 }
 _warned: set[str] = set()
 
@@ -204,3 +210,41 @@ def hide_hypercorn_shutdown_event() -> HiddenEvent | None:
 
     hidden.event.is_set = is_set  # type: ignore[method-assign]
     return hidden
+
+
+# -- uvicorn's shutdown -----------------------------------------------------------------
+
+def wrap_uvicorn_shutdown(server_handler: object,
+                          before: Callable[[], Awaitable[None]]) -> Callable[[], None] | None:
+    """Run ``before()`` first whenever the uvicorn server whose signal handler is
+    ``server_handler`` shuts down, however it came to (a signal, its request limit, its
+    ``should_exit`` set by anyone); returns what undoes it. None: not a uvicorn server,
+    or an untested uvicorn.
+
+    uvicorn has no hook between "stop" and its ``Server.shutdown``, which calls every
+    connection's ``shutdown()`` at once: a WebSocket handshake not yet accepted is
+    answered with HTTP 500 there, before the lifespan's shutdown. ``Server._serve`` calls
+    ``self.shutdown(sockets=...)``: an attribute on the instance is what it calls.
+    """
+    server = getattr(server_handler, "__self__", None)  # Server.handle_exit, bound
+    uvicorn = sys.modules.get("uvicorn")
+    if uvicorn is None or not isinstance(server, uvicorn.Server):
+        return None
+    if not tested("uvicorn", "wrapping Server.shutdown"):
+        return None
+    original = server.shutdown
+
+    async def shutdown(*args: Any, **kwargs: Any) -> None:
+        try:
+            await before()
+        except Exception:  # the server's own shutdown runs whatever happened to ours
+            log.exception("the drain before uvicorn's shutdown failed")
+        await original(*args, **kwargs)
+
+    server.shutdown = shutdown
+
+    def unwrap() -> None:
+        if vars(server).get("shutdown") is shutdown:
+            del server.shutdown
+
+    return unwrap

@@ -52,6 +52,7 @@ class Taken:
     chain: Callable[[], None]
     restore: Callable[[], None]
     installed: Callable[[], bool | None]
+    server_handler: object = None  # the server's handler, as found (None: a loop's)
 
 
 def take(loop: asyncio.AbstractEventLoop, sig: int,
@@ -88,7 +89,7 @@ def take(loop: asyncio.AbstractEventLoop, sig: int,
         if installed():
             signal.signal(sig, server_handler)
 
-    return Taken(sig, "signal.signal", chain_signal, restore_signal, installed)
+    return Taken(sig, "signal.signal", chain_signal, restore_signal, installed, previous)
 
 
 def _take_from_loop(loop: asyncio.AbstractEventLoop, sig: int, handler: Callable[[], None],
