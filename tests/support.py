@@ -38,7 +38,7 @@ from redis.typing import EncodableT
 from coordinator._redis import topology
 from coordinator.contract.events import Message, encode_event
 from coordinator.contract.keys import Keys
-from coordinator.contract.record import encode_fields
+from coordinator.contract.record import as_text, encode_fields
 from coordinator.contract.rejection import MAX_REASON_BYTES
 from coordinator.contract.signing import Keyring
 from coordinator.fleet.registry import write_record
@@ -126,6 +126,7 @@ __all__ = [
     "handshake",
     "haproxy_env",
     "health",
+    "held_in_redis",
     "in_phase",
     "instance_record",
     "instance_settings",
@@ -458,6 +459,17 @@ async def _live(backend: BackendProcess) -> bool:
     if backend.proc is not None and backend.proc.poll() is not None:
         raise AssertionError(f"backend exited:\n{backend.log()}")
     return (await get(backend, "/health/live"))[0] == 200
+
+
+async def held_in_redis(client: redis.Redis, namespace: str) -> int:
+    """Handshakes held, summed over the instances' records (a multi-worker server has
+    several); read from Redis, not from the backends (whose requests a server may count,
+    as uvicorn's ``--limit-max-requests`` does)."""
+    total = 0
+    for member in await client.zrange(f"{{{namespace}}}:instances", 0, -1):
+        depth = await client.hget(f"{{{namespace}}}:instance:{as_text(member)}", "queue_depth")
+        total += int(depth or 0)
+    return total
 
 
 async def reach_services(backend: BackendProcess) -> None:

@@ -10,6 +10,12 @@ server, whose own shutdown finds nothing left to cut. A second SIGTERM, or a SIG
 ends the drain at once: what is still open is closed with 1012 now, and the server's own
 handling of that signal runs.
 
+A server that stops from within, with no signal (uvicorn's ``--limit-max-requests``, and
+gunicorn's ``max_requests`` which its uvicorn workers pass on), drains the same way:
+uvicorn's shutdown is wrapped (:func:`coordinator._compat.servers.wrap_uvicorn_shutdown`)
+so that the drain runs before it, and its own answer to a pending handshake (HTTP 500)
+finds none left.
+
 The gate starts this when its application's lifespan starts (:meth:`Drains.attach`), so
 no launcher is needed: ``uvicorn app:app``, ``fastapi run``, gunicorn's uvicorn workers,
 hypercorn and granian are all covered; :mod:`coordinator.instance.signals` says how each server's
@@ -22,8 +28,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from coordinator._compat import servers
 from coordinator.contract.phases import State
 from coordinator.instance import signals
 
@@ -75,12 +83,24 @@ class Drains:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first_term = 0.0
         self._ending: asyncio.Task[None] | None = None
+        self._unwrap: Callable[[], None] | None = None
+        self._replaced = False  # our SIGTERM handler was replaced (warned once)
 
     @property
     def hooked(self) -> str | None:
-        """How SIGTERM was taken over (None: it was not)."""
+        """How SIGTERM was taken over (None: it was not, or our handler has been replaced
+        since, by the application's own: then SIGTERM no longer drains)."""
         taken = self._taken.get(signal.SIGTERM)
-        return taken.how if taken is not None else None
+        if taken is None:
+            return None
+        if taken.installed() is False:
+            if not self._replaced:
+                self._replaced = True
+                log.warning("the drain's SIGTERM handler (taken over through %s) was replaced "
+                            "by another since: SIGTERM will not drain this process "
+                            "(docs/guide.md: Drain)", taken.how)
+            return None
+        return taken.how
 
     def armed(self, coord: Coordinator) -> str | None:
         """How SIGTERM will drain ``coord`` (the takeover's name), or None: it will not
@@ -95,6 +115,7 @@ class Drains:
             return
         self._loop = asyncio.get_running_loop()
         self._task = None
+        self._replaced = False
         for sig, handler in ((signal.SIGTERM, self._on_term), (signal.SIGINT, self._on_int),
                              (signal.SIGQUIT, self._on_quit)):
             taken = signals.take(self._loop, sig, handler)
@@ -102,12 +123,17 @@ class Drains:
                 taken = signals.take_hypercorn_event(self._loop, handler)
             if taken is not None:
                 self._taken[sig] = taken
-        if signal.SIGTERM not in self._taken:
+        term = self._taken.get(signal.SIGTERM)
+        if term is None:
             log.warning("no server SIGTERM handler found in this process: instance %s will "
                         "not drain on SIGTERM (docs/guide.md: Drain)", coord.id)
-        else:
-            log.info("SIGTERM will drain instance %s first (taken over through %s)", coord.id,
-                     self.hooked)
+            return
+        self._unwrap = servers.wrap_uvicorn_shutdown(term.server_handler,
+                                                     self._before_server_shutdown)
+        also = "; uvicorn's Server.shutdown wrapped: a stop from within drains too" \
+            if self._unwrap is not None else ""
+        log.info("SIGTERM will drain instance %s first (taken over through %s%s)", coord.id,
+                 self.hooked, also)
 
     def detach(self, coord: Coordinator) -> None:
         """``coord``'s lifespan ended; the last one gives the signals back."""
@@ -117,6 +143,9 @@ class Drains:
             for taken in self._taken.values():
                 taken.restore()
             self._taken.clear()
+            if self._unwrap is not None:
+                self._unwrap()
+                self._unwrap = None
             for task in (self._task, self._ending):
                 if task is not None and not task.done():
                     task.cancel()
@@ -142,12 +171,27 @@ class Drains:
         self._end_now(signal.SIGQUIT)
         self._chain(signal.SIGTERM)
 
-    async def _drain_all(self) -> None:
+    async def _drain_all(self, chain: bool = True) -> None:
         try:
             await asyncio.gather(*(drain(c) for c in list(self.coordinators)))
         except Exception:  # cancelled (a second signal): _answer_then_chain hands over
-            log.exception("the drain failed; handing the signal to the server now")
-        self._chain(signal.SIGTERM)
+            log.exception("the drain failed; the server's shutdown comes now")
+        if chain:
+            self._chain(signal.SIGTERM)
+
+    async def _before_server_shutdown(self) -> None:
+        """The server's shutdown is beginning: after our drain, when a SIGTERM started it;
+        with no signal at all when the server stops from within (uvicorn's request
+        limit), and then the drain runs now, with nothing to hand on once done. Either
+        way the server's shutdown waits for the drain (and a second signal's end)."""
+        if self._task is None and any(c.state is not State.STOPPED for c in self.coordinators):
+            log.info("the server is shutting down with no signal (its request limit?): "
+                     "draining first")
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain_all(chain=False), name="coordinator-drain")
+        while pending := [t for t in (self._task, self._ending) if t is not None
+                          and not t.done()]:
+            await asyncio.wait(pending)
 
     def _end_now(self, sig: int) -> None:
         """Stop draining: reject what is held, close what is open with 1012, then let the

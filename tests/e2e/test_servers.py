@@ -47,6 +47,7 @@ from tests.support import (
     async_wait_until,
     backend_env,
     chat,
+    held_in_redis,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -123,15 +124,6 @@ def server_env(namespace: str, redis_url: str, services: float) -> dict[str, str
     # instance of its own, with an id of its own (generated: host, pid, random).
     del env["COORD_INSTANCE_ID"]
     return env
-
-
-async def held_in_redis(client: redis.Redis, namespace: str) -> int:
-    """Handshakes held, summed over the instances (a multi-worker server has several)."""
-    total = 0
-    for member in await client.zrange(f"{{{namespace}}}:instances", 0, -1):
-        depth = await client.hget(f"{{{namespace}}}:instance:{as_text(member)}", "queue_depth")
-        total += int(depth or 0)
-    return total
 
 
 async def in_services(client: redis.Redis, namespace: str, instances: int) -> bool:

@@ -246,3 +246,54 @@ async def test_health_and_metrics_say_whether_sigterm_drains_this_instance() -> 
             DRAINS.detach(coord)
     assert health_document(coord)["drain"]["armed"] is False
     assert metric(parse_metrics(metrics.render()), "coordinator_drain_armed") == 0
+
+
+async def test_a_handler_the_app_installs_later_disarms_the_drain_visibly_and_is_kept(
+        sigterm, monkeypatch) -> None:
+    """The application replaced our SIGTERM handler after its lifespan started: SIGTERM no
+    longer drains, and the health document and the gauge say so (they said ``armed``);
+    when the lifespan ends, the application's handler stays (not the server's put back
+    over it)."""
+    from coordinator.ops.health import health_document
+    from coordinator.ops.metrics import Metrics
+    from tests.support import metric, parse_metrics
+
+    _gate, coord, _app = gate_for()
+    metrics = Metrics(coord)
+    drains = Drains()
+    monkeypatch.setattr("coordinator.ops.health.DRAINS", drains)
+    monkeypatch.setattr("coordinator.ops.metrics.DRAINS", drains)
+    drains.attach(coord)
+    try:
+        assert health_document(coord)["drain"] == {"armed": True, "via": "signal.signal"}
+        apps: list[int] = []
+
+        def app_handler(signum: int, _frame: Any) -> None:
+            apps.append(signum)
+
+        signal.signal(signal.SIGTERM, app_handler)
+        assert drains.armed(coord) is None
+        assert health_document(coord)["drain"] == {"armed": False, "via": None}
+        assert metric(parse_metrics(metrics.render()), "coordinator_drain_armed") == 0
+        drains.detach(coord)
+        assert signal.getsignal(signal.SIGTERM) is app_handler
+    finally:
+        drains.detach(coord)
+
+
+async def test_restoring_a_loop_handler_keeps_one_installed_after_ours() -> None:
+    loop = asyncio.get_running_loop()
+    server: list[str] = []
+    app: list[str] = []
+    loop.add_signal_handler(signal.SIGUSR2, server.append, "server")
+    try:
+        taken = signals.take(loop, signal.SIGUSR2, lambda: None)
+        assert taken is not None and taken.installed() is True
+        loop.add_signal_handler(signal.SIGUSR2, app.append, "app")  # the app's, later
+        assert taken.installed() is False
+        taken.restore()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await until(lambda: app)
+        assert server == []  # not put back over the app's
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR2)
