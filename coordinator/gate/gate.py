@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -37,7 +37,7 @@ from coordinator.gate.admission import (
     rejection,
     spread,
 )
-from coordinator.gate.connections import OpenConnections
+from coordinator.gate.connections import OpenConnections, SessionCloser
 from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
 from coordinator.gate.lifespan import run_lifespan
 from coordinator.gate.pacing import Pacer
@@ -46,6 +46,9 @@ from coordinator.instance.coordinator import Coordinator
 from coordinator.instance.interfaces import GateCounts
 
 Observer = Callable[[Seen, Reason | None, float], None]
+# The app's sessions a drain ends, paced with the gate's own connections: each call lists
+# one closer per session open now (coordinator.socketio.SocketIOSessions).
+Sessions = Callable[[], Iterable[SessionCloser]]
 
 
 log = logging.getLogger("coordinator.gate")
@@ -114,7 +117,8 @@ class ConnectionGate:
     app serves Socket.IO: an engine.io open there (an HTTP ``GET`` or a WebSocket without
     a ``sid``) is held, admitted or rejected as a handshake is (a rejected polling open
     gets HTTP 503 + Retry-After), and every request that carries a ``sid`` passes through
-    untouched.
+    untouched. ``sessions`` lists the sessions a drain ends besides the gate's own
+    connections (``SocketIOSessions(sio)``), paced with them over the drain's spread.
 
     Wrap an ASGI app (``app = ConnectionGate(api, coord)``) or add it to a Starlette or
     FastAPI app as middleware (``api.add_middleware(ConnectionGate, coordinator=coord)``),
@@ -124,10 +128,12 @@ class ConnectionGate:
 
     def __init__(self, app: ASGIApp, coordinator: Coordinator,
                  observers: list[Observer] | None = None, *,
-                 socketio_path: str | None = engineio.DEFAULT_PATH) -> None:
+                 socketio_path: str | None = engineio.DEFAULT_PATH,
+                 sessions: Sessions | None = None) -> None:
         self.app = app
         self.coord = coordinator
         self.socketio_prefix = engineio.prefix(socketio_path)
+        self.sessions = sessions
         settings = coordinator.settings
         self.tasks = TaskSet("gate", log)
         self.state = GateState(
@@ -196,9 +202,16 @@ class ConnectionGate:
         await self.state.leases.close()
 
     async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
-        """Close every open gated connection with 1012, ``spread`` over that many seconds
-        (:meth:`OpenConnections.close_all`)."""
-        return await self.state.connections.close_all(timeout=timeout, spread=spread)
+        """Close every open gated connection with 1012, then end the app's ``sessions``,
+        ``spread`` over that many seconds (:meth:`OpenConnections.close_all`)."""
+        sessions: list[SessionCloser] = []
+        if self.sessions is not None:
+            try:
+                sessions = list(self.sessions())
+            except Exception:  # the app's listing failed: the gate's own still close
+                log.exception("listing the sessions to end (%r) failed", self.sessions)
+        return await self.state.connections.close_all(timeout=timeout, spread=spread,
+                                                      sessions=sessions)
 
     # -- ASGI -------------------------------------------------------------------------
 
@@ -312,7 +325,7 @@ class ConnectionGate:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection to the app, tracking it so a drain can close it (a polling
-        open is answered at once: the session it opens is the app's)."""
+        open is answered at once: the session it opens is the app's, ``sessions``)."""
         if scope["type"] == "http":
             await self.app(scope, receive, send)
             return

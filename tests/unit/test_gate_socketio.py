@@ -1,11 +1,12 @@
 """Socket.IO behind the gate, as pure ASGI: an engine.io open (a polling ``GET``, or a
 WebSocket, without a ``sid``) on the Socket.IO path is held, released and rejected like a
 handshake; every request that carries a ``sid`` passes untouched whatever the instance's
-state."""
+state; a drain ends the app's sessions after the gate's own connections, paced."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from coordinator.gate import engineio
 from coordinator.gate.gate import ConnectionGate
 from coordinator.instance.coordinator import Coordinator
 from coordinator.settings import Settings
+from coordinator.socketio import SocketIOSessions
 from tests.support import (
     DENIAL,
     FakeWebSocket,
@@ -230,3 +232,85 @@ async def test_a_socketio_path_of_its_own_is_where_opens_are_held() -> None:
     for req in (elsewhere, there):
         await asyncio.wait_for(request(gate, req), DEADLINE)
     assert engine.calls == [elsewhere.scope] and there.response()[0] == 503
+
+
+async def test_a_drain_ends_the_sessions_after_the_connections_paced_over_the_spread() -> None:
+    loop = asyncio.get_running_loop()
+    ended: list[tuple[str, float]] = []
+
+    def session(name: str) -> Any:
+        async def end() -> None:
+            ended.append((name, loop.time()))
+        return end
+
+    gate, _coord, _engine = gate_with(sessions=lambda: [session("a"), session("b")])
+
+    async def close(code: int, reason: str) -> None:
+        ended.append((f"ws{code}", loop.time()))
+
+    gate.state.connections.update({1: close})
+    started = loop.time()
+    assert await asyncio.wait_for(gate.close_connections(spread=0.3), DEADLINE) == 3
+    assert [name for name, _ in ended] == ["ws1012", "a", "b"]
+    gaps = [b - a for a, b in zip([started] + [t for _, t in ended], [t for _, t in ended],
+                                  strict=False)]
+    assert all(gap >= 0.099 for gap in gaps[1:]), gaps  # one every 0.1 s after the first
+
+
+async def test_a_failing_session_listing_leaves_the_gates_own_closes_alone(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> list[Any]:
+        raise RuntimeError("the app's listing broke")
+
+    gate, _coord, _engine = gate_with(sessions=broken)
+    closed: list[int] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append(code)
+
+    gate.state.connections.update({1: close})
+    with caplog.at_level(logging.ERROR, "coordinator.gate"):
+        assert await asyncio.wait_for(gate.close_connections(), DEADLINE) == 1
+    assert closed == [1012] and "listing the sessions to end" in caplog.text
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.closed = self.closing = False
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.reason: str | None = None
+
+    async def close(self, wait: bool = True, abort: bool = False,
+                    reason: str | None = None) -> None:
+        assert abort, "a drain drops the transport: no CLOSE packet"
+        self.closed, self.reason = True, reason
+
+
+class FakeEngineServer:
+    class reason:  # python-engineio's name
+        SERVER_DISCONNECT = "server disconnect"
+
+    def __init__(self, *sids: str) -> None:
+        self.sockets = {sid: FakeSocket() for sid in sids}
+
+
+class FakeSocketIOServer:
+    def __init__(self, eio: FakeEngineServer) -> None:
+        self.eio = eio
+
+
+async def test_socketio_sessions_drop_each_engineio_session_open_at_the_drain() -> None:
+    eio = FakeEngineServer("a", "b")
+    sessions = SocketIOSessions(FakeSocketIOServer(eio))
+    closers = sessions()
+    eio.sockets["c"] = FakeSocket()  # opened after the listing: the next drain's
+    for end in closers:
+        await end()
+    for sid in ("a", "b"):
+        socket = eio.sockets[sid]
+        assert socket.closed and socket.reason == "server disconnect"
+        assert socket.queue.get_nowait() is None  # its writer (poll or WebSocket) wakes
+    assert not eio.sockets["c"].closed
+    await closers[0]()  # ending one twice does nothing more
+    assert eio.sockets["a"].queue.empty()
+    assert len(SocketIOSessions(eio)()) == 3  # the engine.io server itself will do too
