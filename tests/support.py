@@ -127,6 +127,7 @@ __all__ = [
     "haproxy_env",
     "health",
     "held_in_redis",
+    "hold_each",
     "in_phase",
     "instance_record",
     "instance_settings",
@@ -150,6 +151,7 @@ __all__ = [
     "storm",
     "subscribers",
     "tally",
+    "until_held",
     "wait_for_phase",
     "wait_until",
     "without_times",
@@ -401,6 +403,23 @@ async def in_phase(coord: Coordinator, name: str) -> AsyncIterator[None]:
     await run_phases(coord, *DEFAULT_PHASES[:DEFAULT_PHASES.index(name)])
     async with coord.phase(name):
         yield
+
+
+async def until_held(gate: ConnectionGate, depth: int, timeout: float = 5.0) -> None:
+    """Wait (within ``timeout``) until ``gate`` holds ``depth`` handshakes."""
+    await async_wait_until(lambda: len(gate.state.queue) >= depth, timeout, interval=0.001,
+                           what=f"{depth} held")
+
+
+async def hold_each(gate: ConnectionGate, clients: list[Any]) -> list[asyncio.Task[None]]:
+    """Each client's handshake (a :class:`FakeWebSocket`, or anything with its ``scope``,
+    ``receive`` and ``send``) at the gate in its own task, in turn: each held before the
+    next arrives."""
+    tasks = []
+    for n, client in enumerate(clients, start=1):
+        tasks.append(asyncio.create_task(gate(client.scope, client.receive, client.send)))
+        await until_held(gate, n)
+    return tasks
 
 
 def handshake(gate: ConnectionGate, socket: FakeWebSocket) -> asyncio.Task[None]:

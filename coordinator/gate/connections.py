@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +16,9 @@ from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason
 from coordinator.gate.rejection import deny
 
 Closer = Callable[[int, str], Coroutine[Any, Any, None]]
+# Ends one session the app keeps beyond the gate's sight (a Socket.IO session: the gate
+# passes its requests through), with no code or reason: the ``sessions`` of a gate.
+SessionCloser = Callable[[], Coroutine[Any, Any, None]]
 
 
 class ClosedByGate(OSError):
@@ -115,29 +118,35 @@ class OpenConnections(dict[int, Closer]):
             self.tasks.spawn(closer(CLOSE_SERVICE_RESTART, self.close_reason(Reason.MAX_AGE)),
                              "max-age-close")
 
-    async def close_all(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
+    async def close_all(self, *, timeout: float = 1.0, spread: float = 0.0,
+                        sessions: Iterable[SessionCloser] = ()) -> int:
         """Close every open connection with 1012 (service restart), the reason the
-        rejection JSON (``{"reason": "draining", "retry_after": N}``); how many closed.
+        rejection JSON (``{"reason": "draining", "retry_after": N}``), and end every one of
+        ``sessions`` after them; how many closed.
 
         With ``spread`` the closes are paced evenly over that many seconds, oldest first,
-        so that the clients' reconnects reach the rest of the fleet as a ramp. Bounded: a
-        client that stopped reading can block its close frame for as long as the server's
-        keepalive allows, so whatever has not closed ``timeout`` seconds after the last
-        close began is abandoned (the server's own shutdown drops it).
+        then the sessions in their order, so that the clients' reconnects reach the rest of
+        the fleet as a ramp. Bounded: a client that stopped reading can block its close
+        frame for as long as the server's keepalive allows, so whatever has not closed
+        ``timeout`` seconds after the last close began is abandoned (the server's own
+        shutdown drops it).
 
         A connection stays here (open, in the record's count) until its own close goes
         out; one that a concurrent call closed first (a second signal during the spread
         closes the rest at once), or whose client left, is skipped.
         """
-        order = list(self)  # oldest first
+        order: list[int | SessionCloser] = [*self, *sessions]  # oldest first
         if not order:
             return 0
         interval = spread / len(order)
         tasks = []
-        for n, conn in enumerate(order):
+        for n, item in enumerate(order):
             if n and interval > 0:
                 await asyncio.sleep(interval)
-            closer = self.pop(conn, None)
+            if not isinstance(item, int):
+                tasks.append(self.tasks.spawn(item(), "drain-session"))
+                continue
+            closer = self.pop(item, None)
             if closer is not None:
                 tasks.append(self.tasks.spawn(
                     closer(CLOSE_SERVICE_RESTART, self.close_reason(Reason.DRAINING)),

@@ -1,7 +1,9 @@
 """The gate: a pure ASGI middleware that holds WebSocket handshakes until ready.
 
-Every scope but ``websocket`` passes through untouched. On a ready instance a WebSocket
-passes through too, after one attribute read and no Redis call. Otherwise the gate
+Every scope but ``websocket`` passes through untouched, except an engine.io open on the
+Socket.IO path (gate/engineio.py), which is gated like a handshake; the other requests
+of a Socket.IO session pass through whatever the instance's state. On a ready instance a
+WebSocket passes through too, after one attribute read and no Redis call. Otherwise the gate
 applies the admission table (gate/admission.py): it holds the handshake without accepting
 it, releases it first in, first out once the instance is ready, or rejects it with a
 retry hint. Close code 1011 is never its answer.
@@ -14,7 +16,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +27,7 @@ from coordinator.contract.phases import State
 from coordinator.contract.record import CapMode
 from coordinator.contract.rejection import Reason, reason_payload
 from coordinator.fleet.leases import REFUSED, SKEW, FleetLeases, LeaseOutcome
+from coordinator.gate import engineio
 from coordinator.gate.admission import (
     HOLD,
     REJECT,
@@ -34,7 +37,7 @@ from coordinator.gate.admission import (
     rejection,
     spread,
 )
-from coordinator.gate.connections import OpenConnections
+from coordinator.gate.connections import OpenConnections, SessionCloser
 from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
 from coordinator.gate.lifespan import run_lifespan
 from coordinator.gate.pacing import Pacer
@@ -43,6 +46,9 @@ from coordinator.instance.coordinator import Coordinator
 from coordinator.instance.interfaces import GateCounts
 
 Observer = Callable[[Seen, Reason | None, float], None]
+# The app's sessions a drain ends, paced with the gate's own connections: each call lists
+# one closer per session open now (coordinator.socketio.SocketIOSessions).
+Sessions = Callable[[], Iterable[SessionCloser]]
 
 
 log = logging.getLogger("coordinator.gate")
@@ -107,6 +113,13 @@ class ConnectionGate:
     end (``held``, ``released``, ``rejected``, ``gave_up``): the hold-time histogram
     (``Metrics.observe``).
 
+    ``socketio_path`` (default ``/socket.io``, python-socketio's; None: off) is where the
+    app serves Socket.IO: an engine.io open there (an HTTP ``GET`` or a WebSocket without
+    a ``sid``) is held, admitted or rejected as a handshake is (a rejected polling open
+    gets HTTP 503 + Retry-After), and every request that carries a ``sid`` passes through
+    untouched. ``sessions`` lists the sessions a drain ends besides the gate's own
+    connections (``SocketIOSessions(sio)``), paced with them over the drain's spread.
+
     Wrap an ASGI app (``app = ConnectionGate(api, coord)``) or add it to a Starlette or
     FastAPI app as middleware (``api.add_middleware(ConnectionGate, coordinator=coord)``),
     which keeps ``api`` a FastAPI app for ``fastapi run``. Either way it sees the app's
@@ -114,9 +127,13 @@ class ConnectionGate:
     """
 
     def __init__(self, app: ASGIApp, coordinator: Coordinator,
-                 observers: list[Observer] | None = None) -> None:
+                 observers: list[Observer] | None = None, *,
+                 socketio_path: str | None = engineio.DEFAULT_PATH,
+                 sessions: Sessions | None = None) -> None:
         self.app = app
         self.coord = coordinator
+        self.socketio_prefix = engineio.prefix(socketio_path)
+        self.sessions = sessions
         settings = coordinator.settings
         self.tasks = TaskSet("gate", log)
         self.state = GateState(
@@ -185,14 +202,21 @@ class ConnectionGate:
         await self.state.leases.close()
 
     async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
-        """Close every open gated connection with 1012, ``spread`` over that many seconds
-        (:meth:`OpenConnections.close_all`)."""
-        return await self.state.connections.close_all(timeout=timeout, spread=spread)
+        """Close every open gated connection with 1012, then end the app's ``sessions``,
+        ``spread`` over that many seconds (:meth:`OpenConnections.close_all`)."""
+        sessions: list[SessionCloser] = []
+        if self.sessions is not None:
+            try:
+                sessions = list(self.sessions())
+            except Exception:  # the app's listing failed: the gate's own still close
+                log.exception("listing the sessions to end (%r) failed", self.sessions)
+        return await self.state.connections.close_all(timeout=timeout, spread=spread,
+                                                      sessions=sessions)
 
     # -- ASGI -------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket" or not self.coord.settings.gate:
+        if not self._gated(scope):
             if scope["type"] == "lifespan":
                 await run_lifespan(self.app, self.coord, scope, receive, send)
             else:
@@ -203,6 +227,17 @@ class ConnectionGate:
             await self._run(scope, receive, send)
             return
         await self._gate(scope, receive, send)
+
+    def _gated(self, scope: Scope) -> bool:
+        """A WebSocket handshake, or an engine.io open; on the Socket.IO path, only an open
+        (a WebSocket with a ``sid`` is a session's upgrade: it passes)."""
+        kind: str = scope["type"]
+        if kind not in ("websocket", "http") or not self.coord.settings.gate:
+            return False
+        path = self.socketio_prefix
+        if path is None or not engineio.on_path(scope, path):
+            return kind == "websocket"
+        return engineio.is_open(scope)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         coord = self.coord
@@ -244,8 +279,9 @@ class ConnectionGate:
                 if coord.state is State.READY:
                     self.pacer.kick()  # a paced hold: the pump releases it
                 self._notify(Seen.HELD, None, 0.0)
-                # The server's first message is websocket.connect; the next one, before we
-                # accept, can only be websocket.disconnect: the client gave up.
+                # The server's first message is websocket.connect (http.request: a polling
+                # open, which has no body); the next one, before we accept (or answer), can
+                # only be websocket.disconnect (http.disconnect): the client gave up.
                 connect = await receive()
                 pending = asyncio.ensure_future(receive())
                 # One future ends the hold: the release, the hold's deadline, or (through
@@ -288,7 +324,11 @@ class ConnectionGate:
         return outcome is not REFUSED or entry.future.done()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Hand the connection to the app, tracking it so a drain can close it."""
+        """Hand the connection to the app, tracking it so a drain can close it (a polling
+        open is answered at once: the session it opens is the app's, ``sessions``)."""
+        if scope["type"] == "http":
+            await self.app(scope, receive, send)
+            return
         conn = self.state.queue.next_conn_id()  # one id space for holds and open connections
         await self.state.connections.run(self.app, scope, receive, send, conn)
 

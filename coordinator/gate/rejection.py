@@ -1,8 +1,10 @@
 """Writing a rejection: HTTP 503 + ``Retry-After`` where the server offers a denial
-response, else accept and close with 1013 (1012 while draining)."""
+response (and always to an HTTP request: an engine.io open by long-polling), else accept
+and close with 1013 (1012 while draining)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from coordinator._asgi import Receive, Scope, Send
@@ -20,9 +22,15 @@ from coordinator.logs import handshake_noise
 async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_after: int,
                  mode: str = "http") -> None:
     """Refuse a handshake: HTTP 503 + Retry-After where the server offers a denial
-    response, else accept and close with 1013 (1012 while draining)."""
+    response, else accept and close with 1013 (1012 while draining). An HTTP request (an
+    engine.io open by long-polling) gets the 503 whatever ``mode`` says: a polling client
+    reads its status (and retries it, as an engine.io client does any failed open)."""
     retry_after = retry_hint(retry_after, cap=MAX_HINT)
     payload = reason_payload(reason, retry_after)
+    if scope["type"] == "http":
+        with contextlib.suppress(OSError):
+            await respond(send, payload, "http.response", body=False)
+        return
     message = await receive()  # websocket.connect (or disconnect: nothing to answer)
     if message["type"] != "websocket.connect":
         return
@@ -38,13 +46,26 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
 
 
 async def deny(send: Send, payload: str) -> None:
-    """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body."""
+    """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body, as a
+    WebSocket handshake's denial response."""
+    await respond(send, payload, "websocket.http.response")
+    handshake_noise.expect()
+
+
+async def respond(send: Send, payload: str, kind: str, body: bool = True) -> None:
+    """HTTP 503 with ``Retry-After`` and the rejection JSON (``payload``) as its body;
+    ``kind``: ``http.response`` or ``websocket.http.response`` (a denial).
+
+    ``body=False``: no body (``Content-Length: 0``), for an engine.io polling open.
+    python-engineio's client (4.15) closes its HTTP session before it reads a refused
+    open's body: a body that arrives after the headers then raises ``RuntimeError``
+    ("Connection closed."), which escapes its reconnection loop, where an empty one is a
+    ``ConnectionError`` it retries (measured: tests/e2e/test_socketio.py)."""
     retry_after = json.loads(payload)["retry_after"]
-    body = payload.encode()
-    await send({"type": "websocket.http.response.start", "status": 503, "headers": [
+    content = payload.encode() if body else b""
+    await send({"type": f"{kind}.start", "status": 503, "headers": [
         (b"content-type", b"application/json"),
         (b"retry-after", str(retry_after).encode()),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-length", str(len(content)).encode()),
     ]})
-    await send({"type": "websocket.http.response.body", "body": body})
-    handshake_noise.expect()
+    await send({"type": f"{kind}.body", "body": content})

@@ -65,7 +65,8 @@ async def drain(coord: Coordinator, grace: float | None = None,
     # Listening (and turning newcomers away cleanly) for the whole grace, however few
     # connections there were to close.
     await asyncio.sleep(max(0.0, ends - loop.time()))
-    log.info("instance %s drained: %d connection(s) closed with 1012", coord.id, sum(closed))
+    log.info("instance %s drained: %d connection(s) closed with 1012 or session(s) ended",
+             coord.id, sum(closed))
     await coord.stop()
 
 

@@ -72,8 +72,8 @@ class Gate(Protocol):
         """The gate's figures for the instance record."""
 
     async def close_connections(self, *, timeout: float = 1.0, spread: float = 0.0) -> int:
-        """Close every open connection with 1012, ``spread`` over that many seconds;
-        return how many closed cleanly."""
+        """Close every open connection with 1012 and end the app's sessions it was given,
+        ``spread`` over that many seconds; return how many closed cleanly."""
 
     async def aclose(self) -> None:
         """The coordinator is stopping: give back what the gate holds in Redis."""

@@ -12,20 +12,22 @@ from typing import Any
 import pytest
 
 from coordinator.contract.phases import State
-from coordinator.gate.gate import ConnectionGate
 from coordinator.instance.drain import DRAINS
 from coordinator.logs import HandshakeNoiseFilter
 from coordinator.settings import DEFAULT_PHASES
-from tests.support import DENIAL, FakeWebSocket, gate_for, handshake, in_phase, run_phases
+from tests.support import (
+    DENIAL,
+    FakeWebSocket,
+    gate_for,
+    handshake,
+    hold_each,
+    in_phase,
+    run_phases,
+    until_held,
+)
 
 DEADLINE = 5.0
 
-
-async def until_held(gate: ConnectionGate, depth: int) -> None:
-    async def check() -> None:
-        while len(gate.state.queue) < depth:
-            await asyncio.sleep(0.001)
-    await asyncio.wait_for(check(), DEADLINE)
 
 
 def assert_app_served(client: FakeWebSocket) -> None:
@@ -162,10 +164,7 @@ async def test_held_connections_are_released_in_order_when_the_ready_phase_compl
     gate, coord, app = gate_for()
     clients = [FakeWebSocket() for _ in range(3)]
     async with in_phase(coord, "services"):
-        tasks = []
-        for n, client in enumerate(clients, start=1):
-            tasks.append(handshake(gate, client))
-            await until_held(gate, n)
+        tasks = await hold_each(gate, clients)
         assert not app.calls and all(c.sent == [] for c in clients)  # held, not accepted
         assert gate.state.queue.status()["depth"] == 3
     await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
