@@ -129,14 +129,6 @@ def test_coordinator_help_imports_nothing_that_talks_to_redis() -> None:
     assert done.stderr.strip() == "[]"
 
 
-# Modules still reaching into a dependency's internals outside coordinator/_compat/:
-# redis-py's (its private parsers; a connection subclass overriding what redis-py keeps
-# to itself, which no static check here sees), being moved into coordinator/_compat/ in
-# parallel (issue 20). Remove each entry when its file is moved; add none.
-PRIVATE_NAMES_ELSEWHERE = {
-    "coordinator._redis.pubsub",
-    "coordinator._redis.topology",
-}
 REFLECTION = {"getattr", "hasattr", "setattr", "delattr"}
 
 
@@ -180,6 +172,5 @@ def test_only_the_compatibility_package_touches_dependencies_private_names() -> 
     """coordinator/_compat/ is the one place that reads or wraps a dependency's private
     names, each guarded by the versions it was tested with (issue 20)."""
     outside = [m for m in MODULES if not m.startswith("coordinator._compat")]
-    offences = [o for m in outside if m not in PRIVATE_NAMES_ELSEWHERE
-                for o in private_names_used(m)]
+    offences = [o for m in outside for o in private_names_used(m)]
     assert offences == []
