@@ -4,12 +4,15 @@ optional parts say which extra they need; no top-level ``backend`` package arriv
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from tests.support import ROOT
 
@@ -64,3 +67,29 @@ def test_the_optional_parts_name_their_extra_and_the_backend_is_not_installed(le
                 "import coordinator, pathlib; "
                 "print((pathlib.Path(coordinator.__file__).parent / 'py.typed').is_file())")
     assert typed.stdout.strip() == "True"
+
+
+# The stacks users already pin redis-py in (issue 20): the library installs beside each,
+# and pip resolves it to a redis-py inside their range, not a conflict or a downgrade of
+# theirs. A dry run against the package index: nothing is installed.
+BESIDE = {
+    "arq==0.28.0": (">=5.0.2", "<6"),  # arq asks for redis[hiredis]<6
+    "redis>=6.4,<7": (">=6.4", "<7"),
+    "redis>=7.4,<8": (">=7.4", "<8"),
+}
+
+
+@pytest.mark.parametrize("theirs", list(BESIDE))
+def test_it_installs_beside_the_redis_py_a_stack_already_pins(theirs: str,
+                                                               tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+         "--disable-pip-version-check", "--report", str(report), str(ROOT), theirs],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    low, high = BESIDE[theirs]
+    assert Version(resolved["redis"]) in SpecifierSet(f"{low},{high}"), resolved["redis"]
+    assert "ws-coordinator" in resolved
