@@ -53,6 +53,9 @@ def within_tested(installed: tuple[int, ...]) -> bool:
 
 
 SHARDED_PUBSUB = hasattr(PubSub, "ssubscribe")
+# Before 6.2 an async PubSub on a RESP3 connection delivers nothing: 5.x prints each push
+# ("Push response: ...") and returns None, 6.0 and 6.1 drop them.
+RESP3_PUBSUB = INSTALLED >= (6, 2)
 
 
 def protocol_of(connection_kwargs: dict[str, Any]) -> str:
@@ -63,6 +66,14 @@ def protocol_of(connection_kwargs: dict[str, Any]) -> str:
     if asked is None:
         asked = inspect.signature(AbstractConnection.__init__).parameters["protocol"].default
     return "2" if str(asked) == "2" else "3"
+
+
+def subscription_options(connection_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options of a subscription's connection: ``connection_kwargs``, speaking RESP2
+    where the installed redis-py cannot subscribe over RESP3 (:data:`RESP3_PUBSUB`)."""
+    if not RESP3_PUBSUB and protocol_of(connection_kwargs) == "3":
+        return {**connection_kwargs, "protocol": 2}
+    return dict(connection_kwargs)
 
 
 def pending_shard_unsubscribes(pubsub: PubSub) -> Any:

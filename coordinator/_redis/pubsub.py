@@ -73,7 +73,7 @@ def bounded_pubsub(client: redis.Redis) -> BoundedPubSub:
     discards any bulk string over :data:`MAX_MESSAGE_BYTES`. Close it with ``aclose()``.
     """
     pool = client.connection_pool
-    options = dict(pool.connection_kwargs)
+    options = redispy.subscription_options(pool.connection_kwargs)
     protocol = redispy.protocol_of(options)
     parser = redispy.subscription_parser(protocol)
     if parser is not None:

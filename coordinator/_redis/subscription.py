@@ -9,6 +9,12 @@ an error (``events``) or show it in place of the table (``--watch``).
 Each delivered message goes to a synchronous callback; a callback that raises is logged
 (at most once per ``LOG_INTERVAL``) and the loop goes on, so no message, however
 malformed, can take the link down.
+
+A subscription that hears nothing for :data:`QUIET` seconds PINGs the server on its own
+connection; no PONG within :data:`PONG_TIMEOUT` means a hung server or a silent
+partition (nothing else on a subscribed connection would ever notice: it only reads),
+and the round ends like any other failure, to subscribe again: a dead link is noticed
+within QUIET + PONG_TIMEOUT + POLL seconds (9 s).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from coordinator._redis.pubsub import bounded_pubsub
 log = logging.getLogger("coordinator.link")
 POLL = 1.0  # seconds get_message waits before the loop checks that it should go on
 CONFIRM_TIMEOUT = 5.0  # seconds the server may take to confirm a (re)subscribe
+QUIET = 5.0  # seconds without a message before the subscription PINGs the server
+PONG_TIMEOUT = 3.0  # seconds the PONG may take: later, the link is hung or cut
+LIVENESS_TOKEN = b"coordinator-liveness"
 LOG_INTERVAL = 10.0
 
 OnMessage = Callable[[str, Any], None]
@@ -77,10 +86,7 @@ class Subscription:
                 if self.on_up is not None:
                     await self.on_up()
                 attempt = 0
-                while self.healthy() and pubsub.following:  # a slot that moves ends it
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
-                    if msg is not None:
-                        self._deliver(msg)
+                await self._follow(pubsub)
             except REDIS_ERRORS as exc:
                 self.on_error(exc)
             except Exception as exc:  # bad data in Redis (or a bug) must not end the link
@@ -91,6 +97,27 @@ class Subscription:
                     await asyncio.shield(pubsub.aclose())
             attempt += 1
             await asyncio.sleep(self.backoff.delay(attempt))
+
+    async def _follow(self, pubsub: Any) -> None:
+        """Deliver messages until the link turns unhealthy, the server ends the
+        subscription (a slot that moves), or a PING goes unanswered (TimeoutError)."""
+        heard = time.monotonic()
+        pinged: float | None = None
+        while self.healthy() and pubsub.following:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
+            now = time.monotonic()
+            if msg is not None:
+                heard = now
+                if msg.get("type") == "pong":
+                    pinged = None
+                    continue
+                self._deliver(msg)
+            elif pinged is not None and now - pinged >= PONG_TIMEOUT:
+                raise TimeoutError(f"no PONG on the subscription within {PONG_TIMEOUT:g} s: "
+                                   "the server is hung or unreachable")
+            if pinged is None and now - heard >= QUIET:
+                await pubsub.ping(LIVENESS_TOKEN)
+                pinged = now
 
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait until the server has confirmed every channel (TimeoutError after

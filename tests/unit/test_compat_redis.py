@@ -85,3 +85,10 @@ def test_within_them_subscriptions_discard_oversized_replies_unread() -> None:
     bounded = pubsub.bounded_pubsub(client)
     assert bounded.connection_pool.connection_kwargs["parser_class"] \
         is redispy.subscription_parser(protocol)
+
+
+def test_a_subscription_speaks_resp2_where_redis_py_cannot_subscribe_over_resp3() -> None:
+    assert (redispy.INSTALLED >= (6, 2)) == redispy.RESP3_PUBSUB
+    expected = "3" if redispy.RESP3_PUBSUB else "2"
+    assert redispy.protocol_of(redispy.subscription_options({"protocol": 3})) == expected
+    assert redispy.protocol_of(redispy.subscription_options({"protocol": 2})) == "2"
