@@ -103,6 +103,7 @@ class Settings:
     ready_phase: str = "services"
     near_ready_phases: int = 1
     max_queue: int = 50
+    max_queue_per_client: int = 0
     max_queue_time: float = 30.0
     fleet_max_queue: int | None = None
     heartbeat_interval: float = 2.0
@@ -275,6 +276,10 @@ VARIABLES: tuple[Variable, ...] = (
              lambda s: s.near_ready_phases >= 0, "an integer >= 0"),
     Variable("COORD_MAX_QUEUE", "max_queue", int, "`50`", "local cap on held handshakes",
              lambda s: s.max_queue >= 0, "an integer >= 0"),
+    Variable("COORD_MAX_QUEUE_PER_CLIENT", "max_queue_per_client", int, "`0` (off)",
+             "held handshakes one client address may have at once (the server's "
+             "`scope[\"client\"]`: behind a proxy, only with its forwarded address)",
+             lambda s: s.max_queue_per_client >= 0, "an integer >= 0"),
     Variable("COORD_MAX_QUEUE_TIME", "max_queue_time", _number, "`30`",
              "longest hold, seconds (at most 3600)",
              lambda s: 0 < s.max_queue_time <= LONGEST_HOLD, "a number of seconds from 0 to 3600"),

@@ -50,11 +50,13 @@ class Outcome:
         return None
 
 
-async def chat(url: str, text: str = "hello", open_timeout: float | None = 20.0) -> Outcome:
-    """Open a WebSocket, read the welcome, send ``text``, read the echo."""
+async def chat(url: str, text: str = "hello", open_timeout: float | None = 20.0,
+               **connect_kwargs: Any) -> Outcome:
+    """Open a WebSocket, read the welcome, send ``text``, read the echo; ``connect_kwargs``
+    go to websockets' connect (``local_addr=("127.0.0.2", 0)``: another client address)."""
     start = time.monotonic()
     try:
-        async with connect(url, open_timeout=open_timeout) as ws:
+        async with connect(url, open_timeout=open_timeout, **connect_kwargs) as ws:
             welcome = json.loads(await ws.recv())
             await ws.send(text)
             echo = json.loads(await ws.recv())

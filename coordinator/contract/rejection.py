@@ -15,6 +15,7 @@ class Reason(enum.StrEnum):
     STARTING = "starting"
     QUEUE_FULL = "queue_full"
     FLEET_CAP = "fleet_cap"
+    CLIENT_SHARE = "client_share"  # one client address holds its share of the queue already
     TIMEOUT = "timeout"
     DRAINING = "draining"
     FAILED = "failed"

@@ -72,6 +72,7 @@ class GateState:
     connections: OpenConnections
     admitted: Counter[Admitted] = field(default_factory=Counter)
     rejected: Counter[Reason] = field(default_factory=Counter)
+    held_by_client: Counter[str] = field(default_factory=Counter)  # client address -> holds
 
 
 @dataclass(frozen=True)
@@ -265,10 +266,17 @@ class ConnectionGate:
     async def _hold(self, scope: Scope, receive: Receive, send: Send, hold_for: float,
                     lease: bool = True) -> None:
         coord, state = self.coord, self.state
+        client = _client_address(scope) if coord.settings.max_queue_per_client else None
+        if client is not None and \
+                state.held_by_client[client] >= coord.settings.max_queue_per_client:
+            await self._reject(scope, receive, send, self._rejection(Reason.CLIENT_SHARE))
+            return
         entry = state.queue.hold(hold_for)
         if entry is None:  # the queue filled between the decision and now
             await self._reject(scope, receive, send, self._rejection(Reason.QUEUE_FULL))
             return
+        if client is not None:
+            state.held_by_client[client] += 1
         pending: asyncio.Future[Message] | None = None
         try:  # from here on, however this ends, the slot and the lease are given back
             if lease and state.leases.enabled and not await self._lease(entry, hold_for):
@@ -310,6 +318,10 @@ class ConnectionGate:
         finally:
             state.queue.forget(entry)
             state.leases.release(entry.conn)
+            if client is not None:
+                state.held_by_client[client] -= 1
+                if not state.held_by_client[client]:
+                    del state.held_by_client[client]
             if pending is not None and not pending.done():
                 pending.cancel()
 
@@ -397,3 +409,10 @@ class _Replay:
             pending, self._pending = self._pending, None
             return await pending
         return await self._receive()
+
+
+def _client_address(scope: Scope) -> str | None:
+    """The client's address as the server gives it (``scope["client"]``: the peer, or
+    with the server's proxy-header support the forwarded one); None when it gives none."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
