@@ -15,7 +15,7 @@ import time
 from ._support import ROOT, machine
 
 BENCHMARKS = ("fast_path", "release_latency", "startup_storm", "fleet_scale",
-              "lease_throughput", "memory", "rolling_deploy", "parser")
+              "lease_throughput", "memory", "rolling_deploy", "parser", "forged_fleet")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ EXPECTED = {
         "fleet.script", "fleet.pipeline", "fleet.script_reads_alone",
         "fleet.pipeline_reads_alone", "release.first_101_p99", "release.first_101_p50",
         "release.ready_seen_p50", "owner.write_publish_p50", "hop.subscriber_p50")},
+    "forged_fleet": {"health_live_p99_ms", "health_live_p99.forged_vs_clean",
+                     "redis_blocked_ms"},
 }
 
 
