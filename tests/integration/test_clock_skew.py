@@ -29,7 +29,9 @@ from tests.support import (
     RedisServer,
     async_wait_until,
     cli_env,
+    instance_record,
     instance_settings,
+    put_record,
     run_cli,
     run_phases,
 )
@@ -127,3 +129,65 @@ async def test_a_skewed_owner_counts_live_in_the_admission_script(
     _granted, _wait, live = await admit(keys=[keys.admit, keys.instances],
                                         args=[10.0, 4.0, 1, TTL])
     assert int(live) == 1
+
+
+async def _stepped_follower_and_owner(redis_server: RedisServer, namespace: str,
+                                      skew: dict[str, float], *,
+                                      waiting: bool) -> Coordinator:
+    """A signed follower, started; then the host's clock (owner's and follower's) steps
+    back 60 s; then its owner starts and becomes ready. The follower, once it is ready."""
+    follower = Coordinator(instance_settings(redis_server.url, namespace, "stepped", KEY,
+                                             heartbeat_interval=0.5, instance_ttl=TTL),
+                           role="follower")
+    async with follower:
+        await async_wait_until(lambda: follower.redis_ok, 5, what="the follower's link")
+        waiter = asyncio.create_task(follower.wait_ready(30)) if waiting else None
+        skew["by"] = -60.0  # NTP steps the host's clock back a minute
+        owner = Coordinator(instance_settings(redis_server.url, namespace, "stepped", KEY,
+                                              heartbeat_interval=0.5, instance_ttl=TTL))
+        async with owner:
+            await run_phases(owner, "init", "services")
+            if waiter is not None:
+                assert await asyncio.wait_for(waiter, 10)
+            await async_wait_until(lambda: follower.is_ready, 10, what="the follower ready")
+            assert follower.drops.total == 0
+    return follower
+
+
+async def test_a_signed_follower_with_someone_held_is_released_after_a_step_back(
+        skew: dict[str, float], redis_server: RedisServer, namespace: str) -> None:
+    """With someone waiting, the follower re-reads the record. Fails without the fix:
+    the owner's events and records were stamped "before" the follower started by the
+    stepped clock, and a follower with a signing key trusted no such evidence, so it
+    stayed starting for 60 s (the wait timed out at 10 s)."""
+    await _stepped_follower_and_owner(redis_server, namespace, skew, waiting=True)
+
+
+async def test_a_signed_follower_trusts_events_after_a_step_back(
+        skew: dict[str, float], redis_server: RedisServer, namespace: str) -> None:
+    """With nobody waiting there is no re-read: the events alone make the follower ready.
+    Fails without the follower's part of the fix (its start taken on the host's clock as
+    it read then, 60 s ahead of the events' ``ts`` after the step), even with the owner's
+    records on the Redis clock."""
+    await _stepped_follower_and_owner(redis_server, namespace, skew, waiting=False)
+
+
+async def test_a_follower_on_a_host_ahead_of_redis_follows_a_live_record(
+        skew: dict[str, float], redis_server: RedisServer, client: redis.Redis,
+        namespace: str) -> None:
+    """A follower whose host clock is 2 x TTL ahead of Redis reads a ready record that was
+    just written (``heartbeat_at`` on the server's clock; no event published). Fails
+    without the fix: it judged the record's liveness on its own clock, found it 20 s old,
+    and ignored it."""
+    skew["by"] = 2 * TTL
+    follower = Coordinator(instance_settings(redis_server.url, namespace, "ahead",
+                                             heartbeat_interval=0.5, instance_ttl=TTL),
+                           role="follower")
+    async with follower:
+        await async_wait_until(lambda: follower.redis_ok, 5, what="the follower's link")
+        waiter = asyncio.create_task(follower.wait_ready(30))
+        secs, usecs = await client.time()
+        await put_record(client, Keys(namespace), instance_record(
+            "ahead", secs + usecs / 1e6, state="ready", phase="services", index=2,
+            beat_age=0.0, ttl=TTL, phases_total=2, started_at=None))
+        assert await asyncio.wait_for(waiter, 10)
