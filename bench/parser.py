@@ -203,7 +203,7 @@ async def script_breakdown(report: Report, reader: FleetReader, ids: list[str],
         records = [decode_fields(row) for page in rows for row in page]
         clock("decoding the records (decode_fields)", started)
         started = time.perf_counter()
-        instances = [_view(i, r, now, {}) for i, r in zip(ids, records, strict=True)]
+        instances = [_view(i, r, now, now, {}) for i, r in zip(ids, records, strict=True)]
         instances.sort(key=lambda r: str(r["id"]))
         fleet_totals(instances, 0)
         clock("views and totals", started)

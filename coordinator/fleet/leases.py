@@ -42,7 +42,7 @@ ACQUIRE_TIMEOUT = 1.0  # seconds; an acquire slower than this falls back to the 
 LEASE_MARGIN = 2.0  # seconds a lease outlives its hold's deadline
 MAX_HOLD = 30.0  # COORD_MAX_QUEUE_TIME's default
 LONGEST_HOLD = 3600.0  # COORD_MAX_QUEUE_TIME's ceiling: no instance's lease outlives it
-SKEW = 5.0  # seconds of clock skew between an instance's heartbeat time and Redis' clock
+SKEW = 5.0  # slack for an instance's estimate of the Redis clock, on which it heartbeats
 RELEASE_BATCH = 500  # members per release call (Lua's unpack() has a stack limit)
 SCRIPT_NEEDS = ("the lease scripts need EVALSHA, TIME, ZREMRANGEBYSCORE, ZCARD, ZSCORE, ZRANGE, "
                 "ZADD, ZREM")

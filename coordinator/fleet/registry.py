@@ -12,6 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from coordinator._redis import topology
+from coordinator._redis.clock import ServerClock, server_seconds
 from coordinator.contract.keys import Keys
 from coordinator.contract.record import as_text, raw_record
 
@@ -38,7 +39,8 @@ return 0
 
 
 async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str],
-                       ttl: float, heartbeat_at: float, *, event: bytes | None = None) -> None:
+                       ttl: float, heartbeat_at: float, *, event: bytes | None = None,
+                       clock: ServerClock | None = None) -> None:
     """Replace the record whole, refresh its TTL and index entry in one atomic round
     trip, and publish ``event`` (an encoded message) on both channels in the same
     transaction.
@@ -48,9 +50,12 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
     writer put there survives it (a field added, or the key made a string: whatever its
     type). An index of the wrong type, which no instance could write to, is removed and
     the write done once more (its members come back with their next heartbeats).
+
+    ``heartbeat_at`` is a time of the Redis server's clock (the owner's estimate of it);
+    with ``clock`` the transaction also reads ``TIME``, from which ``clock`` learns.
     """
     try:
-        await _write(client, keys, record, ttl, heartbeat_at, event)
+        await _write(client, keys, record, ttl, heartbeat_at, event, clock)
     except ResponseError as exc:
         if not _wrong_type(exc) or await client.type(keys.instances) in (b"zset", "zset"):
             raise
@@ -58,11 +63,11 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
                     "rebuild it", keys.instances, exc)
         await client.delete(keys.instances)
         # EXEC ran every other command, the event's publishes included: not again.
-        await _write(client, keys, record, ttl, heartbeat_at, None)
+        await _write(client, keys, record, ttl, heartbeat_at, None, clock)
 
 
 async def _write(client: redis.Redis, keys: Keys, record: Mapping[str, str], ttl: float,
-                 heartbeat_at: float, event: bytes | None) -> None:
+                 heartbeat_at: float, event: bytes | None, clock: ServerClock | None) -> None:
     instance_id = record["id"]
     key = keys.instance(instance_id)
     publish = await _publish_command(client, event)
@@ -72,7 +77,12 @@ async def _write(client: redis.Redis, keys: Keys, record: Mapping[str, str], ttl
         pipe.pexpire(key, int(ttl * 1000))
         pipe.zadd(keys.instances, {instance_id: heartbeat_at})
         _publish(pipe, publish, keys, instance_id, event)
-        await pipe.execute()
+        if clock is not None:
+            pipe.time()
+        sent = clock.monotonic() if clock is not None else 0.0
+        replies = await pipe.execute()
+    if clock is not None and (server := server_seconds(replies[-1])) is not None:
+        clock.observe(server, sent, clock.monotonic())
 
 
 def _wrong_type(exc: ResponseError) -> bool:
@@ -104,15 +114,32 @@ def _publish(pipe: Any, command: str, keys: Keys, instance_id: str,
         pipe.execute_command(command, keys.instance_events(instance_id), event)
 
 
-async def read_record(client: redis.Redis, keys: Keys, instance_id: str) -> dict[str, str]:
+async def read_record(client: redis.Redis, keys: Keys, instance_id: str,
+                      clock: ServerClock | None = None) -> dict[str, str]:
     """The record as text; empty when there is none, or when the key holds something
-    else than a hash (no instance wrote that: it reads as no record, not as an outage)."""
-    try:
-        return raw_record(await client.hgetall(keys.instance(instance_id)))
-    except ResponseError as exc:
-        if _wrong_type(exc):
-            return {}
-        raise
+    else than a hash (no instance wrote that: it reads as no record, not as an outage).
+    With ``clock``, ``TIME`` is read in the same round trip and ``clock`` learns from it."""
+    if clock is None:
+        try:
+            return raw_record(await client.hgetall(keys.instance(instance_id)))
+        except ResponseError as exc:
+            if _wrong_type(exc):
+                return {}
+            raise
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.instance(instance_id))
+        pipe.time()
+        sent = clock.monotonic()
+        raw, now = await pipe.execute(raise_on_error=False)
+    if (server := server_seconds(now)) is not None:
+        clock.observe(server, sent, clock.monotonic())
+    elif isinstance(now, BaseException):
+        raise now
+    if isinstance(raw, ResponseError) and _wrong_type(raw):
+        return {}
+    if isinstance(raw, BaseException):
+        raise raw
+    return raw_record(raw)
 
 
 class PhaseStats:

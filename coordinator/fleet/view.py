@@ -111,9 +111,11 @@ class FleetReader:
 
     Round trips: one for the index, the server's clock and the leases; one read per
     page of ``page_size`` instances; and, only when something is stale, one per
-    :data:`PRUNE_BATCH` to prune the index. Liveness is judged on ``now`` (the reader's
-    clock, against each instance's own heartbeat and ``ttl``); leases on the Redis
-    server's clock, which is the clock their expiry was computed on.
+    :data:`PRUNE_BATCH` to prune the index. Liveness and leases are judged on the Redis
+    server's clock (read with the index), the clock of each instance's ``heartbeat_at``
+    (against its own ``ttl``) and of each lease's expiry, so no skew between the
+    reader's host and the instances' makes a live instance look gone; ``now`` (the
+    reader's clock) dates the document and the times in phase, which are the owners'.
 
     Bounded whatever the index holds: at most ``max_instances`` members are read, those
     with the most recent heartbeats, and at most :data:`MAX_LEASES` leases; the document
@@ -166,8 +168,9 @@ class FleetReader:
             chunk = ids[start:start + self.page_size]
             records = await self._read_page(chunk)
             for instance_id, record in zip(chunk, records, strict=True):
-                if record and is_live(record, now):
-                    instances.append(_view(instance_id, record, now, leases_by_instance))
+                if record and is_live(record, server_now):
+                    instances.append(_view(instance_id, record, now, server_now,
+                                           leases_by_instance))
                 else:
                     gone.append(instance_id)
         if gone and self.prune and self.scripts:
@@ -362,13 +365,15 @@ def _pairs(flat: Any) -> list[tuple[Any, float]]:
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
-def _view(instance_id: str, decoded: RecordView, now: float,
+def _view(instance_id: str, decoded: RecordView, now: float, server_now: float,
           leases: Mapping[str, int]) -> InstanceView:
-    """One live instance as the fleet view shows it: its hash fields plus derived ages."""
+    """One live instance as the fleet view shows it: its hash fields plus derived ages
+    (the heartbeat's on the server's clock, the phase's on the reader's)."""
     record = InstanceView(**decoded)  # type: ignore[typeddict-item]  # the same keys, more
     record.pop("sig", None)
     record["id"] = instance_id
-    record["heartbeat_age"] = round(max(0.0, now - (record.get("heartbeat_at") or now)), 3)
+    beat = record.get("heartbeat_at")
+    record["heartbeat_age"] = round(max(0.0, server_now - (beat or server_now)), 3)
     phase_started = record.get("phase_started_at")
     record["time_in_phase"] = (round(max(0.0, now - phase_started), 3)
                                if isinstance(phase_started, float) else None)

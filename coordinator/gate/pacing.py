@@ -38,7 +38,8 @@ FLEET_TIMEOUT = 1.0  # a bucket call slower than this: the local share decides
 SCRIPT_NEEDS = "EVALSHA, TIME, HGET, HSET, PEXPIRE, ZCOUNT on N:admit and N:instances"
 
 # KEYS[1] = N:admit (hash: tokens, at: the bucket's level and when it was computed)
-# KEYS[2] = N:instances (sorted set: id -> last heartbeat), to count the live instances
+# KEYS[2] = N:instances (sorted set: id -> last heartbeat, server clock), to count the live
+# instances
 # ARGV[1] = rate (tokens per second), ARGV[2] = burst (the bucket's size)
 # ARGV[3] = tokens wanted, ARGV[4] = liveness window (seconds)
 # Refills by the time elapsed on the server's clock (anything absurd in the hash, a level

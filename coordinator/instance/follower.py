@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from coordinator._redis.client import REDIS_ERRORS
+from coordinator._redis.clock import ServerClock
 from coordinator.contract.events import Drop, Message
 from coordinator.contract.phases import Event, State
 from coordinator.contract.record import decode_record, is_live
@@ -54,13 +55,21 @@ class Follower:
     anyone. Such older evidence still moves it within ``starting`` (the phase it shows),
     and the owner's next heartbeat (``COORD_HEARTBEAT_INTERVAL``) brings fresh evidence,
     so a follower that starts beside a ready owner admits within about that interval.
-    The owner and its followers share a host (a sidecar, uvicorn workers), so one clock.
+
+    "Before it started following" is judged on the clock each stamp is on, so that no
+    step of a clock blocks a follower: a record's ``heartbeat_at`` is on the Redis
+    server's clock, which the follower learns from the ``TIME`` it reads with every
+    record; a message's ``ts`` is on the owner's wall clock, which is the follower's
+    (they share a host: a sidecar, uvicorn workers), and the instance it started is
+    taken on that clock as it reads now, so a step back of the host's clock moves it
+    back too (the monotonic clock measures the time since).
     """
 
     def __init__(self, coord: RoleHost) -> None:
         self.coord = coord
         self._poll: asyncio.Task[None] | None = None
-        self.joined = time.time()
+        self.clock = ServerClock()  # the Redis server's, learned from every record read
+        self.joined = time.monotonic()  # when it started following (monotonic clock)
         self.local = False  # this process runs phases of its own
         self.local_ready = False  # and its ready phase has completed
         self._held_back: Status | None = None  # the instance's ready, until local_ready
@@ -94,17 +103,29 @@ class Follower:
                 self.wanted()  # the watch for a lost draining or failed
     def start(self) -> None:
         """Nothing runs until someone waits (see :meth:`wanted`)."""
-        self.joined = time.time()
+        self.joined = time.monotonic()
+
+    def joined_wall(self) -> float:
+        """When it started following, on the host's wall clock as it reads now."""
+        return time.time() - (time.monotonic() - self.joined)
+
+    def joined_server(self) -> float:
+        """When it started following, on the Redis server's clock (late by the estimate's
+        uncertainty, never early); on the wall clock until the server's is known."""
+        if not self.clock.synced:
+            return self.joined_wall()
+        return self.clock.at(self.joined) + self.clock.uncertainty()
 
     async def on_link_up(self) -> None:
         coord = self.coord
-        self.follow_record(await registry.read_record(coord.redis, coord.keys, coord.id))
+        self.follow_record(await registry.read_record(coord.redis, coord.keys, coord.id,
+                                                      clock=self.clock))
 
     def after_link_up(self, published: Status) -> None:
         """A follower publishes nothing."""
 
     def on_message(self, msg: Message) -> None:
-        self._follow(status_from_message(msg, self.coord.plan), msg.ts)
+        self._follow(status_from_message(msg, self.coord.plan), msg.ts >= self.joined_wall())
 
     def emit(self, event: Event, **extra: object) -> None:
         """A follower publishes nothing: the owner speaks for the instance."""
@@ -133,7 +154,8 @@ class Follower:
                 return
             await asyncio.sleep(interval)
             try:
-                raw = await registry.read_record(coord.redis, coord.keys, coord.id)
+                raw = await registry.read_record(coord.redis, coord.keys, coord.id,
+                                                 clock=self.clock)
             except REDIS_ERRORS as exc:
                 coord.link_lost(exc)
                 continue
@@ -153,15 +175,18 @@ class Follower:
                           coord.keys.instance(coord.id))
             return
         record = decode_record(raw)
-        if not is_live(record, time.time()):
+        if not is_live(record, self.clock.now()):  # both on the server's clock
             return  # left by an instance that died: its successor has not written yet
-        self._follow(status_from_record(record), record.get("heartbeat_at"))
+        beat = record.get("heartbeat_at")
+        self._follow(status_from_record(record),
+                     isinstance(beat, float) and beat >= self.joined_server())
 
-    def _follow(self, incoming: Status | None, stamp: float | None) -> None:
+    def _follow(self, incoming: Status | None, fresh: bool) -> None:
+        """``fresh``: the evidence was stamped after this process started following."""
         if incoming is None:
             return
         current = self.coord.status
-        trusted = self.coord.keyring is None or (stamp is not None and stamp >= self.joined)
+        trusted = self.coord.keyring is None or fresh
         new = advance(current, incoming, trusted=trusted)
         if new.state is State.READY and self.local and not self.local_ready:
             # The instance is ready, this process not yet: starting here until it is.

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from coordinator._redis.client import REDIS_ERRORS
+from coordinator._redis.clock import ServerClock
 from coordinator.contract.events import Drop, Message, encode_event
 from coordinator.contract.phases import Event, State
 from coordinator.contract.record import InstanceRecord, Link
@@ -52,6 +53,9 @@ class Owner:
         self._folded: set[str] = set()
         self.stats = PhaseStats(coord.redis, coord.keys)
         self.outbox: asyncio.Queue[Message] = asyncio.Queue(OUTBOX_SIZE)
+        # heartbeat_at (and the index score) are on the Redis server's clock, learned from
+        # the TIME every write reads: readers and scripts judge liveness on that clock.
+        self.clock = ServerClock()
 
     def start(self) -> None:
         self.coord.tasks.spawn(self._publisher(), "publisher")
@@ -118,7 +122,7 @@ class Owner:
             phases_total=coord.plan.total,
             started_at=status.started_at,
             updated_at=coord.updated_at,
-            heartbeat_at=now,
+            heartbeat_at=self.clock.now(),
             phase_started_at=status.phase_started_at,
             ready_at=coord.ready_at,
             expected_ready_at=None if expected is None or coord.is_ready else now + expected,
@@ -170,9 +174,9 @@ class Owner:
         coord = self.coord
         record = self.record(link_up)
         await write_record(coord.redis, coord.keys, record,
-                                    coord.settings.instance_ttl, float(record["heartbeat_at"]),
-                                    event=None if msg is None
-                                    else encode_event(msg, coord.keyring))
+                           coord.settings.instance_ttl, float(record["heartbeat_at"]),
+                           event=None if msg is None else encode_event(msg, coord.keyring),
+                           clock=self.clock)
 
     async def _heartbeat_loop(self) -> None:
         coord = self.coord
@@ -188,8 +192,8 @@ class Owner:
             try:
                 record = self.record()  # N:instances score = the hash's heartbeat_at
                 await write_record(coord.redis, coord.keys, record,
-                                            coord.settings.instance_ttl,
-                                            float(record["heartbeat_at"]))
+                                   coord.settings.instance_ttl, float(record["heartbeat_at"]),
+                                   clock=self.clock)
             except REDIS_ERRORS as exc:
                 coord.link_lost(exc)
 
@@ -208,7 +212,10 @@ class Owner:
     # -- the link and the end -------------------------------------------------------
 
     async def on_link_up(self) -> None:
-        """Re-publish the whole state: the record, and the event that carries it."""
+        """Re-publish the whole state: the record, and the event that carries it. The
+        server's clock is read first: the record's heartbeat_at is on it (this may be
+        another server than before, after a failover)."""
+        await self.clock.sync(self.coord.redis)
         event = self.state_event()
         await self._publish(None if event is None else self.message(event), link_up=True)
 

@@ -28,6 +28,7 @@ import redis.asyncio as redis
 from redis.exceptions import NoPermissionError
 
 from coordinator._redis.client import REDIS_ERRORS, make_redis
+from coordinator._redis.clock import ServerClock
 from coordinator._redis.pubsub import bounded_pubsub
 from coordinator.contract.events import decode_event
 from coordinator.contract.keys import Keys
@@ -190,8 +191,9 @@ async def check(client: redis.Redis, keys: Keys, instance_id: str | None,
                   f"generated id in namespace {keys.namespace!r} (name one: --instance ID or "
                   "COORD_INSTANCE_ID)", file=out, flush=True)
             return EXIT_NOT_READY
-    raw = await read_record(client, keys, instance_id)
-    code, reason = check_record(instance_id, keys.namespace, raw, keyring, time.time())
+    clock = ServerClock()  # liveness on the Redis server's clock, heartbeat_at's
+    raw = await read_record(client, keys, instance_id, clock=clock)
+    code, reason = check_record(instance_id, keys.namespace, raw, keyring, clock.now())
     print(printable(reason), file=out, flush=True)
     return code
 
@@ -211,7 +213,7 @@ async def local_instance(client: redis.Redis, keys: Keys, host: str,
     """
     members = [as_text(m) for m in await client.zrange(keys.instances, 0, -1)]
     ids = [m for m in members if generated_on(m, host)]
-    now, found = time.time(), []
+    now, found = await ServerClock().sync(client), []  # heartbeat_at's clock
     for instance_id in ids:
         raw = await read_record(client, keys, instance_id)
         if keyring is not None and (not record_signature_ok(raw, keyring)

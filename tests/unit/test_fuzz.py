@@ -152,7 +152,7 @@ def test_a_record_of_anything_decodes_to_values_every_reader_can_use(raw: dict[A
     code, line = check_record("web-1", "coord", raw_record(raw), None, NOW)
     assert code in (0, 1) and isinstance(line, str)
     if live and record.get("heartbeat_at") is not None:
-        view = _view("web-1", decode_record(raw), NOW, {})
+        view = _view("web-1", decode_record(raw), NOW, NOW, {})
         table = render_fleet_table({"namespace": "coord", "generated_at": NOW,
                                     "instances": [view], "totals": fleet_totals([view], 0)})
         assert controls_free(table)
