@@ -57,7 +57,9 @@ async def write_record(client: redis.Redis, keys: Keys, record: Mapping[str, str
     try:
         await _write(client, keys, record, ttl, heartbeat_at, event, clock)
     except ResponseError as exc:
-        if not _wrong_type(exc) or await client.type(keys.instances) in (b"zset", "zset"):
+        # Asked of the key, not read in the error's text: redis-py 6.x words a pipeline's
+        # error "... caused error: {exception.args}", the server's words lost.
+        if await client.type(keys.instances) in (b"zset", "zset", b"none", "none"):
             raise
         log.warning("%s was not a sorted set (%s): removed, so that the fleet's heartbeats "
                     "rebuild it", keys.instances, exc)

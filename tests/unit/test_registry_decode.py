@@ -84,3 +84,31 @@ def test_the_owner_writes_every_field_of_the_schema_and_nothing_else(key: str | 
     written = coord.owner.record()
     assert tuple(written) == RECORD_FIELDS + (("sig",) if key else ())
     assert decode_record(written)["queue_max"] == 50  # and it reads back through the schema
+
+
+async def test_an_index_of_another_type_is_healed_whatever_redis_py_words_the_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py 6.x words a failed pipeline command "... caused error: {exception.args}",
+    the server's WRONGTYPE lost: the heal asks the key its type instead."""
+    from redis.exceptions import ResponseError
+
+    from coordinator.contract.keys import Keys
+    from coordinator.fleet import registry
+
+    client = fakeredis.aioredis.FakeRedis()
+    keys = Keys("heal")
+    await client.set(keys.instances, "not a sorted set")
+    real, calls = registry._write, []
+
+    async def worded_as_6x(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ResponseError("Command # 4 (ZADD {heal}:instances 1.0 i1) of pipeline "
+                                "caused error: {exception.args}")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "_write", worded_as_6x)
+    await registry.write_record(client, keys, {"id": "i1"}, 10.0, 1.0)
+    assert await client.type(keys.instances) == b"zset"
+    assert await client.zscore(keys.instances, "i1") == 1.0
+    await client.aclose()
