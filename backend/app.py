@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from coordinator import ConnectionGate, Coordinator
 from coordinator._redis.client import REDIS_ERRORS
 from coordinator.fleet.view import FleetReader, SharedSnapshot
 from coordinator.ops.dashboard import mount_dashboard
+from coordinator.ops.drain_route import DrainApp
 from coordinator.ops.health import HealthApp
 from coordinator.ops.metrics import CONTENT_TYPE, Metrics
 
@@ -109,6 +110,11 @@ class Backend:
                     await websocket.send_json(services.reply(text))
 
         api.mount("/health", HealthApp(coord))
+        # POST /drain with COORD_DRAIN_TOKEN (a preStop hook): off, 404, with no token. Not
+        # an ops route: authenticated, and wanted where the public reaches the service.
+        # (An ASGI app: Starlette's Route serves one as it is, its annotation names only
+        # request handlers. Not a mount: a mount answers POST /drain with a redirect.)
+        api.add_route("/drain", cast(Any, DrainApp(coord)), include_in_schema=False)
 
     def _ops_routes(self) -> None:
         """What operators read: the fleet, the metrics (and the dashboard, mounted apart)."""

@@ -64,6 +64,7 @@ ENVIRONMENTS = tuple(e.value for e in Environment)
 # Base wait budget (seconds) for a connection that arrives in an earlier phase.
 WAIT_BUDGETS = {"local": 1.0, "test": 1.0, "development": 3.0, "staging": 3.0, "production": 5.0}
 CLOUD_RUN_READY_PHASE_BUDGET = 8.0
+MIN_TOKEN = 16  # characters of COORD_DRAIN_TOKEN: not a word anyone guesses
 
 def default_id_prefix(hostname: str | None = None) -> str:
     """How a generated instance id starts on this host: ``<host>-`` (then pid, random)."""
@@ -119,6 +120,7 @@ class Settings:
     reject: str = "http"
     gate: bool = True
     signing_key: str | None = field(default=None, repr=False)
+    drain_token: str | None = field(default=None, repr=False)  # the drain endpoint's token
     log_format: str = "text"
     role: str = Role.OWNER.value
 
@@ -339,6 +341,15 @@ VARIABLES: tuple[Variable, ...] = (
              lambda s: not s.signing_key or all(k.strip() for k in s.signing_key.split(",")),
              "a key, or several separated by commas (the first signs), none empty",
              shown=lambda _key: "***"),
+    Variable("COORD_DRAIN_TOKEN", "drain_token", str, "unset (endpoint off)",
+             "the bearer token of the drain endpoint (`POST /drain`, "
+             "[Drain](guide.md#drain)): a `preStop` hook or an operator drains the instance "
+             "with it; unset, the endpoint answers 404",
+             lambda s: s.drain_token is None or (len(s.drain_token) >= MIN_TOKEN
+                                                 and s.drain_token.isprintable()
+                                                 and " " not in s.drain_token),
+             f"at least {MIN_TOKEN} printable characters, no spaces",
+             shown=lambda _token: "***"),
     Variable("COORD_LOG_FORMAT", "log_format", str.lower, "`text` (`json` on Cloud Run)",
              "`json`: one object per line with `severity` and `instance`, for Cloud Logging",
              lambda s: s.log_format in ("text", "json"), "text or json"),

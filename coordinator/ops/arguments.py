@@ -13,6 +13,7 @@ WATCH_INTERVAL = 2.0
 # Not 8080 (HAProxy's and the image's port in docker-compose and deploy/haproxy.cfg), nor
 # 8000-8003 (the backend's default and the docs' instances): nothing the docs start.
 DASHBOARD_PORT = 8090
+DRAIN_TIMEOUT = 60.0  # a preStop hook is bounded by the pod's termination grace anyway
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     dash_cmd.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     dash_cmd.add_argument("--port", type=_port, default=DASHBOARD_PORT,
                           help=f"listen port (default {DASHBOARD_PORT})")
+
+    drain_cmd = commands.add_parser(
+        "drain", help="drain an instance through its drain endpoint",
+        description="POST to an instance's drain endpoint with the bearer token "
+        "$COORD_DRAIN_TOKEN and wait until it has drained (a Kubernetes preStop hook); "
+        "exit 0 once drained.")
+    drain_cmd.add_argument("--url", default=None,
+                           help="the endpoint (default http://127.0.0.1:$PORT/drain, "
+                                "PORT 8000 when unset)")
+    drain_cmd.add_argument("--timeout", type=_positive, default=DRAIN_TIMEOUT,
+                           help=f"seconds to wait for the answer (default {DRAIN_TIMEOUT:g})")
     return parser
 
 

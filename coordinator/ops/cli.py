@@ -21,6 +21,8 @@ import signal
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -306,6 +308,8 @@ def run_parsed(args: argparse.Namespace, env: Mapping[str, str] | None = None,
         settings = load_settings(args, env)
         if args.command == "dashboard":
             return dashboard(args, settings)
+        if args.command == "drain":
+            return drain(args, settings, env, out)
         return asyncio.run(run(args, settings, env, out))
     except CliError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr, flush=True)
@@ -344,6 +348,27 @@ def dashboard(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_ERROR if exc.code else EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
+def drain(args: argparse.Namespace, settings: Settings, env: Mapping[str, str],
+          out: TextIO) -> int:
+    """``coordinator drain``: POST to the drain endpoint, wait for its answer (the
+    instance has drained then); no Redis."""
+    if not settings.drain_token:
+        raise CliError("COORD_DRAIN_TOKEN is not set: the drain endpoint needs its token")
+    url = args.url or f"http://127.0.0.1:{env.get('PORT', '').strip() or 8000}/drain"
+    request = urllib.request.Request(url, method="POST", data=b"", headers={
+        "Authorization": f"Bearer {settings.drain_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:200]
+        raise CliError(f"{url}: HTTP {exc.code}: {detail}") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{url}: {exc}") from None
+    print(f"instance {body.get('instance')} drained: {body.get('state')}", file=out, flush=True)
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ memory, so a probe answers even while Redis is down.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from coordinator.contract.documents import CapStatus, DrainStatus, HealthDocument
@@ -80,27 +80,29 @@ class HealthApp:
             return  # a mounted app sees only http
         route = scope["path"].rstrip("/").rpartition("/")[2]
         if route not in ("live", "startup", "ready"):
-            await _respond(send, 404, {"error": "not found"}, scope)
+            await respond(send, 404, {"error": "not found"}, scope)
             return
         if scope["method"] not in ("GET", "HEAD"):
-            await _respond(send, 405, {"error": "method not allowed"}, scope)
+            await respond(send, 405, {"error": "method not allowed"}, scope)
             return
         coord = self.coord
         if route == "live":
             failed = coord.failure is not None  # for good: a drain does not undo it
-            await _respond(send, 503 if failed else 200,
+            await respond(send, 503 if failed else 200,
                            {"status": "failed" if failed else "live", "instance": coord.id},
                            scope)
             return
         ok = coord.ready_at is not None if route == "startup" else coord.is_ready
-        await _respond(send, 200 if ok else 503, health_document(coord, self.gate), scope)
+        await respond(send, 200 if ok else 503, health_document(coord, self.gate), scope)
 
 
-async def _respond(send: Send, status: int, body: Mapping[str, Any], scope: Scope) -> None:
+async def respond(send: Send, status: int, body: Mapping[str, Any], scope: Scope,
+                  headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer ``body`` as JSON, uncached (the operator routes' one way to answer)."""
     data = json.dumps(body, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(data)).encode()),
-                            (b"cache-control", b"no-store")]})
+                            (b"cache-control", b"no-store"), *headers]})
     await send({"type": "http.response.body",
                 "body": b"" if scope["method"] == "HEAD" else data})

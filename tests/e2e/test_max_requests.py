@@ -41,6 +41,9 @@ UVICORN = (sys.executable, "-m", "uvicorn", "backend.asgi:app", "--host", "127.0
 SERVERS: dict[str, tuple[str, ...]] = {
     "uvicorn": UVICORN,
     "uvicorn-wsproto": (*UVICORN, "--ws", "wsproto"),
+    # The public entry point (coordinator.serve.DrainingServer): its shutdown drains first.
+    "uvicorn-draining-server": (sys.executable, "-m", "tests.e2e.entry_points", "uvicorn",
+                                "{port}", str(LIMIT)),
     "gunicorn": (str(Path(sys.executable).with_name("gunicorn")), "-k",
                  "uvicorn_worker.UvicornWorker", "-w", "1", "--max-requests", str(LIMIT),
                  "-b", "127.0.0.1:{port}", "backend.asgi:app"),

@@ -19,7 +19,8 @@ from tests.support import CHAT, HAProxy, RedisServer, chat, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 OPS_PATHS = ["/fleet", "/metrics", "/dashboard/", "/dashboard/events", "/%66leet",
-             "/FLEET", "/fleet?pretty=1", "/Dashboard/static/dashboard.js", "/metrics/"]
+             "/FLEET", "/fleet?pretty=1", "/Dashboard/static/dashboard.js", "/metrics/",
+             "/drain", "/%64rain", "/DRAIN"]
 
 
 def haproxy_for(backend: Any, tmp_path: Path, **extra: str) -> HAProxy:

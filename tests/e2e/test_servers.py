@@ -75,7 +75,18 @@ SERVERS: dict[str, tuple[str, ...]] = {
                 "--port", "{port}", APP),
     "granian-uvloop": (str(BIN / "granian"), "--interface", "asgi", "--loop", "uvloop",
                        "--host", "127.0.0.1", "--port", "{port}", APP),
+    # The public entry points (coordinator.serve): no takeover, the server drains itself.
+    "uvicorn-draining-server": (sys.executable, "-m", "tests.e2e.entry_points", "uvicorn",
+                                "{port}"),
+    "hypercorn-shutdown-trigger": (sys.executable, "-m", "tests.e2e.entry_points",
+                                   "hypercorn", "{port}"),
 }
+# How each server's SIGTERM drains the instance (the health document's drain.via).
+VIA = {"uvicorn-draining-server": "coordinator.serve.DrainingServer (uvicorn)",
+       "hypercorn-shutdown-trigger":
+           "coordinator.serve.serve_hypercorn (hypercorn shutdown_trigger)",
+       "hypercorn": "hypercorn's multiprocess shutdown event"}
+EXITS_CLEANLY = ("python-m-backend", "uvicorn-draining-server", "hypercorn-shutdown-trigger")
 HELD = 8
 OPEN_EXTRA = 2
 FRESH = 5
@@ -170,12 +181,22 @@ def sigterm_and_time_exit(proc: BackendProcess) -> Callable[[], float]:
     return exited_after
 
 
+def expected_via(name: str) -> str:
+    if name in VIA:
+        return VIA[name]
+    if name.startswith(("hypercorn", "granian")):
+        return "loop.add_signal_handler"
+    return "signal.signal"
+
+
 async def held_then_open_then_sigterm(name: str, proc: BackendProcess, client: redis.Redis,
                                       namespace: str) -> None:
     """Columns 1, 3 and 4: held clients welcomed at ready; open ones closed with 1012
     after the SIGTERM; fresh ones during the grace turned away with 503."""
     await async_wait_until(lambda: in_services(client, namespace, workers(name)), 20,
                            what="services")
+    drain = proc.get("/health/ready")[1]["drain"]  # 503 while starting: the document all the same
+    assert drain["armed"] and drain["via"].startswith(expected_via(name)), drain
     held = await asyncio.gather(*(open_chat(proc.ws_url) for _ in range(HELD)))
     opened = [c for c in held if isinstance(c, Open)]
     assert len(opened) == HELD, [c for c in held if not isinstance(c, Open)]
@@ -195,6 +216,8 @@ async def held_then_open_then_sigterm(name: str, proc: BackendProcess, client: r
         assert code == 1012 and reason["reason"] == "draining", closes
         assert reason["retry_after"] >= 1
     assert await asyncio.to_thread(exited_after) < CLOUD_RUN_KILL_AFTER
+    if name in EXITS_CLEANLY:
+        assert proc.proc is not None and proc.proc.returncode == 0, proc.log()[-3000:]
 
 
 async def held_at_sigterm(name: str, proc: BackendProcess, client: redis.Redis,
@@ -235,7 +258,10 @@ async def test_sigterm_under_each_server_gives_clean_answers_and_exits_in_time(
 # signal, forwards the first to the workers and not the second (docs/guide.md: Drain).
 @pytest.mark.parametrize(("name", "second"), [("python-m-backend", signal.SIGTERM),
                                               ("uvicorn-sansio", signal.SIGINT),
-                                              ("hypercorn-in-process", signal.SIGTERM)])
+                                              ("hypercorn-in-process", signal.SIGTERM),
+                                              ("uvicorn-draining-server", signal.SIGINT),
+                                              ("uvicorn-draining-server", signal.SIGTERM),
+                                              ("hypercorn-shutdown-trigger", signal.SIGTERM)])
 async def test_a_second_signal_ends_a_long_drain_at_once(
         name: str, second: int, serve: Callable[..., BackendProcess],
         redis_server: RedisServer, namespace: str) -> None:

@@ -293,7 +293,7 @@ def test_the_dockerfile_builds_without_buildkit():
     assert ("COPY", "--from=build /opt/venv /opt/venv") in dockerfile()
 
 
-OPS_ROUTES = ("/fleet", "/metrics", "/dashboard")
+OPS_ROUTES = ("/fleet", "/metrics", "/dashboard", "/drain")  # /drain: a token's, for preStop
 
 
 def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(compose):
@@ -309,7 +309,7 @@ def test_only_haproxy_is_published_and_its_frontend_denies_the_operator_routes(c
     assert len(deny) == 1 and "path,url_dec -m beg -i" in deny[0]
     assert all(route in deny[0] for route in OPS_ROUTES)
     routes = route_paths(BackendConfig.from_env({}))
-    assert {"/fleet", "/metrics", "/dashboard"} <= routes  # what it must cover exists
+    assert set(OPS_ROUTES) <= routes  # what it must cover exists
 
 
 def test_backends_reach_the_host_as_host_docker_internal_on_linux_too(compose):

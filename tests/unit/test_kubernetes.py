@@ -1,8 +1,9 @@
 """deploy/kubernetes.yaml, without a cluster: valid against Kubernetes' own schemas
 (kubernetes-validate, strict), and right for the backend it runs: probes on paths the
 backend serves on the port it listens on, variables it reads with values it accepts, the
-Redis URL from a Secret, no operator routes on the Service, and preStop plus the drain
-inside terminationGracePeriodSeconds."""
+Redis URL and the drain token from Secrets, no operator routes on the Service, and a
+preStop hook that drains through the drain endpoint, inside
+terminationGracePeriodSeconds."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from backend.__main__ import GRACEFUL_SHUTDOWN
 from backend.config import BackendConfig
+from coordinator.ops.arguments import build_parser
 from tests.support import ROOT, backend_paths, doc_blocks, known_variables
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
@@ -59,7 +62,8 @@ def env(container: dict[str, Any]) -> dict[str, str]:
         if "value" in item:
             out[item["name"]] = item["value"]
         elif "secretKeyRef" in item["valueFrom"]:
-            out[item["name"]] = "redis://:secret@redis:6379/0"
+            out[item["name"]] = {"COORD_REDIS_URL": "redis://:secret@redis:6379/0",
+                                 "COORD_DRAIN_TOKEN": "9c1f" * 12}[item["name"]]
         else:
             assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             out[item["name"]] = "ws-coordinator-5d8f7c9b4-x2x7q"
@@ -90,12 +94,21 @@ def test_probes_hit_served_paths_on_the_port_the_backend_listens_on(container):
     assert container["readinessProbe"]["failureThreshold"] == 1
 
 
-def test_prestop_and_the_drain_fit_in_the_termination_grace(pod, container):
+def test_prestop_drains_through_the_endpoint_within_the_termination_grace(pod, container):
+    """The hook is `coordinator drain` against the drain endpoint the backend serves, on
+    its port, with the token it reads from a Secret (the endpoint is off without one);
+    the drain, then SIGTERM's shutdown (uvicorn's, bounded by GRACEFUL_SHUTDOWN), fit
+    before the kubelet's SIGKILL."""
     command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[:2] == ["python", "-c"]  # the slim image has python, not necessarily sleep
-    pre_stop = float(command[2].rpartition("sleep(")[2].rstrip(")"))
-    grace = BackendConfig.from_env(env(container)).coord.drain_grace
-    assert pre_stop + grace + CLOSE_AND_LEAVE <= pod["terminationGracePeriodSeconds"]
+    assert command[:2] == ["coordinator", "drain"]
+    url = build_parser().parse_args(command[1:]).url
+    config = BackendConfig.from_env(env(container))
+    assert url == f"http://127.0.0.1:{config.port}/drain" and "/drain" in backend_paths()
+    assert config.coord.drain_token  # on
+    token = next(e for e in container["env"] if e["name"] == "COORD_DRAIN_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "coord-drain", "key": "token"}
+    drain = config.coord.drain_grace + CLOSE_AND_LEAVE
+    assert drain + GRACEFUL_SHUTDOWN <= pod["terminationGracePeriodSeconds"]
 
 
 def test_the_service_selects_the_pods_and_a_rolling_update_keeps_capacity(documents):

@@ -67,7 +67,8 @@ def test_the_dashboard_default_port_collides_with_nothing_the_docs_start() -> No
 
 # -- what the docs show exists ----------------------------------------------------------
 
-PLACEHOLDERS = {"ID": "web-1", "N": "3", "S": "2"}  # `--instance ID`, `--count N`, ...
+# `--instance ID`, `--count N`, `--url URL`, ...
+PLACEHOLDERS = {"ID": "web-1", "N": "3", "S": "2", "URL": "http://127.0.0.1:8000/drain"}
 
 
 def shown_commands() -> list[str]:
@@ -95,7 +96,7 @@ def argv(shown: str) -> list[str]:
 
 def test_the_docs_show_the_commands_of_every_kind() -> None:
     shown = {argv(c)[0] for c in shown_commands()}
-    assert shown == {"fleet", "events", "check", "dashboard"}
+    assert shown == {"fleet", "events", "check", "dashboard", "drain"}
 
 
 @pytest.mark.parametrize("shown", sorted(set(shown_commands())))

@@ -384,12 +384,23 @@ def test_every_field_but_cloud_run_has_its_variable_and_every_variable_is_read()
                   "COORD_SIGNING_KEY": "k", "COORD_NAMESPACE": "ns", "COORD_INSTANCE_ID": "i-1",
                   "COORD_READY_PHASE": "cache", "COORD_INSTANCE_TTL": "11",
                   "COORD_FLEET_ADMIT_BURST": "3", "COORD_MAX_CONNECTION_AGE": "20",
-                  "COORD_DRAIN_SPREAD": "1", "COORD_HEARTBEAT_INTERVAL": "3"}.get(var.name, "2")
+                  "COORD_DRAIN_SPREAD": "1", "COORD_HEARTBEAT_INTERVAL": "3",
+                  "COORD_DRAIN_TOKEN": "t0ken-of-16-chars"}.get(var.name, "2")
         env = {var.name: sample}
         if var.name == "COORD_FLEET_ADMIT_BURST":
             env["COORD_FLEET_ADMIT_RATE"] = "5"
         read = getattr(Settings.from_env(env), var.field)
         assert read == var.parse(sample) and read != getattr(Settings(), var.field), var.name
+
+
+def test_the_drain_token_is_long_enough_and_never_shown() -> None:
+    token = "s3cret-drain-token-9f2c"
+    settings = Settings.from_env({"COORD_DRAIN_TOKEN": token})
+    assert settings.drain_token == token and token not in repr(settings)
+    assert Settings().drain_token is None  # unset: the endpoint is off
+    for bad in ("short", "sixteen chars ok", "x" * 15):
+        caught = error_for({"COORD_DRAIN_TOKEN": bad})
+        assert caught.variable == "COORD_DRAIN_TOKEN" and bad not in str(caught)
 
 
 @pytest.mark.parametrize("url", [

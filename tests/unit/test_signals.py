@@ -297,3 +297,29 @@ async def test_restoring_a_loop_handler_keeps_one_installed_after_ours() -> None
         assert server == []  # not put back over the app's
     finally:
         loop.remove_signal_handler(signal.SIGUSR2)
+
+
+async def test_an_entry_point_takes_nothing_over_and_an_app_handler_disarms_it_visibly(
+        sigterm, monkeypatch) -> None:
+    """With DrainingServer (its handle_exit installed by uvicorn's capture_signals) the
+    gate takes no signal over: health names the entry point. An application's own
+    SIGTERM handler, installed later, makes SIGTERM miss the server: armed false, as
+    with the fallback's takeover."""
+    import uvicorn
+
+    from coordinator.ops.health import health_document
+    from coordinator.ops.uvicorn_server import VIA, DrainingServer
+
+    _gate, coord, app = gate_for()
+    drains = Drains()
+    monkeypatch.setattr("coordinator.ops.health.DRAINS", drains)
+    server = DrainingServer(uvicorn.Config(app))
+    with server.capture_signals(), drains.explicit(VIA, server._armed):
+        drains.attach(coord)
+        try:
+            assert signal.getsignal(signal.SIGTERM) == server.handle_exit  # not ours: none
+            assert health_document(coord)["drain"] == {"armed": True, "via": VIA}
+            signal.signal(signal.SIGTERM, lambda _signum, _frame: None)  # the app's own
+            assert health_document(coord)["drain"] == {"armed": False, "via": None}
+        finally:
+            drains.detach(coord)
