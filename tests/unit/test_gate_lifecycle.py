@@ -1,6 +1,7 @@
 """``ConnectionGate(..., startup=...)``: the gate runs the lifecycle of an app that has no
 lifespan of its own (Django Channels): at the server's lifespan, which the app never
-sees, or, under a server that sends none (daphne), at the first scope."""
+sees, or, under a server that sends none (daphne), at the first scope. And the closes a
+server refuses (daphne's autobahn sends no 1012 or 1013) go as their twins, never 1011."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from coordinator.gate.gate import ConnectionGate
+from coordinator.gate.rejection import close
 from coordinator.instance.drain import DRAINS
 from tests.support import App, gate_for
 
@@ -69,3 +71,17 @@ async def test_without_a_lifespan_the_first_scope_starts_it_once(
     assert said == ["start", "drain armed", "startup"]
     assert len(app.calls) == 3
 
+
+async def test_a_refused_close_code_goes_as_its_private_twin() -> None:
+    sent: list[int] = []
+
+    async def autobahn(message: MutableMapping[str, Any]) -> None:  # daphne's send, as it raises
+        if not (message["code"] == 1000 or 3000 <= message["code"] <= 4999):
+            raise Exception(f"invalid close code {message['code']}")
+        sent.append(message["code"])
+
+    await close(autobahn, 1012, "{}")
+    await close(autobahn, 1013, "{}")
+    assert sent == [4012, 4013]
+    with pytest.raises(Exception, match="invalid close code 1011"):
+        await close(autobahn, 1011, "{}")
