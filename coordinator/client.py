@@ -46,7 +46,7 @@ from coordinator._backoff import Backoff
 from coordinator.exceptions import CoordinatorError, UsageError
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # the gate's 503; a load balancer's 502/504
-RETRY_CLOSE_CODES = frozenset({1012, 1013})
+RETRY_CLOSE_CODES = frozenset({1012, 1013, 4012, 4013})  # 401x: their twins under daphne
 
 CONNECTED = "connected"
 

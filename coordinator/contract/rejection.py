@@ -25,6 +25,9 @@ class Reason(enum.StrEnum):
 
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SERVICE_RESTART = 1012
+# The same closes where the server sends no code from 1001 to 2999 (daphne: autobahn lets
+# an application close with 1000 or 3000-4999 only): their private-use twins.
+PRIVATE_CLOSE = {CLOSE_TRY_AGAIN_LATER: 4013, CLOSE_SERVICE_RESTART: 4012}
 MAX_REASON_BYTES = 123  # a WebSocket close reason's limit
 MAX_RETRY_AFTER = 30  # seconds: COORD_MAX_RETRY_AFTER's default
 MAX_HINT = 86400  # reject()'s own ceiling on a hint; the gate's are COORD_MAX_RETRY_AFTER

@@ -13,7 +13,7 @@ from typing import Any
 from coordinator._asgi import ASGIApp, Message, Receive, Scope, Send
 from coordinator._tasks import TaskSet
 from coordinator.contract.rejection import CLOSE_SERVICE_RESTART, Reason
-from coordinator.gate.rejection import deny
+from coordinator.gate.rejection import close, deny
 
 Closer = Callable[[int, str], Coroutine[Any, Any, None]]
 # Ends one session the app keeps beyond the gate's sight (a Socket.IO session: the gate
@@ -64,12 +64,12 @@ class GuardedConnection:
         self.closed = True
         with contextlib.suppress(Exception):
             if self.accepted:
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                await close(self._send, code, reason)
             elif "websocket.http.response" in self._extensions:
                 await deny(self._send, reason)
             else:
                 await self._send({"type": "websocket.accept"})
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                await close(self._send, code, reason)
 
 
 class OpenConnections(dict[int, Closer]):

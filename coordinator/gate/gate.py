@@ -39,7 +39,7 @@ from coordinator.gate.admission import (
 )
 from coordinator.gate.connections import OpenConnections, SessionCloser
 from coordinator.gate.holds import ADMIT, Hold, HoldEnd, HoldQueue
-from coordinator.gate.lifespan import run_lifespan
+from coordinator.gate.lifespan import Lifecycle, Startup, run_lifespan
 from coordinator.gate.pacing import Pacer
 from coordinator.gate.rejection import reject
 from coordinator.instance.coordinator import Coordinator
@@ -125,13 +125,21 @@ class ConnectionGate:
     FastAPI app as middleware (``api.add_middleware(ConnectionGate, coordinator=coord)``),
     which keeps ``api`` a FastAPI app for ``fastapi run``. Either way it sees the app's
     lifespan, and from its start SIGTERM drains the instance (drain.py).
+
+    ``startup`` is for an app with no lifespan of its own (Django Channels, Django): the
+    gate then runs the instance's lifecycle itself (lifespan.Lifecycle). It starts the
+    coordinator, runs ``await startup()`` as a task (the phases) and arms the drain at
+    the server's lifespan startup, which the app behind then never sees, or, under a
+    server that sends no lifespan (daphne), at the first scope it is called with; at the
+    lifespan's shutdown (or the drain's end) it stops them.
     """
 
     def __init__(self, app: ASGIApp, coordinator: Coordinator,
                  observers: list[Observer] | None = None, *,
                  socketio_path: str | None = engineio.DEFAULT_PATH,
-                 sessions: Sessions | None = None) -> None:
+                 sessions: Sessions | None = None, startup: Startup | None = None) -> None:
         self.app = app
+        self.lifecycle = Lifecycle(coordinator, startup) if startup is not None else None
         self.coord = coordinator
         self.socketio_prefix = engineio.prefix(socketio_path)
         self.sessions = sessions
@@ -217,6 +225,12 @@ class ConnectionGate:
     # -- ASGI -------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.lifecycle is not None:  # startup=: the gate runs the lifecycle itself
+            if scope["type"] == "lifespan":
+                await self.lifecycle.lifespan(receive, send)
+                return
+            if not self.lifecycle.begun:  # no lifespan came (daphne): the first scope starts
+                await self.lifecycle.begin()
         if not self._gated(scope):
             if scope["type"] == "lifespan":
                 await run_lifespan(self.app, self.coord, scope, receive, send)

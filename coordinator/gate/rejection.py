@@ -12,6 +12,7 @@ from coordinator.contract.rejection import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
     MAX_HINT,
+    PRIVATE_CLOSE,
     Reason,
     reason_payload,
     retry_hint,
@@ -40,9 +41,23 @@ async def reject(scope: Scope, receive: Receive, send: Send, reason: str, retry_
             return
         code = CLOSE_SERVICE_RESTART if reason == Reason.DRAINING else CLOSE_TRY_AGAIN_LATER
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": code, "reason": payload})
+        await close(send, code, payload)
     except OSError:  # the client is already gone; nothing left to tell it
         pass
+
+
+async def close(send: Send, code: int, reason: str) -> None:
+    """Close with ``code`` (1012, 1013) and ``reason``; where the server refuses that code
+    (daphne raises: autobahn sends 1000 and 3000-4999 only), with its private-use twin
+    (4012, 4013), never letting the server turn the refusal into 1011."""
+    try:
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+    except OSError:
+        raise
+    except Exception:
+        if code not in PRIVATE_CLOSE:
+            raise
+        await send({"type": "websocket.close", "code": PRIVATE_CLOSE[code], "reason": reason})
 
 
 async def deny(send: Send, payload: str) -> None:
