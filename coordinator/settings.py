@@ -346,9 +346,10 @@ VARIABLES: tuple[Variable, ...] = (
              "[Drain](guide.md#drain)): a `preStop` hook or an operator drains the instance "
              "with it; unset, the endpoint answers 404",
              lambda s: s.drain_token is None or (len(s.drain_token) >= MIN_TOKEN
+                                                 and s.drain_token.isascii()
                                                  and s.drain_token.isprintable()
                                                  and " " not in s.drain_token),
-             f"at least {MIN_TOKEN} printable characters, no spaces",
+             f"at least {MIN_TOKEN} printable ASCII characters, no spaces",
              shown=lambda _token: "***"),
     Variable("COORD_LOG_FORMAT", "log_format", str.lower, "`text` (`json` on Cloud Run)",
              "`json`: one object per line with `severity` and `instance`, for Cloud Logging",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -347,10 +348,13 @@ async def _hello(conn: Connection) -> dict[str, Any]:
 
 def _checked(options: dict[str, Any]) -> dict[str, Any]:
     """TLS ``options`` that check the server's host name unless the URL says
-    ``ssl_check_hostname=false``: redis-py 6.0 made that its default, 5.x did not."""
+    ``ssl_check_hostname=false`` or asks for no certificate check at all
+    (``ssl_cert_reqs=none``): redis-py 6.0 made that its default, 5.x did not."""
     tls = options.get("ssl") or issubclass(options.get("connection_class", Connection),
                                            SSLConnection)
-    return {"ssl_check_hostname": True, **options} if tls else options
+    unchecked = str(options.get("ssl_cert_reqs", "")).lower() in ("none", "cert_none") \
+        or options.get("ssl_cert_reqs") == ssl.CERT_NONE
+    return {"ssl_check_hostname": True, **options} if tls and not unchecked else options
 
 
 def _timeouts(options: dict[str, Any]) -> dict[str, Any]:

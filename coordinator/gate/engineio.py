@@ -13,6 +13,8 @@ app's Socket.IO ``connect`` handler from running before it.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
 from coordinator._asgi import Scope
 
 DEFAULT_PATH = "/socket.io"  # python-socketio's and socket.io-client's default ``path``
@@ -33,15 +35,28 @@ def on_path(scope: Scope, path_prefix: str) -> bool:
 
 
 def has_sid(scope: Scope) -> bool:
-    """Whether the query carries a ``sid`` (a request of a session already open)."""
+    """Whether the query carries a ``sid`` with a value (a request of a session already
+    open), read as engine.io reads it (``parse_qs``: ``sid=`` or a bare ``sid`` is no sid,
+    and opens a session)."""
     query: bytes = scope.get("query_string", b"")
-    return any(part.startswith(b"sid=") or part == b"sid" for part in query.split(b"&"))
+    return bool(parse_qs(query.decode("latin-1")).get("sid"))
 
 
 def is_open(scope: Scope) -> bool:
     """An engine.io open, once the request is known to be on the Socket.IO path: no
-    ``sid``, and for HTTP a ``GET`` (a CORS preflight or a stray ``POST`` opens nothing;
-    engine.io answers it)."""
+    ``sid``, and for HTTP a ``GET`` without a body (a CORS preflight, a stray ``POST``
+    or a GET that carries a body opens nothing the gate could hold: engine.io answers
+    it)."""
     if has_sid(scope):
         return False
-    return scope["type"] == "websocket" or scope.get("method") == "GET"
+    if scope["type"] == "websocket":
+        return True
+    return scope.get("method") == "GET" and not _has_body(scope)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length"
+                                            and value.strip() not in (b"", b"0")):
+            return True
+    return False

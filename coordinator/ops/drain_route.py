@@ -1,6 +1,9 @@
 """The drain endpoint: ``POST /drain``, for a Kubernetes ``preStop`` hook or an operator.
 
-    app.mount("/drain", DrainApp(coord))      # FastAPI or Starlette; on with COORD_DRAIN_TOKEN
+    app.add_route("/drain", DrainApp(coord))  # on with COORD_DRAIN_TOKEN
+
+(a route, not ``app.mount``: a mount answers ``POST /drain`` with a 307 redirect, which
+no client follows for a POST).
 
 Authenticated with a bearer token (``Authorization: Bearer <COORD_DRAIN_TOKEN>``); with
 no token configured the endpoint is off (404, as if it were not there). A right token
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 
 from coordinator._asgi import Receive, Scope, Send
 from coordinator.instance.coordinator import Coordinator
@@ -27,6 +31,7 @@ from coordinator.instance.drain import DRAINS
 from coordinator.ops.health import health_document, respond
 
 log = logging.getLogger("coordinator.drain")
+LOG_INTERVAL = 10.0  # seconds: refused requests are logged at most this often, counted
 
 
 class DrainApp:
@@ -39,6 +44,8 @@ class DrainApp:
     def __init__(self, coord: Coordinator, token: str | None = None) -> None:
         self.coord = coord
         self.token = token if token is not None else coord.settings.drain_token
+        self.refused = 0  # requests with a wrong token, since the start
+        self._logged_at = -LOG_INTERVAL
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,8 +63,12 @@ class DrainApp:
                           [(b"www-authenticate", b'Bearer realm="drain"')])
             return
         if not hmac.compare_digest(given, self.token.encode()):
-            log.warning("drain endpoint: a request with a wrong token was refused (from %s)",
-                        _client(scope))
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._logged_at >= LOG_INTERVAL:  # anyone reaching the port: bounded
+                self._logged_at = now
+                log.warning("drain endpoint: a request with a wrong token was refused (from "
+                            "%s; %d refused so far)", _client(scope), self.refused)
             await respond(send, 403, {"error": "wrong token"}, scope)
             return
         if self.coord not in DRAINS.coordinators:

@@ -154,6 +154,20 @@ async def test_a_wrong_password_degrades_to_local_gating_and_logs_no_secret(
     assert ACL_PASSWORD not in repr(owner.settings) and KEY not in repr(owner.settings)
 
 
+async def test_tls_without_certificate_checks_connects_on_every_redis_py(
+        acl_redis: AclRedis) -> None:
+    """``ssl_cert_reqs=none`` asks for no check at all: the host name is not checked either
+    (redis-py 6+ does so itself; on 5.x a host-name check beside it failed every
+    connect, and the instance ran as if Redis were down)."""
+    url = acl_redis.url(tls=True).replace("127.0.0.1", "localhost")
+    url = url.split("?")[0] + "?ssl_cert_reqs=none"
+    client = make_redis(url)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
 async def test_tls_refuses_a_certificate_for_another_host_name(acl_redis: AclRedis) -> None:
     """The host name is checked on every redis-py release (5.x did not by default: the
     coordinator asks for it, topology._checked). The server's certificate names

@@ -103,6 +103,9 @@ def socketio_websocket(query: str) -> FakeWebSocket:
     ("/socket.io/", "EIO=4&transport=polling&t=x", "GET", True),
     ("/socket.io", "EIO=4&transport=polling", "GET", True),
     ("/socket.io/", "EIO=4&transport=polling&sid=abc", "GET", False),
+    # engine.io reads the query with parse_qs: an empty sid is none, and opens a session
+    ("/socket.io/", "EIO=4&transport=polling&sid=", "GET", True),
+    ("/socket.io/", "EIO=4&transport=polling&sid", "GET", True),
     ("/socket.io/", "sid=abc&EIO=4&transport=polling", "POST", False),
     ("/socket.io/", "EIO=4&transport=polling", "OPTIONS", False),  # a CORS preflight
     ("/socket.io/", "EIO=4&transport=polling", "POST", False),
@@ -115,6 +118,19 @@ def test_what_counts_as_an_engineio_open(path: str, query: str, method: str,
     prefix = engineio.prefix("/socket.io")
     assert prefix == "/socket.io/"
     assert (engineio.on_path(scope, prefix) and engineio.is_open(scope)) is opens
+
+
+def test_a_get_that_carries_a_body_is_no_open_the_gate_holds() -> None:
+    """A hold reads nothing after the request's first message: a body still coming would
+    end it as a client that gave up, answered by no one (HTTP 500). engine.io opens
+    carry none; such a GET goes to engine.io, which answers it."""
+    for header in ((b"content-length", b"5"), (b"transfer-encoding", b"chunked")):
+        scope = FakeRequest("EIO=4&transport=polling", "GET", "/socket.io/").scope
+        scope["headers"] = [*scope.get("headers", []), header]
+        assert not engineio.is_open(scope)
+    scope = FakeRequest("EIO=4&transport=polling", "GET", "/socket.io/").scope
+    scope["headers"] = [*scope.get("headers", []), (b"content-length", b"0")]
+    assert engineio.is_open(scope)
 
 
 def test_the_socketio_path_is_normalised_and_can_be_turned_off() -> None:

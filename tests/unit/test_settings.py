@@ -398,7 +398,7 @@ def test_the_drain_token_is_long_enough_and_never_shown() -> None:
     settings = Settings.from_env({"COORD_DRAIN_TOKEN": token})
     assert settings.drain_token == token and token not in repr(settings)
     assert Settings().drain_token is None  # unset: the endpoint is off
-    for bad in ("short", "sixteen chars ok", "x" * 15):
+    for bad in ("short", "sixteen chars ok", "x" * 15, "tökén-of-sixteen-chars"):
         caught = error_for({"COORD_DRAIN_TOKEN": bad})
         assert caught.variable == "COORD_DRAIN_TOKEN" and bad not in str(caught)
 
