@@ -5,10 +5,10 @@ the port could otherwise fill the log), each counted."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 
+from coordinator._asgi import Message
 from coordinator.instance.coordinator import Coordinator
 from coordinator.ops.drain_route import DrainApp
 from coordinator.settings import Settings
@@ -17,12 +17,12 @@ TOKEN = "right-token-of-24-chars!"
 
 
 async def post(app: DrainApp, token: str) -> int:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/drain", "client": ("10.0.0.9", 4242),
