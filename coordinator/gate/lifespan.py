@@ -67,8 +67,9 @@ class Lifecycle:
 
     async def _begin(self) -> None:
         await self.coord.start()
-        self._task = asyncio.get_running_loop().create_task(self._run_startup(),
-                                                            name="coordinator-startup")
+        # The coordinator's task: its stop cancels it (under daphne, with no lifespan
+        # shutdown to end it, the drain's end is that stop).
+        self._task = self.coord.tasks.spawn(self._run_startup(), "startup")
         quiet_handshake_noise()
         DRAINS.attach(self.coord)
         self.begun = True

@@ -85,3 +85,26 @@ async def test_a_refused_close_code_goes_as_its_private_twin() -> None:
     assert sent == [4012, 4013]
     with pytest.raises(Exception, match="invalid close code 1011"):
         await close(autobahn, 1011, "{}")
+
+
+async def test_the_startup_is_the_coordinators_task_and_its_stop_ends_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under daphne no lifespan shutdown comes to end the startup: the drain's end stops
+    the coordinator, whose stop cancels its tasks, the startup among them."""
+    _gate, coord, app = gate_for()
+
+    async def start() -> None:
+        pass
+
+    async def forever() -> None:
+        await asyncio.Event().wait()  # phases that are still running
+
+    monkeypatch.setattr(coord, "start", start)
+    monkeypatch.setattr(DRAINS, "attach", lambda c: None)
+    gate = ConnectionGate(app, coord, startup=forever)
+    assert gate.lifecycle is not None
+    await gate.lifecycle.begin()
+    task = gate.lifecycle._task
+    assert task is not None and not task.done()
+    await coord.tasks.cancel()  # what coord.stop() does
+    assert task.cancelled()
